@@ -1,0 +1,1 @@
+"""Stage subcommands; see pipeline.cli for the protocol each module follows."""

@@ -1,0 +1,189 @@
+"""Every on-disk contract of the pipeline, and atomic writes.
+
+This is the only module that imports h5py. Each file kind has a `write_*`/`read_*` pair; every write goes to a
+temporary name in the destination folder and is renamed into place only when complete, so an interrupted job
+never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from pipeline import __version__
+
+PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def atomic_path(dest: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(dest: PathLike, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes_atomic(dest: PathLike, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(dest: PathLike, obj: Any) -> None:
+    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """h5 attrs accept scalars, strings and arrays; None becomes '' and dicts become JSON."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            value = ""
+        elif isinstance(value, (dict, list, tuple)) and not (
+            isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value)
+        ):
+            value = json.dumps(value, default=_json_default)
+        elif isinstance(value, Path):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+def _decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def write_h5(dest: PathLike, datasets: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+    """Write datasets and attrs to `dest` atomically; attrs always record the package version."""
+    with atomic_path(dest) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for name, array in datasets.items():
+                f.create_dataset(name, data=np.asarray(array))
+            f.attrs.update(_clean_attrs({"hive_wsi_version": __version__, **attrs}))
+
+
+def read_h5(path: PathLike, names: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read datasets (all, or those named) and attrs. A missing dataset is a clear error naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    with h5py.File(path, "r") as f:
+        wanted = list(f.keys()) if names is None else names
+        missing = [n for n in wanted if n not in f]
+        if missing:
+            raise KeyError(f"{path}: missing dataset(s) {missing}; has {sorted(f.keys())}")
+        data = {n: f[n][()] for n in wanted}
+        attrs = _decode_attrs(f.attrs)
+    return data, attrs
+
+
+# --- patches/{slide}.h5 ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PatchGrid:
+    """Aligned 5x/20x patch coordinates of one slide (level-0 top-left x, y)."""
+
+    coords_5x: np.ndarray  # [N, 2] int64
+    coords_20x: np.ndarray  # [M, 2] int64
+    parent_of_20x: np.ndarray  # [M] int64, row in coords_5x
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def write_patches(dest: PathLike, grid: PatchGrid) -> None:
+    write_h5(
+        dest,
+        {
+            "coords_5x": np.asarray(grid.coords_5x, dtype=np.int64).reshape(-1, 2),
+            "coords_20x": np.asarray(grid.coords_20x, dtype=np.int64).reshape(-1, 2),
+            "parent_of_20x": np.asarray(grid.parent_of_20x, dtype=np.int64).reshape(-1),
+        },
+        grid.attrs,
+    )
+
+
+def read_patches(path: PathLike) -> PatchGrid:
+    data, attrs = read_h5(path, ["coords_5x", "coords_20x", "parent_of_20x"])
+    return PatchGrid(data["coords_5x"], data["coords_20x"], data["parent_of_20x"], attrs)
+
+
+# --- features/{backbone}/{backbone}_{5x,20x}/{slide}.h5 --------------------------------------------------
+
+
+def write_features(dest: PathLike, features: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any]) -> None:
+    features = np.asarray(features, dtype=np.float32)
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    if len(features) != len(coords):
+        raise ValueError(f"{dest}: {len(features)} feature rows but {len(coords)} coords rows")
+    write_h5(dest, {"features": features, "coords": coords}, attrs)
+
+
+def read_features(path: PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """`features` [N, D] and `coords` [N, 2] as CLAM, TRIDENT and HiVE-MIL write them, plus attrs."""
+    data, attrs = read_h5(path, ["features", "coords"])
+    return data["features"], data["coords"], attrs
+
+
+# --- features/{backbone}/hierarchical_{backbone}_5x_20x/{slide}.h5 ---------------------------------------
+
+
+def write_hierarchical(
+    dest: PathLike, features: np.ndarray, coords: np.ndarray, mask: np.ndarray, attrs: Mapping[str, Any]
+) -> None:
+    """`features` [N,16,D] float32, `coords` [N,16,2] int64, `mask` [N,16] bool (HiVE-MIL's layout + mask)."""
+    write_h5(
+        dest,
+        {
+            "features": np.asarray(features, dtype=np.float32),
+            "coords": np.asarray(coords, dtype=np.int64),
+            "mask": np.asarray(mask, dtype=bool),
+        },
+        attrs,
+    )
+
+
+def read_hierarchical(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Read a hierarchical file; `mask` is None for HiVE-MIL's published files, which have none."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        has_mask = "mask" in f
+    names = ["features", "coords"] + (["mask"] if has_mask else [])
+    data, attrs = read_h5(path, names)
+    return data["features"], data["coords"], data.get("mask"), attrs

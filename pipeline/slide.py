@@ -1,0 +1,248 @@
+"""Slide access: open with OpenSlide, resolve microns per pixel and its source, pick pyramid levels, read regions.
+
+The magnification of a slide is never assumed. mpp comes from the slide's metadata (OpenSlide's normalised key,
+vendor keys, TIFF resolution tags), then from the objective power, then from a per-slide override; a value
+outside the plausible range for brightfield scanners (e.g. 352.8 um/px from a 72-dpi TIFF tag) is rejected.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+import openslide
+
+from pipeline.errors import SlideError
+
+#: mpp outside this range is not a brightfield whole-slide scan (80x ~ 0.12, 1.25x ~ 8).
+PLAUSIBLE_MPP = (0.05, 4.0)
+
+#: nominal magnifications and the mpp bin each covers (TRIDENT's binning: 20x is 0.3-0.6 um/px).
+MAGNIFICATION_BINS: tuple[tuple[float, int], ...] = (
+    (0.16, 80),
+    (0.2, 60),
+    (0.3, 40),
+    (0.6, 20),
+    (1.2, 10),
+    (2.4, 5),
+)
+
+#: metadata keys holding mpp directly, in the order they are trusted.
+MPP_KEYS = ("openslide.mpp-x", "aperio.MPP", "openslide.mirax.MPP", "hamamatsu.XResolution")
+POWER_KEYS = ("openslide.objective-power", "aperio.AppMag", "hamamatsu.SourceLens")
+UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0, "millimeter": 1e3, "micrometer": 1.0}
+
+
+@dataclass(frozen=True)
+class MppOverride:
+    mpp: float
+    force: bool = False
+    source: str = "override"
+
+
+def read_mpp_overrides(path: str | Path | None) -> dict[str, MppOverride]:
+    """Per-slide overrides from a CSV with columns slide_id,mpp[,force]. Empty path: no overrides."""
+    if not path:
+        return {}
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"mpp override file {path} does not exist")
+    out: dict[str, MppOverride] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"slide_id", "mpp"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected slide_id,mpp[,force]")
+        for row in reader:
+            slide_id = row["slide_id"].strip()
+            try:
+                mpp = float(row["mpp"])
+            except ValueError:
+                raise ValueError(f"{path}: slide '{slide_id}' has a non-numeric mpp '{row['mpp']}'") from None
+            force = str(row.get("force") or "").strip().lower() in {"1", "true", "yes"}
+            out[slide_id] = MppOverride(mpp, force, f"override ({path.name})")
+    return out
+
+
+def magnification_from_mpp(mpp: float) -> int:
+    """Nominal objective magnification of a level-0 mpp (40x for 0.2-0.3 um/px, 20x for 0.3-0.6, ...)."""
+    for upper, mag in MAGNIFICATION_BINS:
+        if mpp < upper:
+            return mag
+    raise ValueError(f"mpp {mpp} is coarser than any supported magnification")
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        out = float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return out if out is not None and math.isfinite(out) and out > 0 else None
+
+
+def mpp_from_properties(props: dict[str, str]) -> tuple[float | None, str | None]:
+    """mpp and the key it came from, from metadata alone; (None, None) if no key has a positive number."""
+    for key in MPP_KEYS:
+        value = _float(props.get(key))
+        if value is not None:
+            return value, key
+    res = _float(props.get("tiff.XResolution"))
+    unit = (props.get("tiff.ResolutionUnit") or "").lower()
+    if res is not None and unit in UM_PER_UNIT:
+        return UM_PER_UNIT[unit] / res, f"tiff.XResolution ({unit})"
+    return None, None
+
+
+def power_from_properties(props: dict[str, str]) -> tuple[float | None, str | None]:
+    for key in POWER_KEYS:
+        value = _float(props.get(key))
+        if value is not None:
+            return value, key
+    return None, None
+
+
+def plausible(mpp: float) -> bool:
+    return PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
+
+
+def resolve_mpp(slide_id: str, props: dict[str, str], override: MppOverride | None = None) -> tuple[float, str]:
+    """Decide the level-0 mpp of a slide and record where it came from.
+
+    Order: metadata mpp keys and TIFF resolution tags, then objective power (mpp = 10 / power), then the
+    override. A forced override wins over metadata. Implausible values are skipped with the reason kept, so
+    the final error explains every candidate that was rejected.
+    """
+    if override is not None and override.force:
+        if not plausible(override.mpp):
+            raise SlideError(slide_id, f"override mpp {override.mpp} is outside {PLAUSIBLE_MPP} um/px")
+        return override.mpp, override.source
+    rejected: list[str] = []
+    mpp, key = mpp_from_properties(props)
+    if mpp is not None:
+        if plausible(mpp):
+            return mpp, key  # type: ignore[return-value]
+        rejected.append(f"{key} gives {mpp:.4g} um/px, outside the plausible range {PLAUSIBLE_MPP}")
+    power, pkey = power_from_properties(props)
+    if power is not None:
+        mpp_power = 10.0 / power
+        if plausible(mpp_power):
+            return mpp_power, f"objective power ({pkey}={power:g})"
+        rejected.append(f"{pkey}={power:g} gives {mpp_power:.4g} um/px")
+    if override is not None:
+        if not plausible(override.mpp):
+            raise SlideError(slide_id, f"override mpp {override.mpp} is outside {PLAUSIBLE_MPP} um/px")
+        return override.mpp, override.source
+    found = "; ".join(rejected) if rejected else "no mpp, resolution or objective-power metadata"
+    raise SlideError(
+        slide_id,
+        f"cannot determine microns per pixel: {found}. Add the slide to the mpp override CSV "
+        f"(config key mpp_overrides, columns slide_id,mpp) to process it.",
+    )
+
+
+def best_level(downsamples: Iterable[float], target: float, tolerance: float = 0.01) -> int:
+    """Index of the coarsest level whose downsample does not exceed `target` (so we only ever shrink)."""
+    best = 0
+    for i, ds in enumerate(downsamples):
+        if ds <= target * (1 + tolerance) and ds >= list(downsamples)[best]:
+            best = i
+    return best
+
+
+class Slide:
+    """An open whole-slide image with a resolved mpp. Use as a context manager; each process opens its own."""
+
+    def __init__(self, path: str | Path, slide_id: str | None = None, override: MppOverride | None = None):
+        self.path = Path(path)
+        self.slide_id = slide_id or self.path.stem
+        if not self.path.exists():
+            raise SlideError(self.slide_id, f"file {self.path} does not exist")
+        try:
+            fmt = openslide.OpenSlide.detect_format(str(self.path))
+            if fmt is None:
+                raise SlideError(
+                    self.slide_id,
+                    f"{self.path.name} is not a whole-slide format OpenSlide recognises "
+                    "(a plain image or an unsupported file)",
+                )
+            self._osr = openslide.OpenSlide(str(self.path))
+        except openslide.OpenSlideError as err:
+            raise SlideError(self.slide_id, f"OpenSlide cannot open {self.path.name}: {err}") from err
+        self.properties: dict[str, str] = dict(self._osr.properties)
+        self.mpp, self.mpp_source = resolve_mpp(self.slide_id, self.properties, override)
+        self.level0_magnification = magnification_from_mpp(self.mpp)
+        self.dimensions: tuple[int, int] = self._osr.dimensions
+        self.level_dimensions: tuple[tuple[int, int], ...] = self._osr.level_dimensions
+        self.level_downsamples: tuple[float, ...] = self._osr.level_downsamples
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Slide({self.slide_id!r}, {self.dimensions[0]}x{self.dimensions[1]}, mpp={self.mpp:.4g} "
+            f"[{self.mpp_source}], {self.level0_magnification}x)"
+        )
+
+    def best_level(self, downsample: float) -> int:
+        return best_level(self.level_downsamples, downsample)
+
+    def _read(self, x: int, y: int, level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 of a level region, transparent (outside the scan) areas as white."""
+        try:
+            rgba = np.asarray(self._osr.read_region((int(x), int(y)), level, size))
+        except openslide.OpenSlideError as err:
+            raise SlideError(
+                self.slide_id, f"cannot decode pixels at level-0 ({x}, {y}), level {level}: {err}"
+            ) from err
+        rgb = rgba[..., :3].astype(np.float32)
+        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+        return (rgb * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+
+    def read_region_scaled(self, x: int, y: int, size_level0: int, out_px: int) -> np.ndarray:
+        """A square level-0 box [x, x+size_level0)^2 as an out_px x out_px RGB array.
+
+        Read at the coarsest level that still has at least out_px pixels across the box, then resized with
+        area interpolation, so the result is the same whichever pyramid the scanner wrote.
+        """
+        downsample = size_level0 / out_px
+        level = self.best_level(downsample)
+        ds = self.level_downsamples[level]
+        side = max(1, int(round(size_level0 / ds)))
+        image = self._read(x, y, level, (side, side))
+        if side != out_px:
+            interp = cv2.INTER_AREA if side > out_px else cv2.INTER_LINEAR
+            image = cv2.resize(image, (out_px, out_px), interpolation=interp)
+        return image
+
+    def read_overview(self, target_mpp: float, max_side: int = 8192) -> tuple[np.ndarray, float]:
+        """The whole slide at about `target_mpp` (never finer than needed) and its exact level-0 downsample.
+
+        Used for segmentation and QC pictures: one read of the coarsest suitable level, then resized.
+        """
+        downsample = max(1.0, target_mpp / self.mpp, max(self.dimensions) / max_side)
+        level = self.best_level(downsample)
+        w, h = self.level_dimensions[level]
+        image = self._read(0, 0, level, (w, h))
+        out_w = max(1, int(round(self.dimensions[0] / downsample)))
+        out_h = max(1, int(round(self.dimensions[1] / downsample)))
+        if (out_w, out_h) != (w, h):
+            image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        return image, self.dimensions[0] / out_w
+
+
+def open_slide(path: str | Path, slide_id: str | None = None, overrides: dict[str, MppOverride] | None = None) -> Slide:
+    """Open a slide, applying the override for its id if one is listed."""
+    slide_id = slide_id or Path(path).stem
+    return Slide(path, slide_id, (overrides or {}).get(slide_id))
