@@ -1,0 +1,43 @@
+"""Synthetic demo cohort: one slide, or the label sheet.
+
+Slides are small pyramidal JPEG-tiled TIFFs generated deterministically from the cohort seed and the slide id:
+`glandular` slides show rings of nuclei around pale lumens, `solid` slides dense sheets of small dark nuclei.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline import demo
+
+NAME = "demo"
+HELP = "generate a synthetic demo slide, or the demo cohort sheet"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["slide", "sheet"])
+    parser.add_argument("--out", required=True, help="slide .tiff or sheet .csv to write")
+    parser.add_argument("--slide-id", help="slide to generate (slide mode), e.g. demo_solid_03")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--classes", nargs="+", default=list(demo.CLASSES))
+    parser.add_argument("--slides-per-class", type=int, default=8)
+    parser.add_argument("--size", type=int, default=4096, help="level-0 side in px")
+    parser.add_argument("--mpp", type=float, default=0.5)
+    parser.add_argument("--slides-dir", default="", help="(sheet mode) folder holding the demo slides")
+    parser.add_argument("--extra", nargs="*", default=[], help="(sheet mode) extra unlabelled slides as id=path")
+
+
+def run(args: argparse.Namespace) -> int:
+    slides = demo.demo_slides(args.classes, args.slides_per_class)
+    if args.what == "sheet":
+        extra = []
+        for item in args.extra:
+            sid, _, path = item.partition("=")
+            extra.append({"slide_id": sid, "case_id": sid, "label": "", "file": path})
+        demo.write_demo_sheet(args.out, slides, args.slides_dir, extra)
+        return 0
+    by_id = {s.slide_id: s for s in slides}
+    if args.slide_id not in by_id:
+        raise SystemExit(f"unknown demo slide '{args.slide_id}'; the cohort has {sorted(by_id)}")
+    demo.make_demo_slide(args.out, args.slide_id, by_id[args.slide_id].label, args.seed, args.size, args.mpp)
+    return 0

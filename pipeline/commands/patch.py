@@ -1,0 +1,44 @@
+"""Aligned 5x/20x patch coordinates for one slide.
+
+A level-0 grid where each 5x patch (--patch-size px at 5x) covers exactly 4x4 20x patches (--patch-size px at
+20x). A 20x patch is kept if at least --min-tissue-fraction of it is tissue (from the segmentation GeoJSON); a 5x
+patch is kept if it has a kept child. Writes patches/{slide}.h5 (coords_5x, coords_20x, parent_of_20x, attrs with
+mpp and its source) and a QC picture of both grids. A slide without tissue gives a valid empty file with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
+from pipeline.patching import PatchParams
+from pipeline.preprocess import patch_slide
+
+NAME = "patch"
+HELP = "aligned 5x/20x patch coordinates and QC picture for one slide"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_slide_arguments(parser)
+    parser.add_argument("--geojson", required=True, help="tissue contours from the segment stage")
+    parser.add_argument("--tissue-stats", default="", help="segment stage statistics JSON, copied into attrs")
+    parser.add_argument("--out", required=True, help="output patches h5")
+    parser.add_argument("--qc", required=True, help="output QC PNG")
+    d = PatchParams()
+    parser.add_argument("--patch-size", type=int, default=d.patch_size, help="px at 5x and at 20x")
+    parser.add_argument("--min-tissue-fraction", type=float, default=d.min_tissue_fraction)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = PatchParams(args.patch_size, args.min_tissue_fraction)
+    tissue = json.loads(Path(args.tissue_stats).read_text()).get("params", {}) if args.tissue_stats else {}
+    run_recorded(
+        "patch",
+        args,
+        lambda: patch_slide(
+            args.slide, slide_id(args), args.geojson, args.out, args.qc, params, overrides(args), tissue
+        ),
+    )
+    return 0

@@ -1,0 +1,160 @@
+"""A deterministic synthetic cohort: small pyramidal JPEG-tiled TIFFs with class-specific tissue morphology.
+
+Two classes with morphology a patch encoder can tell apart: `glandular` (rings of nuclei around pale lumens in
+pink stroma) and `solid` (dense sheets of small dark nuclei). Each slide is a few tissue pieces on a white
+background, written as a tiled pyramid with resolution tags so OpenSlide reports its mpp, like a scanner would.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from pipeline.formats import atomic_path, write_text_atomic
+
+CLASSES = ("glandular", "solid")
+BACKGROUND = (243, 242, 245)
+STROMA = (226, 160, 196)
+NUCLEUS = (92, 52, 130)
+LUMEN = (250, 238, 246)
+
+
+@dataclass(frozen=True)
+class DemoSlide:
+    slide_id: str
+    case_id: str
+    label: str
+
+
+def demo_slides(classes: list[str] | tuple[str, ...], slides_per_class: int) -> list[DemoSlide]:
+    """The cohort's slide ids, case ids and labels. The first two slides of a class share a patient."""
+    out: list[DemoSlide] = []
+    for label in classes:
+        for i in range(slides_per_class):
+            case = f"DEMO-{label[:3].upper()}-{max(i, 1):02d}"
+            out.append(DemoSlide(f"demo_{label}_{i:02d}", case, label))
+    return out
+
+
+def slide_seed(seed: int, slide_id: str) -> int:
+    """A per-slide seed that depends only on the cohort seed and the slide id (stable across runs)."""
+    digest = hashlib.sha256(f"{seed}:{slide_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _tissue_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Two to four overlapping ellipses with a wavy border, leaving a white margin."""
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(rng.integers(2, 5)):
+        cx, cy = rng.uniform(0.28, 0.72, 2) * size
+        ax = rng.uniform(0.12, 0.24) * size
+        ay = rng.uniform(0.08, 0.2) * size
+        cv2.ellipse(mask, (int(cx), int(cy)), (int(ax), int(ay)), float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    blurred = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), size / 60)
+    return (blurred + 0.35 * (noise - 0.5)) > 0.5
+
+
+def _draw_nuclei(image: np.ndarray, centres: np.ndarray, radii: np.ndarray, colour: tuple[int, int, int]) -> None:
+    for (x, y), r in zip(centres.astype(int), radii.astype(int)):
+        cv2.circle(image, (int(x), int(y)), int(r), colour, -1, lineType=cv2.LINE_AA)
+
+
+def _glandular(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, scale: float) -> None:
+    """Glands: a pale lumen ringed by one layer of evenly spaced nuclei, scattered in stroma."""
+    size = image.shape[0]
+    ys, xs = np.nonzero(mask[:: 8, :: 8])
+    n_glands = int(mask.mean() * size * size / (260 * scale) ** 2)
+    picks = rng.choice(len(xs), size=min(n_glands, len(xs)), replace=False)
+    for i in picks:
+        cx, cy = xs[i] * 8, ys[i] * 8
+        radius = rng.uniform(45, 90) * scale
+        cv2.ellipse(image, (int(cx), int(cy)), (int(radius), int(radius * rng.uniform(0.7, 1.0))),
+                    float(rng.uniform(0, 180)), 0, 360, LUMEN, -1, lineType=cv2.LINE_AA)
+        n = int(2 * np.pi * radius / (13 * scale))
+        angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(0, 0.3, n)
+        ring = radius * 1.05
+        centres = np.stack([cx + ring * np.cos(angles), cy + ring * np.sin(angles)], 1)
+        _draw_nuclei(image, centres, rng.uniform(4, 6, n) * scale, NUCLEUS)
+    # sparse stromal nuclei
+    n_sparse = int(mask.sum() / (70 * scale) ** 2)
+    centres = rng.uniform(0, size, (n_sparse, 2))
+    _draw_nuclei(image, centres, rng.uniform(2, 3.5, n_sparse) * scale, (150, 90, 160))
+
+
+def _solid(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, scale: float) -> None:
+    """Solid sheets: small dark nuclei packed on a jittered lattice, no lumens."""
+    size = image.shape[0]
+    step = 11 * scale
+    grid = np.arange(0, size, step)
+    gx, gy = np.meshgrid(grid, grid)
+    centres = np.stack([gx.ravel(), gy.ravel()], 1) + rng.normal(0, 2.5 * scale, (gx.size, 2))
+    radii = rng.uniform(2.8, 4.2, gx.size) * scale
+    _draw_nuclei(image, centres, radii, (70, 30, 110))
+
+
+def render_slide(label: str, seed: int, size: int, mpp: float) -> np.ndarray:
+    """Level-0 RGB image of one synthetic slide; features are sized in microns, so mpp changes pixel sizes."""
+    if label not in CLASSES:
+        raise ValueError(f"unknown demo class '{label}'; choose from {CLASSES}")
+    rng = np.random.default_rng(seed)
+    scale = 0.5 / mpp
+    mask = _tissue_mask(rng, size)
+    tissue = np.empty((size, size, 3), np.uint8)
+    tissue[:] = STROMA
+    (_glandular if label == "glandular" else _solid)(rng, tissue, mask, scale)
+    tissue = cv2.GaussianBlur(tissue, (0, 0), 1.2 * scale)
+    image = np.empty_like(tissue)
+    image[:] = BACKGROUND
+    image[mask] = tissue[mask]
+    noise = rng.normal(0, 4, image.shape[:2])[..., None]
+    return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+def write_pyramid_tiff(path: str | Path, image: np.ndarray, mpp: float, n_levels: int = 3, tile: int = 256) -> None:
+    """Tiled JPEG pyramid (downsample 4 per level) with resolution tags, atomically; OpenSlide reads it as generic-tiff."""
+    px_per_cm = 1e4 / mpp
+    with atomic_path(path) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
+            level = image
+            for i in range(n_levels):
+                ds = 4**i
+                tif.write(
+                    level,
+                    tile=(tile, tile),
+                    photometric="rgb",
+                    compression="jpeg",
+                    compressionargs={"level": 90},
+                    resolution=(px_per_cm / ds, px_per_cm / ds),
+                    resolutionunit="CENTIMETER",
+                    subfiletype=0 if i == 0 else 1,
+                    metadata=None,
+                )
+                if min(level.shape[:2]) // 4 < tile:
+                    break
+                level = cv2.resize(level, (level.shape[1] // 4, level.shape[0] // 4), interpolation=cv2.INTER_AREA)
+
+
+def make_demo_slide(path: str | Path, slide_id: str, label: str, seed: int, size: int, mpp: float) -> None:
+    image = render_slide(label, slide_seed(seed, slide_id), size, mpp)
+    write_pyramid_tiff(path, image, mpp)
+
+
+def write_demo_sheet(path: str | Path, slides: list[DemoSlide], slides_dir: str | Path, extra: list[dict] = ()) -> None:
+    """The cohort sheet: slide_id,case_id,label,file (label empty for unlabelled slides)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["slide_id", "case_id", "label", "file"], lineterminator="\n")
+    writer.writeheader()
+    for s in slides:
+        writer.writerow({"slide_id": s.slide_id, "case_id": s.case_id, "label": s.label,
+                         "file": str(Path(slides_dir) / f"{s.slide_id}.tiff")})
+    for row in extra:
+        writer.writerow(row)
+    write_text_atomic(path, buf.getvalue())

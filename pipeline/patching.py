@@ -1,0 +1,109 @@
+"""Aligned 5x/20x patch grids on level-0 coordinates.
+
+One level-0 grid with origin (0, 0): a 5x patch is S5 = 4 * S20 level-0 pixels, so it covers exactly a 4x4 block
+of 20x positions. A 20x patch is kept when its tissue fraction reaches the threshold; a 5x patch is kept when at
+least one of its 16 children is. Tissue fractions come from rasterising the tissue polygons with `SUB x SUB`
+samples per 20x patch, all patches at once (no per-patch geometry tests).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.errors import SlideError
+from pipeline.formats import PatchGrid
+from pipeline.tissue import Polygon
+
+#: raster samples per 20x patch side used to measure tissue fractions.
+SUB = 8
+CHILDREN_PER_SIDE = 4
+
+
+@dataclass(frozen=True)
+class PatchParams:
+    patch_size: int = 256
+    min_tissue_fraction: float = 0.25
+
+
+def level0_patch_sizes(level0_magnification: int, patch_size: int, slide_id: str) -> tuple[int, int]:
+    """Level-0 sizes of a 20x and a 5x patch: 256 px at 20x is 256 level-0 px on a 20x scan, 512 on a 40x one."""
+    if level0_magnification < 20:
+        raise SlideError(
+            slide_id,
+            f"base magnification is {level0_magnification}x; 20x patches would need upsampling. "
+            "Check the slide's mpp or give an override.",
+        )
+    s20 = patch_size * level0_magnification // 20
+    if s20 * 20 != patch_size * level0_magnification:
+        raise SlideError(slide_id, f"patch size {patch_size} at {level0_magnification}x is not a whole level-0 size")
+    return s20, CHILDREN_PER_SIDE * s20
+
+
+def tissue_fractions(polygons: list[Polygon], s20: int, grid_w: int, grid_h: int, slide_size: tuple[int, int]) -> np.ndarray:
+    """[grid_h, grid_w] fraction of each 20x cell covered by tissue and lying inside the slide."""
+    scale = s20 / SUB  # level-0 px per raster px
+    raster = np.zeros((grid_h * SUB, grid_w * SUB), np.uint8)
+    shift = 4  # cv2 fixed-point bits, for sub-pixel vertex positions
+    for poly in polygons:
+        outer = np.round(poly.outer / scale * (1 << shift)).astype(np.int32)
+        cv2.fillPoly(raster, [outer], 1, lineType=cv2.LINE_8, shift=shift)
+        if poly.holes:
+            holes = [np.round(h / scale * (1 << shift)).astype(np.int32) for h in poly.holes]
+            cv2.fillPoly(raster, holes, 0, lineType=cv2.LINE_8, shift=shift)
+    # samples beyond the slide's edge are never tissue
+    raster[int(math.ceil(slide_size[1] / scale)) :, :] = 0
+    raster[:, int(math.ceil(slide_size[0] / scale)) :] = 0
+    return raster.reshape(grid_h, SUB, grid_w, SUB).mean(axis=(1, 3))
+
+
+def build_grid(
+    polygons: list[Polygon],
+    slide_size: tuple[int, int],
+    level0_magnification: int,
+    params: PatchParams,
+    slide_id: str,
+) -> tuple[PatchGrid, np.ndarray]:
+    """The aligned grid and the 20x tissue-fraction map. Rows: 5x in (y, x) order; 20x grouped by parent, slot order."""
+    s20, s5 = level0_patch_sizes(level0_magnification, params.patch_size, slide_id)
+    n5_w = math.ceil(slide_size[0] / s5)
+    n5_h = math.ceil(slide_size[1] / s5)
+    grid_w, grid_h = n5_w * CHILDREN_PER_SIDE, n5_h * CHILDREN_PER_SIDE
+    frac = tissue_fractions(polygons, s20, grid_w, grid_h, slide_size)
+    keep20 = frac >= max(params.min_tissue_fraction, 1e-9)
+    # [n5_h, 4, n5_w, 4] -> per-parent child map
+    blocks = keep20.reshape(n5_h, CHILDREN_PER_SIDE, n5_w, CHILDREN_PER_SIDE).transpose(0, 2, 1, 3)
+    keep5 = blocks.reshape(n5_h, n5_w, -1).any(axis=2)
+    py, px = np.nonzero(keep5)  # row-major (y, x)
+    coords_5x = np.stack([px * s5, py * s5], axis=1).astype(np.int64)
+    child_maps = blocks[py, px].reshape(len(py), -1)  # [N, 16] row-major slots
+    parent_idx, slot = np.nonzero(child_maps)
+    cx = coords_5x[parent_idx, 0] + (slot % CHILDREN_PER_SIDE) * s20
+    cy = coords_5x[parent_idx, 1] + (slot // CHILDREN_PER_SIDE) * s20
+    coords_20x = np.stack([cx, cy], axis=1).astype(np.int64)
+    attrs: dict[str, Any] = {
+        "patch_size": params.patch_size,
+        "patch_size_level0_20x": s20,
+        "patch_size_level0_5x": s5,
+        "level0_magnification": level0_magnification,
+        "min_tissue_fraction": params.min_tissue_fraction,
+        "n_5x": len(coords_5x),
+        "n_20x": len(coords_20x),
+    }
+    return PatchGrid(coords_5x, coords_20x, parent_idx.astype(np.int64), attrs), frac
+
+
+def describe_empty(polygons: list[Polygon], grid: PatchGrid, params: PatchParams) -> str:
+    if not polygons:
+        return "no tissue found by segmentation"
+    if len(grid.coords_20x) == 0:
+        return f"no 20x patch has a tissue fraction >= {params.min_tissue_fraction}"
+    return ""
+
+
+def patch_params_attrs(params: PatchParams) -> dict[str, Any]:
+    return {f"patching.{k}": v for k, v in asdict(params).items()}

@@ -1,0 +1,48 @@
+"""Per-slide, per-stage status records and the cohort status table.
+
+Each stage command records ok/failed with the reason under `status/{stage}/{slide}.json`. These records are not
+Snakemake outputs, so a failed job's record survives Snakemake's cleanup and `--keep-going` runs can end with a
+table listing every slide that failed and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+from pipeline.formats import PathLike, write_json_atomic, write_text_atomic
+
+FIELDS = ["slide", "stage", "status", "reason", "time"]
+
+
+def record(status_dir: PathLike | None, stage: str, slide: str, ok: bool, reason: str = "") -> None:
+    if not status_dir:
+        return
+    write_json_atomic(
+        Path(status_dir) / stage / f"{slide}.json",
+        {"slide": slide, "stage": stage, "status": "ok" if ok else "failed", "reason": reason,
+         "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+    )
+
+
+def collect(status_dir: PathLike) -> list[dict[str, str]]:
+    rows = []
+    for path in sorted(Path(status_dir).glob("*/*.json")):
+        try:
+            rows.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            continue  # a record being written right now; the next collection sees it
+    return sorted(rows, key=lambda r: (r["slide"], r["stage"]))
+
+
+def write_table(status_dir: PathLike, dest: PathLike) -> list[dict[str, str]]:
+    rows = collect(status_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(dest, buf.getvalue())
+    return rows
