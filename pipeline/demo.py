@@ -50,16 +50,18 @@ def slide_seed(seed: int, slide_id: str) -> int:
 
 
 def _tissue_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Two to four overlapping ellipses with a wavy border, leaving a white margin."""
-    mask = np.zeros((size, size), np.uint8)
+    """Two to four overlapping ellipses with a wavy border, leaving a white margin (drawn at 1/8 scale)."""
+    small = size // 8
+    mask = np.zeros((small, small), np.uint8)
     for _ in range(rng.integers(2, 5)):
-        cx, cy = rng.uniform(0.28, 0.72, 2) * size
-        ax = rng.uniform(0.12, 0.24) * size
-        ay = rng.uniform(0.08, 0.2) * size
+        cx, cy = rng.uniform(0.3, 0.7, 2) * small
+        ax = rng.uniform(0.14, 0.28) * small
+        ay = rng.uniform(0.1, 0.22) * small
         cv2.ellipse(mask, (int(cx), int(cy)), (int(ax), int(ay)), float(rng.uniform(0, 180)), 0, 360, 255, -1)
-    noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
-    blurred = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), size / 60)
-    return (blurred + 0.35 * (noise - 0.5)) > 0.5
+    noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (small, small), interpolation=cv2.INTER_CUBIC)
+    blurred = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), small / 60)
+    field = cv2.resize(blurred + 0.35 * (noise - 0.5), (size, size), interpolation=cv2.INTER_LINEAR)
+    return field > 0.5
 
 
 def _draw_nuclei(image: np.ndarray, centres: np.ndarray, radii: np.ndarray, colour: tuple[int, int, int]) -> None:
@@ -114,8 +116,8 @@ def render_slide(label: str, seed: int, size: int, mpp: float) -> np.ndarray:
     image = np.empty_like(tissue)
     image[:] = BACKGROUND
     image[mask] = tissue[mask]
-    noise = rng.normal(0, 4, image.shape[:2])[..., None]
-    return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    noise = rng.integers(-6, 7, image.shape[:2], dtype=np.int16)[..., None]
+    return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
 def write_pyramid_tiff(path: str | Path, image: np.ndarray, mpp: float, n_levels: int = 3, tile: int = 256) -> None:

@@ -238,33 +238,43 @@ def check_inputs(
 def find_holders(coords_5x: np.ndarray, coords_20x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """All (child row, parent row) pairs where the parent's box [x, x+size) x [y, y+size) holds the child's corner.
 
-    Parents are keyed by their integer cell floor(xy / size) and sorted; a parent holding a child in cell (i, j)
-    sits in cell (i, j), (i-1, j), (i, j-1) or (i-1, j-1), so each child makes four `searchsorted` look-ups.
-    Works for parents off any lattice and for overlapping parents (several holders per child).
+    Parents are keyed by their integer cell floor(xy / size) and sorted by key; a parent holding a child in cell
+    (i, j) sits in cell (i, j), (i-1, j), (i, j-1) or (i-1, j-1), so each child makes four look-ups (a dense
+    per-cell table, or `searchsorted` when the cells are too spread out for one). Works for parents off any
+    lattice and for overlapping parents (several holders per child). Works on x and y as separate 1-D arrays:
+    numpy gathers and reductions over [M, 2] rows are several times slower.
     """
     empty = np.empty(0, dtype=np.int64)
     if len(coords_5x) == 0 or len(coords_20x) == 0:
         return empty, empty
-    cell_5x = np.floor_divide(coords_5x, size)
-    cell_20x = np.floor_divide(coords_20x, size)
-    low = np.minimum(cell_5x.min(axis=0), cell_20x.min(axis=0) - 1)
-    width = int(max(cell_5x[:, 0].max(), cell_20x[:, 0].max()) - low[0] + 1)
-
-    def key(cells: np.ndarray) -> np.ndarray:
-        return (cells[..., 1] - low[1]) * width + (cells[..., 0] - low[0])
-
-    parent_order = np.argsort(key(cell_5x), kind="stable")
-    sorted_keys = key(cell_5x)[parent_order]
-    shifts = np.array([[0, 0], [-1, 0], [0, -1], [-1, -1]], dtype=np.int64)
-    queries = key(cell_20x[None, :, :] + shifts[:, None, :]).ravel()  # [4 * M], shift-major
-    start = np.searchsorted(sorted_keys, queries, side="left")
-    counts = np.searchsorted(sorted_keys, queries, side="right") - start
-    total = int(counts.sum())
-    child = np.repeat(np.tile(np.arange(len(coords_20x), dtype=np.int64), len(shifts)), counts)
-    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    parent = parent_order[np.repeat(start, counts) + within]
-    offset = coords_20x[child] - coords_5x[parent]
-    holds = np.all((offset >= 0) & (offset < size), axis=1)
+    px, py = coords_5x[:, 0], coords_5x[:, 1]
+    cx, cy = coords_20x[:, 0], coords_20x[:, 1]
+    pcx, pcy, ccx, ccy = px // size, py // size, cx // size, cy // size
+    low_x, low_y = min(pcx.min(), ccx.min() - 1), min(pcy.min(), ccy.min() - 1)
+    width = int(max(pcx.max(), ccx.max()) - low_x + 1)
+    n_cells = width * int(max(pcy.max(), ccy.max()) - low_y + 1)
+    parent_keys = (pcy - low_y) * width + (pcx - low_x)
+    child_keys = (ccy - low_y) * width + (ccx - low_x)
+    parent_order = np.argsort(parent_keys, kind="stable")
+    neighbours = np.array([0, 1, width, width + 1], dtype=np.int64)  # own cell, left, above, above-left
+    queries = (child_keys[None, :] - neighbours[:, None]).ravel()  # [4 * M], neighbour-major
+    if n_cells <= max(8 * (len(coords_5x) + len(coords_20x)), 1 << 20):
+        per_cell = np.bincount(parent_keys, minlength=n_cells)
+        counts = per_cell[queries]
+        start = (np.cumsum(per_cell) - per_cell)[queries]
+    else:  # coordinates spread so far apart that a table would be mostly empty
+        sorted_keys = parent_keys[parent_order]
+        start = np.searchsorted(sorted_keys, queries, side="left")
+        counts = np.searchsorted(sorted_keys, queries, side="right") - start
+    hit = np.flatnonzero(counts)
+    if np.all(counts[hit] == 1):  # the usual case: at most one parent per cell
+        child, parent = hit % len(coords_20x), parent_order[start[hit]]
+    else:  # several parents share a cell: expand every (query, parent-in-cell) pair
+        counts, start, hit_child = counts[hit], start[hit], hit % len(coords_20x)
+        within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        child, parent = np.repeat(hit_child, counts), parent_order[np.repeat(start, counts) + within]
+    dx, dy = cx[child] - px[parent], cy[child] - py[parent]
+    holds = (dx >= 0) & (dx < size) & (dy >= 0) & (dy < size)
     return child[holds], parent[holds]
 
 
@@ -331,7 +341,7 @@ def link_children(
                 f"{n_misaligned} of {n_children} 20x patches are not at a slot offset (multiple of {slot_size} px) "
                 f"of their 5x parent, e.g. 20x ({coords_20x[child[k], 0]}, {coords_20x[child[k], 1]}) at offset "
                 f"({offset[k, 0]}, {offset[k, 1]}) in 5x ({coords_5x[parent[k], 0]}, {coords_5x[parent[k], 1]}); "
-                "the grids are not aligned (set hierarchy misaligned: nearest to keep the nearest child per slot)",
+                "the grids are not aligned (misaligned: nearest keeps the nearest child per slot)",
             )
         checks.passed("aligned_grid")
     else:
@@ -380,16 +390,16 @@ def _fail_on_shared_slots(
 ) -> None:
     """Fail one_child_per_slot where two children fall in one cell of a parent's 4x4 block."""
     cell = parent * SLOTS + slot
-    order = np.argsort(cell, kind="stable")
-    clash = np.flatnonzero(cell[order][1:] == cell[order][:-1])
-    if len(clash):
-        a, b = child[order[clash[0]]], child[order[clash[0] + 1]]
-        p = parent[order[clash[0]]]
+    per_cell = np.bincount(cell, minlength=len(coords_5x) * SLOTS)
+    if np.any(per_cell > 1):
+        crowded = int(np.argmax(per_cell > 1))
+        a, b = child[cell == crowded][:2]
+        p, k = divmod(crowded, SLOTS)
         checks.fail(
             "one_child_per_slot",
-            f"{len(clash)} extra child(ren) share a slot with another child, e.g. 20x ({coords_20x[a, 0]}, "
-            f"{coords_20x[a, 1]}) and ({coords_20x[b, 0]}, {coords_20x[b, 1]}) both in slot "
-            f"{slot[order[clash[0]]]} of 5x ({coords_5x[p, 0]}, {coords_5x[p, 1]})",
+            f"{int(np.sum(per_cell[per_cell > 1] - 1))} extra child(ren) share a slot with another child, e.g. "
+            f"20x ({coords_20x[a, 0]}, {coords_20x[a, 1]}) and ({coords_20x[b, 0]}, {coords_20x[b, 1]}) both in "
+            f"slot {k} of 5x ({coords_5x[p, 0]}, {coords_5x[p, 1]})",
         )
     checks.passed("one_child_per_slot")
 
@@ -507,6 +517,7 @@ def build_hierarchical(
         "misaligned_mode": misaligned,
         "seed": seed,
         "counts": {},
+        "check_order": list(CHECKS),
         "checks": checks.results,
     }
     try:
@@ -575,7 +586,7 @@ def summarise_reports(report_paths: Iterable[PathLike], out_csv: PathLike) -> pd
     total = {key: table[key].sum(min_count=0) for key in COUNT_KEYS}
     total.update(slide="TOTAL", status=f"{len(table) - n_failed} passed, {n_failed} failed")
     table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
-    for key in COUNT_KEYS:
+    for key in ("patch_size_level0_5x", *COUNT_KEYS):
         table[key] = table[key].astype("Int64")
     write_text_atomic(out_csv, table.to_csv(index=False))
     return table

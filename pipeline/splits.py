@@ -146,7 +146,7 @@ def draw_partitions(
         val_set = set(val)
         train = [c for c in left if c not in val_set]
         for name, chosen in (("test", test), ("val", val), ("train", train)):
-            parts[name].extend(s for c in chosen for s in slides_of[c])
+            parts[name].extend(sorted(s for c in chosen for s in slides_of[c]))
     return Split(*(tuple(parts[p]) for p in PARTITIONS))
 
 

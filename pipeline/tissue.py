@@ -22,8 +22,8 @@ class TissueParams:
     use_otsu: bool = True
     median_blur: int = 7
     close_px: int = 4
-    min_tissue_area_um2: float = 200_000.0
-    min_hole_area_um2: float = 40_000.0
+    min_tissue_area_um2: float = 50_000.0
+    min_hole_area_um2: float = 10_000.0
     max_holes: int = 8
 
 

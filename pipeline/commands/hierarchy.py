@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline import status
+from pipeline.errors import PipelineError
 from pipeline.hierarchy import MISALIGNED_MODES, build_hierarchical
 
 NAME = "hierarchy"
@@ -41,20 +43,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="20x patches not at an exact slot offset: fail, or keep the nearest child per slot (default: fail)",
     )
     parser.add_argument("--seed", type=int, default=0, help="tie-break seed for --misaligned nearest (default: 0)")
-    parser.add_argument("--slide", default=None, help="slide id for messages (default: the 5x file's stem)")
+    parser.add_argument("--slide-id", default=None, help="slide id for messages (default: the 5x file's stem)")
+    parser.add_argument("--status-dir", default="", help="folder for ok/failed records (status/{stage}/{slide}.json)")
+    parser.add_argument(
+        "--status-stage", default="hierarchy", help="stage name of the status record, e.g. hierarchy_plip per backbone"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = build_hierarchical(
-        args.features_5x,
-        args.features_20x,
-        args.out,
-        args.report,
-        level0_mag=args.level0_mag,
-        misaligned=args.misaligned,
-        seed=args.seed,
-        slide=args.slide,
-    )
+    slide = args.slide_id or args.features_5x.stem
+    try:
+        report = build_hierarchical(
+            args.features_5x,
+            args.features_20x,
+            args.out,
+            args.report,
+            level0_mag=args.level0_mag,
+            misaligned=args.misaligned,
+            seed=args.seed,
+            slide=slide,
+        )
+    except PipelineError as err:
+        status.record(args.status_dir, args.status_stage, slide, False, getattr(err, "reason", str(err)))
+        raise
+    status.record(args.status_dir, args.status_stage, slide, True)
     counts = report["counts"]
     print(
         f"{report['slide']}: {counts['linked']}/{counts['children']} children linked to {counts['parents']} parents, "

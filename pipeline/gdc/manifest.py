@@ -19,7 +19,7 @@ from pipeline.formats import PathLike, write_text_atomic
 MANIFEST_COLUMNS = ("id", "filename", "md5", "size", "state")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
-_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f:*?\"<>|]")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME = 200
 
 
@@ -39,12 +39,14 @@ class ManifestEntry:
 
 
 def sanitize_filename(name: str, fallback: str = "") -> str:
-    """A bare file name that cannot leave its folder: no separators, no `..`, no control characters.
+    """A bare file name that cannot leave its folder and is safe as a slide id, wildcard and shell word.
 
-    `../../etc/x` becomes `etc_x`; an empty result falls back to `fallback` (the file id) so a file always has a name.
+    Path separators split the name and `.`/`..` parts are dropped (`../../etc/x` becomes `etc_x`); characters
+    other than letters, digits, `.`, `_` and `-` become `_`; leading dots, underscores and dashes go. An empty
+    result falls back to `fallback` (the file id), so a file always has a name. TCGA slide names pass unchanged.
     """
     parts = [p for p in re.split(r"[/\\]+", name) if p not in ("", ".", "..")]
-    cleaned = _UNSAFE_CHARS.sub("_", "_".join(parts)).strip().lstrip(".")
+    cleaned = _UNSAFE_CHARS.sub("_", "_".join(parts)).lstrip("._-")
     cleaned = cleaned.replace("..", "_")
     if len(cleaned) > _MAX_NAME:
         stem, dot, ext = cleaned.rpartition(".")

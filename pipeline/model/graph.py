@@ -280,5 +280,5 @@ def intra_adjacency(edge_index: Tensor, num_src: int, num_dst: int) -> Tensor:
     product never builds it.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
         return to_torch_csr_tensor(edge_index.flip(0), size=(num_dst, num_src))

@@ -1,0 +1,29 @@
+# hive-wsi: whole-slide images to few-shot HiVE-MIL predictions. Thin on purpose: the rules live in
+# workflow/rules/, the logic in the `pipeline` package (python -m pipeline --help).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: f"{workflow.basedir}/config.yaml"
+
+
+validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/slides.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),
+
+
+onsuccess:
+    shell(status_table_command())
+
+
+onerror:
+    shell(status_table_command())

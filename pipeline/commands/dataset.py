@@ -1,0 +1,38 @@
+"""Build dataset.csv (case_id,slide_id,label,level0_mag; HiVE-MIL's columns) from the cohort sheet.
+
+A slide is kept only if it is labelled (with one of --labels, when given), has a case id, a patches file whose
+`level0_magnification` attribute is usable, a 5x feature file and a hierarchical 5x-20x feature file. Every other
+sheet row is written to --dropped with the reason. Per-slide files are matched to sheet rows by file name
+(slide id = name without the extension). Fails if no slide is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cohort import write_dataset
+
+NAME = "dataset"
+HELP = "cohort sheet + per-slide files -> dataset.csv and dropped.csv"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sheet", required=True, help="cohort sheet CSV with columns slide_id,case_id,label")
+    parser.add_argument("--patches", nargs="*", default=[], help="patches/{slide}.h5 files (level-0 magnification)")
+    parser.add_argument("--features-5x", nargs="*", default=[], help="5x feature files, one per slide")
+    parser.add_argument("--hierarchical", nargs="*", default=[], help="hierarchical 5x-20x feature files")
+    parser.add_argument("--labels", nargs="*", default=[], help="allowed labels in label order (empty: any)")
+    parser.add_argument("--out", required=True, help="dataset.csv to write")
+    parser.add_argument("--dropped", required=True, help="dropped.csv to write (slide_id,case_id,label,reason)")
+
+
+def run(args: argparse.Namespace) -> int:
+    write_dataset(
+        args.sheet,
+        args.patches,
+        {"5x features": args.features_5x, "hierarchical features": args.hierarchical},
+        args.out,
+        args.dropped,
+        labels=args.labels or None,
+    )
+    return 0

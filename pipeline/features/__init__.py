@@ -1,0 +1,11 @@
+"""Patch and text features: backbone registry, one-read-per-parent loader, per-slide extraction, prompts."""
+
+from pipeline.features.registry import (  # noqa: F401
+    RANDOM,
+    BackboneCfg,
+    create_backbone,
+    get_backbone_cfg,
+    list_backbones,
+    register_backbone,
+)
+from pipeline.features import backbones  # noqa: F401,E402  (registers every backbone)

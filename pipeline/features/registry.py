@@ -1,0 +1,148 @@
+"""Every patch and text encoder, known by name: its metadata as data, its builder registered where it is defined.
+
+`@register_backbone(BackboneCfg(...))` on a builder function adds a backbone (a duplicate name is an error, not
+an overwrite). `create_backbone(name, weights=...)` builds it: the architecture first (random, seeded), then the
+weights from a local file, a hub id, or nothing when the caller says `weights="random"` explicitly. This module
+imports no torch, so listing backbones (CLI choices, schema checks) stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.features.backbones.base import Backbone
+
+#: CLIP's published normalisation constants (OpenAI), used by PLIP, QuiltNet and CONCH alike.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: the value of `weights` that asks for random initialisation (never a default).
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class BackboneCfg:
+    """What a backbone is and how its inputs must look; the single source for transforms and output attrs."""
+
+    name: str
+    architecture: str  # human-readable, e.g. "CLIP ViT-B/32"
+    input_size: int  # square input side in px
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"  # resize of a patch to input_size: "bicubic" or "bilinear"
+    embed_dim: int = 512  # joint image-text embedding size D
+    hub_id: str | None = None  # Hugging Face repo of the published weights (None: there are none)
+    hub_filename: str | None = None  # weights file inside hub_id
+    licence: str = ""
+    precision: str = "bf16"  # autocast dtype on a GPU ("bf16", "fp16" or "fp32"); the CPU always runs fp32
+    normalize_image: bool = False  # L2-normalise image embeddings (CONCH's contrastive head does)
+    quick_gelu: bool = False  # CLIP-family activation (OpenAI-initialised weights use QuickGELU)
+    paper: str = ""
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"backbone '{self.name}': interpolation must be bicubic or bilinear, got {self.interpolation!r}")
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"backbone '{self.name}': precision must be bf16, fp16 or fp32, got {self.precision!r}")
+        if self.input_size < 16:
+            raise ValueError(f"backbone '{self.name}': input_size {self.input_size} is too small")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder needs besides the cfg: a tokenizer file (if any) and whether the weights are random."""
+
+    tokenizer: str | None = None
+    random_weights: bool = False
+
+
+Builder = Callable[[BackboneCfg, BuildContext], "Backbone"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    cfg: BackboneCfg
+    builder: Builder
+    module: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_backbone(cfg: BackboneCfg) -> Callable[[Builder], Builder]:
+    """Register `builder(cfg, ctx) -> Backbone` (the random-initialised architecture) under `cfg.name`."""
+
+    def decorate(builder: Builder) -> Builder:
+        if cfg.name in _REGISTRY:
+            raise ValueError(
+                f"backbone '{cfg.name}' is already registered by {_REGISTRY[cfg.name].module}; "
+                f"{builder.__module__} cannot register it again"
+            )
+        _REGISTRY[cfg.name] = _Entry(cfg, builder, builder.__module__)
+        return builder
+
+    return decorate
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone, sorted (drives CLI choices, the config schema and the tests)."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise PipelineError(f"unknown backbone '{name}'; registered backbones: {', '.join(list_backbones())}")
+    return _REGISTRY[name]
+
+
+def get_backbone_cfg(name: str) -> BackboneCfg:
+    """The registered cfg (frozen, so callers cannot change the registry's copy)."""
+    return _entry(name).cfg
+
+
+def create_backbone(
+    name: str,
+    weights: str | None = None,
+    *,
+    tokenizer: str | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> "Backbone":
+    """Build a registered backbone in eval mode with frozen parameters.
+
+    Args:
+        name: a name from `list_backbones()`.
+        weights: a local checkpoint path; the backbone's hub id (or ``hf-hub:org/repo``), downloaded when online;
+            ``"random"`` for a seeded random initialisation (logged loudly and recorded in outputs);
+            None means the published weights (the hub id), which needs the network.
+        tokenizer: a tokenizer file for backbones whose vocabulary is not shipped with open_clip (CONCH).
+        seed: seed of the random initialisation (so every slide of a run sees the same random model).
+        overrides: BackboneCfg fields to replace; None values are dropped so unset CLI options change nothing.
+
+    Example:
+        >>> bb = create_backbone("tiny", weights="random")
+        >>> bb.encode_image(bb.transform(patch)[None]).shape
+        torch.Size([1, 512])
+    """
+    entry = _entry(name)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(BackboneCfg)})
+    if unknown:
+        raise PipelineError(f"backbone '{name}': unknown cfg override(s) {unknown}")
+    cfg = dataclasses.replace(entry.cfg, **changes)
+    from pipeline.features.weights import find_tokenizer, load_checkpoint, resolve_weights, seeded
+
+    source = resolve_weights(cfg, weights, seed)
+    ctx = BuildContext(tokenizer or find_tokenizer(source.path), source.is_random)
+    with seeded(seed):
+        backbone = entry.builder(cfg, ctx)
+    if not source.is_random:
+        load_checkpoint(backbone, source)
+    backbone.weights = source
+    backbone.freeze()
+    return backbone

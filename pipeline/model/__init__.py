@@ -1,0 +1,1 @@
+"""HiVE-MIL model and baselines: tensors in, tensors out (never slides or files)."""

@@ -1,0 +1,84 @@
+"""What the Snakemake rules need to know about the cohort, computed here so it is tested code, not .smk logic."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from pipeline.demo import demo_slides
+
+#: the real slide bundled for the demo (see pipeline/data/slides/SOURCES.md).
+BUNDLED_SLIDE = Path(__file__).resolve().parent / "data" / "slides" / "CMU-1-Small-Region.svs"
+
+
+def cohort_slides(config: dict[str, Any], repo: str | Path) -> dict[str, str]:
+    """slide_id -> slide path for the configured source, known before any job runs.
+
+    demo: generated slides under {output_dir}/demo/slides plus the bundled real slide. local: the user's sheet,
+    validated now so a bad sheet stops the run before any work. gdc: the slides listed by the query checkpoint
+    (empty here; the GDC rules add them once the manifest exists).
+    """
+    out = config["output_dir"]
+    source = config["source"]
+    if source == "demo":
+        d = config["demo"]
+        slides = {
+            s.slide_id: f"{out}/demo/slides/{s.slide_id}.tiff" for s in demo_slides(d["classes"], d["slides_per_class"])
+        }
+        if d.get("include_real", True):
+            slides[BUNDLED_SLIDE.stem] = str(BUNDLED_SLIDE)
+        return slides
+    if source == "local":
+        from pipeline.cohort_sheet import read_local_sheet
+
+        local = config["local"]
+        rows = read_local_sheet(local["sheet"], local["slides_dir"])
+        return {r.slide_id: str(r.file) for r in rows}
+    return {}
+
+
+def slide_regex(slide_ids: list[str]) -> str:
+    """A wildcard constraint matching exactly the cohort's slide ids (keeps other paths from matching rules)."""
+    if not slide_ids:
+        return r"[^/]+"
+    return "|".join(re.escape(s) for s in sorted(slide_ids, key=len, reverse=True))
+
+
+def sheet_inputs(config: dict[str, Any], slides: dict[str, str]) -> list[str]:
+    if config["source"] == "local":
+        return [config["local"]["sheet"]]
+    return []
+
+
+def sheet_command(config: dict[str, Any], repo: str | Path, out: str, slides: dict[str, str]) -> str:
+    """The command writing {output_dir}/cohort/sheet.csv (slide_id,case_id,label,file) for the source."""
+    if config["source"] == "local":
+        local = config["local"]
+        return (
+            f"python -m pipeline local-sheet --sheet {shlex.quote(local['sheet'])} "
+            f"--slides-dir {shlex.quote(local['slides_dir'])}"
+        )
+    d = config["demo"]
+    extra = f" --extra {BUNDLED_SLIDE.stem}={shlex.quote(str(BUNDLED_SLIDE))}" if d.get("include_real", True) else ""
+    return (
+        f"python -m pipeline demo sheet --slides-dir {shlex.quote(out + '/demo/slides')} "
+        f"--classes {' '.join(d['classes'])} --slides-per-class {d['slides_per_class']}{extra}"
+    )
+
+
+def tissue_args(tissue: dict[str, Any]) -> str:
+    """Command-line flags of the segment command from the config's `tissue` section."""
+    args = [
+        f"--seg-mpp {tissue['seg_mpp']}",
+        f"--saturation-threshold {tissue['saturation_threshold']}",
+        f"--median-blur {tissue['median_blur']}",
+        f"--close-px {tissue['close_px']}",
+        f"--min-tissue-area-um2 {tissue['min_tissue_area_um2']}",
+        f"--min-hole-area-um2 {tissue['min_hole_area_um2']}",
+        f"--max-holes {tissue['max_holes']}",
+    ]
+    if not tissue["use_otsu"]:
+        args.append("--no-otsu")
+    return " ".join(args)

@@ -1,0 +1,331 @@
+"""HiVE-MIL model, training loop and baselines on tiny tensors and tiny feature files (CPU, seconds each)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.model.baselines import ABMIL, ZeroShotClassifier
+from pipeline.model.graph import (
+    HIER_RELATIONS,
+    IMG5,
+    IMG20,
+    INTRA_RELATIONS,
+    TXT5,
+    TXT20,
+    HierarchicalAttention,
+    HierarchicalHeteroGNN,
+    HierarchicalHeteroLayer,
+)
+from pipeline.model.hivemil import (
+    HiveMIL,
+    HiveMILConfig,
+    build_slide_graph,
+    fine_to_coarse,
+    htcl_loss,
+    score_scale,
+    tgdf_keep,
+    topk_class_scores,
+)
+
+D = 16  # tiny feature size for graph-only tests
+
+
+def random_slide(n5: int = 6, dim: int = D, seed: int = 0, drop: float = 0.3):
+    g = torch.Generator().manual_seed(seed)
+    x5 = torch.randn(n5, dim, generator=g)
+    x20 = torch.randn(n5, 16, dim, generator=g)
+    mask = torch.rand(n5, 16, generator=g) > drop
+    mask[:, 0] = True
+    return x5, x20, mask
+
+
+# --- TGDF ------------------------------------------------------------------------------------------------------
+
+
+def test_tgdf_keeps_exactly_entries_above_mean_plus_half_std():
+    # column 0: [0, 1, 2, 5] -> min-max [0, .2, .4, 1]; mean .4, population std sqrt(.14) = .3742;
+    #   threshold .4 + .5 * .3742 = .5871 -> only row 3.
+    # column 1: [3, 3.5, 1, 0] -> [.8571, 1, .2857, 0]; mean .5357, std .4088; threshold .7401 -> rows 0, 1.
+    sim = torch.tensor([[0.0, 3.0], [1.0, 3.5], [2.0, 1.0], [5.0, 0.0]])
+    expected = torch.tensor([[False, True], [False, True], [False, False], [True, False]])
+    assert torch.equal(tgdf_keep(sim, alpha=0.5), expected)
+    # the rule is per column and invariant to a column's offset and positive scale
+    assert torch.equal(tgdf_keep(sim * torch.tensor([3.0, 0.5]) + torch.tensor([-7.0, 2.0])), expected)
+    # alpha = 0 keeps what is at or above the column mean: column 0 rows 2 (.4 = mean) and 3
+    assert tgdf_keep(sim, alpha=0.0)[:, 0].tolist() == [False, False, True, True]
+
+
+def test_tgdf_constant_column_keeps_all_and_empty_is_empty():
+    sim = torch.tensor([[0.3, 1.0], [0.3, 2.0]])
+    assert tgdf_keep(sim)[:, 0].all()
+    assert tgdf_keep(torch.zeros(0, 3)).shape == (0, 3)
+
+
+def test_graph_has_children_of_matched_parents_only_and_all_pairs_without_filtering():
+    torch.manual_seed(0)
+    n_classes = 2
+    x5, x20, mask = random_slide(n5=8)
+    t5, t20 = torch.randn(4 * n_classes, D), torch.randn(12 * n_classes, D)
+    x5[7] = -F.normalize(t5, dim=-1).sum(0)  # points away from every coarse text: stays unmatched
+    g = build_slide_graph(x5, x20, mask, t5, t20, filtering=True)
+    keep5 = tgdf_keep(F.normalize(x5, dim=-1) @ F.normalize(t5, dim=-1).T)
+    assert torch.equal(g.matched_5x, keep5.any(1))
+    assert not g.matched_5x[7]
+    expected_children = (mask & keep5.any(1, keepdim=True)).sum().item()
+    assert g.x_dict[IMG20].shape == (expected_children, D)
+    assert g.matched_5x[g.child_parent].all() and mask[g.child_parent, g.child_slot].all()
+    # intra edges are exactly the kept entries, in both directions
+    assert torch.equal(g.edge_index_dict[INTRA_RELATIONS[0]], keep5.nonzero().T)
+    assert torch.equal(g.edge_index_dict[INTRA_RELATIONS[1]], keep5.nonzero().T.flip(0))
+    # without filtering every masked-in child enters and every image links to every text of its scale
+    g_all = build_slide_graph(x5, x20, mask, t5, t20, filtering=False)
+    assert g_all.x_dict[IMG20].size(0) == mask.sum().item()
+    assert g_all.edge_index_dict[INTRA_RELATIONS[2]].size(1) == mask.sum().item() * 12 * n_classes
+
+
+def test_fine_texts_link_to_their_coarse_parent():
+    parent = fine_to_coarse(2)
+    assert parent[:12].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert parent[12:].tolist() == [4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7]
+
+
+# --- HTCL and slide logits -------------------------------------------------------------------------------------
+
+
+def _unit(angle: float) -> list[float]:
+    return [math.cos(angle), math.sin(angle)]
+
+
+def test_htcl_equals_hand_computed_value():
+    # class 0: fine texts of every coarse text at angles +-0.3 and 0 -> anchor direction (1, 0); coarse = (1, 0)
+    # class 1: fine texts around (0.6, 0.8) -> anchor (0.6, 0.8); coarse = (0, 1)
+    # pos: 1 (class 0), 0.8 (class 1); neg: cos((1,0), (.6,.8)) = 0.6 for both classes
+    a1 = math.atan2(0.8, 0.6)
+    fine0 = [_unit(0.3), _unit(-0.3), _unit(0.0)] * 4
+    fine1 = [_unit(a1 + 0.2), _unit(a1 - 0.2), _unit(a1)] * 4
+    t20 = torch.tensor(fine0 + fine1)
+    t5 = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 4)
+    nls = lambda z: -math.log(1 / (1 + math.exp(-z)))  # noqa: E731
+    with_neg = (nls(1 - 0.6) + nls(0.8 - 0.6)) / 2  # 0.555577
+    without = (nls(1.0) + nls(0.8)) / 2  # 0.342181
+    assert htcl_loss(t5, t20, 2, negatives=True).item() == pytest.approx(with_neg, abs=1e-6)
+    assert htcl_loss(t5, t20, 2, negatives=False).item() == pytest.approx(without, abs=1e-6)
+    assert with_neg == pytest.approx(0.555577, abs=1e-6)
+
+
+def test_topk_class_scores_by_hand():
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    texts = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # one text per class
+    # text 0 sims [1, 0, .6] -> top-2 mean .8; text 1 sims [0, 1, .8] -> .9
+    assert topk_class_scores(images, texts, 2, k=2).tolist() == pytest.approx([0.8, 0.9])
+    # k larger than the bag takes all patches
+    assert topk_class_scores(images, texts, 2, k=100).tolist() == pytest.approx([1.6 / 3, 1.8 / 3])
+
+
+def test_logit_scale_modes():
+    assert score_scale(100.0, "exp") == 100.0
+    assert score_scale(100.0, "raw") == pytest.approx(math.log(100.0))  # ~4.6, the reference code's factor
+    x5, x20, mask = random_slide()
+    texts = torch.randn(32, D)
+    torch.manual_seed(0)
+    m_exp = HiveMIL(D, 2, 100.0, HiveMILConfig(logit_scale="exp")).eval()
+    m_raw = HiveMIL(D, 2, 100.0, HiveMILConfig(logit_scale="raw")).eval()
+    m_raw.load_state_dict(m_exp.state_dict())
+    out_exp, out_raw = m_exp(x5, x20, mask, texts), m_raw(x5, x20, mask, texts)
+    assert torch.allclose(out_exp.logits / 100.0, out_raw.logits / math.log(100.0), atol=1e-5)
+
+
+def test_filter_at_eval_switch():
+    x5, x20, mask = random_slide(n5=10)
+    texts = torch.randn(32, D)
+    torch.manual_seed(0)
+    model = HiveMIL(D, 2, 100.0, HiveMILConfig(filter_at_eval=False)).eval()
+    n_all = model(x5, x20, mask, texts).graph.x_dict[IMG20].size(0)
+    model.config.filter_at_eval = True
+    n_filtered = model(x5, x20, mask, texts).graph.x_dict[IMG20].size(0)
+    assert n_all == mask.sum().item() and n_filtered < n_all
+
+
+# --- hierarchical attention --------------------------------------------------------------------------------------
+
+
+def _tiny_hierarchy():
+    """3 parents, 5 children: children 0, 1 -> parent 0; child 2 -> parent 1; children 3, 4 -> parent 2."""
+    parent_of = torch.tensor([0, 0, 1, 2, 2])
+    child = torch.arange(5)
+    return parent_of, torch.stack([child, parent_of]), torch.stack([parent_of, child])
+
+
+def test_each_child_exchanges_hierarchical_messages_only_with_its_own_parent():
+    torch.manual_seed(0)
+    parent_of, up, down = _tiny_hierarchy()
+    x5, x20 = torch.randn(3, 8), torch.randn(5, 8)
+    e5, e20 = torch.randn(8), torch.randn(8)
+    attn = HierarchicalAttention(8, heads=2, mode="edges")
+    base_down = attn(x5, x20, down, e5, e20)
+    for p in range(3):  # perturb one parent: only its own children's messages change
+        x5p = x5.clone()
+        x5p[p] += 1.0
+        changed = (attn(x5p, x20, down, e5, e20) - base_down).abs().sum(1) > 1e-6
+        assert changed.tolist() == (parent_of == p).tolist()
+    up_attn = HierarchicalAttention(8, heads=2, mode="edges")
+    base_up = up_attn(x20, x5, up, e20, e5)
+    for c in range(5):  # perturb one child: only its parent's message changes
+        x20p = x20.clone()
+        x20p[c] += 1.0
+        changed = (up_attn(x20p, x5, up, e20, e5) - base_up).abs().sum(1) > 1e-6
+        assert changed.tolist() == [p == parent_of[c].item() for p in range(3)]
+    # a child's message is exactly its parent's value projection (softmax over one parent is 1)
+    assert torch.allclose(base_down, attn.lin_v(x5)[parent_of], atol=1e-6)
+    # the weights of a parent sum to one over its own children
+    w = up_attn.attention_weights(x20, x5, up, e20, e5)
+    sums = torch.zeros(3, 2).index_add_(0, parent_of, w)
+    assert torch.allclose(sums, torch.ones(3, 2))
+
+
+def _layer_inputs(seed: int = 0):
+    """A hand-built graph with every relation present: 3 parents, 5 children, 1 class (4 + 12 texts)."""
+    g = torch.Generator().manual_seed(seed)
+    parent_of, up, down = _tiny_hierarchy()
+    x = {IMG5: torch.randn(3, 8, generator=g), IMG20: torch.randn(5, 8, generator=g),
+         TXT5: torch.randn(4, 8, generator=g), TXT20: torch.randn(12, 8, generator=g)}
+    t_child, t_parent = torch.arange(12), fine_to_coarse(1)
+    i5 = torch.tensor([[0, 1, 2, 2], [0, 1, 2, 3]])  # image -> text
+    i20 = torch.tensor([[0, 1, 2, 3, 4, 4], [0, 3, 6, 9, 11, 1]])
+    edges = {INTRA_RELATIONS[0]: i5, INTRA_RELATIONS[1]: i5.flip(0), INTRA_RELATIONS[2]: i20,
+             INTRA_RELATIONS[3]: i20.flip(0), HIER_RELATIONS[0]: up, HIER_RELATIONS[1]: down,
+             HIER_RELATIONS[2]: torch.stack([t_child, t_parent]), HIER_RELATIONS[3]: torch.stack([t_parent, t_child])}
+    return x, edges, parent_of
+
+
+def test_layer_hierarchical_messages_follow_parents_only():
+    torch.manual_seed(0)
+    x, edges, parent_of = _layer_inputs()
+    no_intra = {r: e for r, e in edges.items() if r in HIER_RELATIONS}  # isolate the hierarchical path
+    for mode in ("edges", "dense"):
+        layer = HierarchicalHeteroLayer(8, heads=2, hier_attention=mode)
+        base = layer(x, no_intra)[IMG20]
+        for p in range(3):
+            xp = dict(x)
+            xp[IMG5] = x[IMG5].clone()
+            xp[IMG5][p] += 1.0
+            changed = ((layer(xp, no_intra)[IMG20] - base).abs().sum(1) > 1e-6).tolist()
+            if mode == "edges":
+                assert changed == (parent_of == p).tolist()
+            else:  # the reference code's dense attention mixes every parent into every child
+                assert all(changed)
+
+
+def test_dense_differs_from_edges_and_matches_a_direct_dense_computation():
+    torch.manual_seed(0)
+    x, edges, _ = _layer_inputs()
+    edges_layer = HierarchicalHeteroLayer(8, heads=2, hier_attention="edges")
+    dense_layer = HierarchicalHeteroLayer(8, heads=2, hier_attention="dense")
+    dense_layer.load_state_dict(edges_layer.state_dict())
+    out_edges, out_dense = edges_layer(x, edges), dense_layer(x, edges)
+    assert not torch.allclose(out_edges[IMG20], out_dense[IMG20], atol=1e-4)
+    # direct computation of the dense attention from 5x images to 20x images
+    attn = dense_layer.attention["img5__down__img20"]
+    e = dense_layer.scale_embedding
+    q = (attn.lin_q(x[IMG20]) + e[1]).view(5, 2, 4)
+    k = (attn.lin_k(x[IMG5]) + e[0]).view(3, 2, 4)
+    v = attn.lin_v(x[IMG5]).view(3, 2, 4)
+    expected = torch.zeros(5, 2, 4)
+    for h in range(2):
+        weights = torch.softmax(q[:, h] @ k[:, h].T / math.sqrt(4), dim=1)  # [5, 3]: every parent
+        expected[:, h] = weights @ v[:, h]
+    got = attn(x[IMG5], x[IMG20], None, e[0], e[1])
+    assert torch.allclose(got, expected.reshape(5, 8), atol=1e-6)
+    # and the dense module equals the edges module run on the complete bipartite edge list
+    all_pairs = torch.cartesian_prod(torch.arange(3), torch.arange(5)).T
+    edge_attn = edges_layer.attention["img5__down__img20"]
+    assert torch.allclose(edge_attn(x[IMG5], x[IMG20], all_pairs, e[0], e[1]), got, atol=1e-6)
+    # whole model: different logits for the same weights
+    x5, x20, mask = random_slide()
+    texts = torch.randn(32, D)
+    m_edges = HiveMIL(D, 2, 100.0, HiveMILConfig(hier_attention="edges")).eval()
+    m_dense = HiveMIL(D, 2, 100.0, HiveMILConfig(hier_attention="dense")).eval()
+    m_dense.load_state_dict(m_edges.state_dict())
+    assert not torch.allclose(m_edges(x5, x20, mask, texts).logits, m_dense(x5, x20, mask, texts).logits)
+
+
+# In `edges` mode each 20x node has exactly one parent, so the softmax of the parent -> child relations is over a
+# single edge and is 1 whatever the query and key: those two projections are inert (they act in `dense` mode).
+INERT_IN_EDGES_MODE = {
+    f"gnn.layers.{i}.attention.{rel}.{lin}.weight"
+    for i in range(2)
+    for rel in ("img5__down__img20", "txt5__down__txt20")
+    for lin in ("lin_q", "lin_k")
+}
+
+
+@pytest.mark.parametrize("mode", ["edges", "dense"])
+def test_gradient_reaches_every_graph_module(mode):
+    torch.manual_seed(0)
+    x5, x20, mask = random_slide(n5=8)
+    texts = torch.randn(32, D, requires_grad=True)
+    model = HiveMIL(D, 2, 100.0, HiveMILConfig(hier_attention=mode)).train()
+    out = model(x5, x20, mask, texts)
+    model.loss(out, torch.tensor(1)).backward()
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0}
+    assert no_grad == (INERT_IN_EDGES_MODE if mode == "edges" else set())
+    for name, module in model.named_modules():
+        params = list(module.parameters(recurse=False))
+        if params:
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
+    assert texts.grad.abs().sum() > 0
+
+
+def test_graph_output_rows_are_unit_length_and_reprs():
+    x, edges, _ = _layer_inputs()
+    gnn = HierarchicalHeteroGNN(8, num_layers=2, heads=2)
+    out = gnn(x, edges)
+    for t in (IMG5, IMG20, TXT5, TXT20):
+        assert out[t].shape == x[t].shape
+        assert torch.allclose(out[t].norm(dim=-1), torch.ones(len(x[t])), atol=1e-5)
+    assert str(gnn) == "HierarchicalHeteroGNN(8, num_layers=2, heads=2, hier_attention=edges)"
+    assert str(HierarchicalAttention(8, 2, "dense")) == "HierarchicalAttention(8, heads=2, mode=dense)"
+    assert str(HierarchicalHeteroLayer(8)) == "HierarchicalHeteroLayer(8, heads=2, hier_attention=edges)"
+    assert str(ABMIL(8, 3, "20x")) == "ABMIL(8, 3, scale=20x, hidden=256, attention_dim=128, dropout=0.25)"
+    assert str(HiveMIL(8, 2, 100.0)) == (
+        "HiveMIL(8, n_classes=2, hier_attention=edges, htcl_negatives=True, logit_scale=exp, filter_at_eval=False)"
+    )
+
+
+def test_bad_options_raise_naming_the_class():
+    with pytest.raises(ValueError, match="HierarchicalAttention.*divisible"):
+        HierarchicalAttention(7, heads=2)
+    with pytest.raises(ValueError, match="HierarchicalHeteroGNN.*hier_attention"):
+        HierarchicalHeteroGNN(8, hier_attention="sparse")
+    with pytest.raises(ValueError, match="logit_scale"):
+        HiveMILConfig(logit_scale="log")
+    with pytest.raises(ValueError, match="ABMIL.*scale"):
+        ABMIL(8, 2, scale="10x")
+
+
+def test_node_permutation_does_not_change_slide_logits():
+    torch.manual_seed(0)
+    x5, x20, mask = random_slide(n5=7)
+    texts = torch.randn(32, D)
+    model = HiveMIL(D, 2, 100.0).eval()
+    perm = torch.randperm(7)
+    a = model(x5, x20, mask, texts).logits
+    b = model(x5[perm], x20[perm], mask[perm], texts).logits
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_abmil_and_zeroshot_shapes():
+    x5, x20, mask = random_slide(n5=5)
+    out = ABMIL(D, 3, "20x").eval()(x5, x20, mask)
+    assert out.logits.shape == (3,) and out.attention.shape == (mask.sum().item(),)
+    assert torch.isclose(out.attention.sum(), torch.tensor(1.0))
+    zs = ZeroShotClassifier(torch.randn(48, D), 3, 100.0)
+    assert zs(x5, x20, mask).logits.shape == (3,)
+    assert not list(zs.parameters())

@@ -1,0 +1,86 @@
+# GDC source: the query checkpoint writes manifest.tsv and the labelled cohort sheet; then one verified,
+# resumable download per slide, at most `gdc.concurrent_downloads` at once (resource gdc_conn).
+from pipeline.gdc import wiring as gdc_wiring
+
+GDC = config["gdc"]
+GDC_SLIDES = GDC["slides_dir"]
+
+# Both need the internet, which cluster compute nodes often lack; the query is light, downloads are I/O.
+localrules:
+    gdc_query,
+    gdc_download_all,
+
+
+if GDC["local_downloads"]:
+
+    localrules:
+        gdc_download,
+
+
+# `--resources gdc_conn=N` on the command line (or in a profile) wins over the config value.
+if "gdc_conn" not in workflow.global_resources:
+    workflow.register_resource("gdc_conn", GDC["concurrent_downloads"])
+
+
+checkpoint gdc_query:
+    input:
+        gdc_wiring.query_inputs(GDC),
+    output:
+        manifest=f"{OUT}/gdc/manifest.tsv",
+        cohort=f"{OUT}/gdc/cohort.csv",
+        summary=f"{OUT}/gdc/summary.json",
+    params:
+        task=gdc_wiring.query_args(GDC),
+        client=gdc_wiring.client_args(GDC),
+    log:
+        f"{OUT}/logs/gdc_query/query.log",
+    benchmark:
+        f"{OUT}/benchmarks/gdc_query/query.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+        gdc_conn=1,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "python -m pipeline gdc-query {params.task} {params.client} --out-manifest {output.manifest} "
+        "--out-cohort {output.cohort} --out-summary {output.summary} > {log} 2>&1"
+
+
+rule gdc_download:
+    input:
+        # ancient: a rerun of the query must not make every downloaded slide look outdated
+        manifest=ancient(rules.gdc_query.output.manifest),
+    output:
+        f"{GDC_SLIDES}/{{slide}}.svs",
+    params:
+        client=gdc_wiring.client_args(GDC),
+    log:
+        f"{OUT}/logs/gdc_download/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/gdc_download/{{slide}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=240,
+        gdc_conn=1,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "python -m pipeline gdc-download --manifest {input.manifest} --slide {wildcards.slide} --out {output} "
+        "{params.client} > {log} 2>&1"
+
+
+def gdc_slide_ids():
+    """Slide ids of the query's cohort sheet (waits for the checkpoint)."""
+    return gdc_wiring.cohort_slide_ids(checkpoints.gdc_query.get().output.cohort)
+
+
+def gdc_slide_files(wildcards=None):
+    return expand(rules.gdc_download.output[0], slide=gdc_slide_ids())
+
+
+rule gdc_download_all:
+    input:
+        gdc_slide_files,

@@ -1,0 +1,64 @@
+# Hierarchy: 20x features linked to their 5x parents by level-0 coordinates, per slide and backbone, with a
+# consistency report per slide and a cohort table per backbone. The logic is pipeline/hierarchy.py.
+
+
+rule hierarchy:
+    input:
+        x5=f"{OUT}/features/{{backbone}}/{{backbone}}_5x/{{slide}}.h5",
+        x20=f"{OUT}/features/{{backbone}}/{{backbone}}_20x/{{slide}}.h5",
+    output:
+        h5=f"{OUT}/features/{{backbone}}/hierarchical_{{backbone}}_5x_20x/{{slide}}.h5",
+    log:
+        main=f"{OUT}/logs/hierarchy/{{backbone}}/{{slide}}.log",
+        # The consistency report is declared as a log, not an output: Snakemake deletes a failed job's outputs
+        # but keeps its logs, so the report a failure message points to is still there to read.
+        # check_hierarchy takes it as input like any output.
+        report=f"{OUT}/hierarchy/{{backbone}}/{{slide}}.json",
+    benchmark:
+        f"{OUT}/benchmarks/hierarchy/{{backbone}}/{{slide}}.tsv"
+    wildcard_constraints:
+        backbone=r"[^/]+",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        misaligned=config["hierarchy"]["misaligned"],
+        seed=config["hierarchy"]["seed"],
+        status=f"{OUT}/status",
+    shell:
+        "python -m pipeline hierarchy --features-5x {input.x5} --features-20x {input.x20} --out {output.h5} "
+        "--report {log.report} --misaligned {params.misaligned} --seed {params.seed} "
+        "--slide-id {wildcards.slide} --status-dir {params.status} --status-stage hierarchy_{wildcards.backbone} "
+        "> {log.main} 2>&1"
+
+
+rule check_hierarchy:
+    input:
+        # hierarchy_reports(wildcards): every slide's f"{OUT}/hierarchy/{backbone}/{slide}.json" (common.smk)
+        reports=hierarchy_reports,
+    output:
+        f"{OUT}/hierarchy/{{backbone}}/summary.csv",
+    log:
+        f"{OUT}/logs/check_hierarchy/{{backbone}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/check_hierarchy/{{backbone}}.tsv"
+    wildcard_constraints:
+        backbone=r"[^/]+",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m pipeline hierarchy-summary --reports {input.reports} --out {output} > {log} 2>&1"
+
+
+rule hierarchy_all:
+    input:
+        expand(
+            rules.check_hierarchy.output[0], backbone=config["features"]["backbones"]
+        ),

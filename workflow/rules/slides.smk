@@ -1,0 +1,116 @@
+# Slides: the demo cohort, tissue segmentation and aligned 5x/20x patching.
+
+
+rule demo_slide:
+    output:
+        f"{OUT}/demo/slides/{{slide}}.tiff",
+    params:
+        seed=config["demo"]["seed"],
+        size=config["demo"]["size_px"],
+        mpp=config["demo"]["mpp"],
+        classes=" ".join(config["demo"]["classes"]),
+        per_class=config["demo"]["slides_per_class"],
+    log:
+        f"{OUT}/logs/demo_slide/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/demo_slide/{{slide}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "python -m pipeline demo slide --slide-id {wildcards.slide} --out {output} --seed {params.seed} "
+        "--size {params.size} --mpp {params.mpp} --classes {params.classes} "
+        "--slides-per-class {params.per_class} > {log} 2>&1"
+
+
+rule cohort_sheet:
+    input:
+        ws.sheet_inputs(config, COHORT),
+    output:
+        f"{OUT}/cohort/sheet.csv",
+    params:
+        cmd=ws.sheet_command(config, REPO, OUT, COHORT),
+    log:
+        f"{OUT}/logs/cohort_sheet/sheet.log",
+    benchmark:
+        f"{OUT}/benchmarks/cohort_sheet/sheet.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "{params.cmd} --out {output} > {log} 2>&1"
+
+
+rule segment:
+    input:
+        slide=slide_path,
+    output:
+        mask=f"{OUT}/tissue/{{slide}}.png",
+        geojson=f"{OUT}/tissue/{{slide}}.geojson",
+        stats=f"{OUT}/tissue/{{slide}}.json",
+        qc=f"{OUT}/qc/tissue/{{slide}}.png",
+    params:
+        overrides=mpp_overrides_arg(),
+        tissue=ws.tissue_args(config["tissue"]),
+        status=f"{OUT}/status",
+    log:
+        f"{OUT}/logs/segment/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/segment/{{slide}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "python -m pipeline segment --slide {input.slide} --slide-id {wildcards.slide} {params.overrides} "
+        "--status-dir {params.status} --mask {output.mask} --geojson {output.geojson} --stats {output.stats} "
+        "--qc {output.qc} {params.tissue} > {log} 2>&1"
+
+
+rule patch:
+    input:
+        slide=slide_path,
+        geojson=rules.segment.output.geojson,
+        stats=rules.segment.output.stats,
+    output:
+        h5=f"{OUT}/patches/{{slide}}.h5",
+        qc=f"{OUT}/qc/patches/{{slide}}.png",
+    params:
+        overrides=mpp_overrides_arg(),
+        size=config["patching"]["patch_size"],
+        frac=config["patching"]["min_tissue_fraction"],
+        status=f"{OUT}/status",
+    log:
+        f"{OUT}/logs/patch/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/patch/{{slide}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "python -m pipeline patch --slide {input.slide} --slide-id {wildcards.slide} {params.overrides} "
+        "--status-dir {params.status} --geojson {input.geojson} --tissue-stats {input.stats} "
+        "--out {output.h5} --qc {output.qc} --patch-size {params.size} "
+        "--min-tissue-fraction {params.frac} > {log} 2>&1"
+
+
+rule segment_all:
+    input:
+        expand(rules.segment.output.geojson, slide=SLIDES),
+
+
+rule patch_all:
+    input:
+        expand(rules.patch.output.h5, slide=SLIDES),
+        rules.cohort_sheet.output,
