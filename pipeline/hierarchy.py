@@ -241,14 +241,14 @@ def find_holders(coords_5x: np.ndarray, coords_20x: np.ndarray, size: int) -> tu
     Parents are keyed by their integer cell floor(xy / size) and sorted by key; a parent holding a child in cell
     (i, j) sits in cell (i, j), (i-1, j), (i, j-1) or (i-1, j-1), so each child makes four look-ups (a dense
     per-cell table, or `searchsorted` when the cells are too spread out for one). Works for parents off any
-    lattice and for overlapping parents (several holders per child). Works on x and y as separate 1-D arrays:
-    numpy gathers and reductions over [M, 2] rows are several times slower.
+    lattice and for overlapping parents (several holders per child). Works on contiguous x and y arrays with
+    `np.take`: numpy's fancy indexing of [M, 2] rows or strided columns is several times slower.
     """
     empty = np.empty(0, dtype=np.int64)
     if len(coords_5x) == 0 or len(coords_20x) == 0:
         return empty, empty
-    px, py = coords_5x[:, 0], coords_5x[:, 1]
-    cx, cy = coords_20x[:, 0], coords_20x[:, 1]
+    px, py = np.ascontiguousarray(coords_5x.T)
+    cx, cy = np.ascontiguousarray(coords_20x.T)
     pcx, pcy, ccx, ccy = px // size, py // size, cx // size, cy // size
     low_x, low_y = min(pcx.min(), ccx.min() - 1), min(pcy.min(), ccy.min() - 1)
     width = int(max(pcx.max(), ccx.max()) - low_x + 1)
@@ -268,12 +268,12 @@ def find_holders(coords_5x: np.ndarray, coords_20x: np.ndarray, size: int) -> tu
         counts = np.searchsorted(sorted_keys, queries, side="right") - start
     hit = np.flatnonzero(counts)
     if np.all(counts[hit] == 1):  # the usual case: at most one parent per cell
-        child, parent = hit % len(coords_20x), parent_order[start[hit]]
+        child, parent = hit % len(coords_20x), np.take(parent_order, np.take(start, hit))
     else:  # several parents share a cell: expand every (query, parent-in-cell) pair
         counts, start, hit_child = counts[hit], start[hit], hit % len(coords_20x)
         within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         child, parent = np.repeat(hit_child, counts), parent_order[np.repeat(start, counts) + within]
-    dx, dy = cx[child] - px[parent], cy[child] - py[parent]
+    dx, dy = np.take(cx, child) - np.take(px, parent), np.take(cy, child) - np.take(py, parent)
     holds = (dx >= 0) & (dx < size) & (dy >= 0) & (dy < size)
     return child[holds], parent[holds]
 
@@ -326,8 +326,8 @@ def link_children(
         )
     checks.passed("single_parent")
 
-    offset = coords_20x[child] - coords_5x[parent]
-    aligned = np.all(offset % slot_size == 0, axis=1)
+    offset = np.take(coords_20x, child, axis=0) - np.take(coords_5x, parent, axis=0)
+    aligned = (offset[:, 0] % slot_size == 0) & (offset[:, 1] % slot_size == 0)
     nearest = misaligned == "nearest"
     slot = slot_of_offset(offset, slot_size, nearest)
     keep = np.ones(len(child), dtype=bool)

@@ -22,6 +22,9 @@ from pipeline.tissue import Polygon
 #: raster samples per 20x patch side used to measure tissue fractions.
 SUB = 8
 CHILDREN_PER_SIDE = 4
+#: cv2 puts pixel centres at integer coordinates and fills pixels on an edge; moving vertices by just over half a
+#: pixel makes a raster pixel count as tissue exactly when its centre lies inside the polygon.
+CENTRE = 0.5 + 1 / 16  # one fixed-point step (shift=4) past the half pixel
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,10 @@ def tissue_fractions(polygons: list[Polygon], s20: int, grid_w: int, grid_h: int
     raster = np.zeros((grid_h * SUB, grid_w * SUB), np.uint8)
     shift = 4  # cv2 fixed-point bits, for sub-pixel vertex positions
     for poly in polygons:
-        outer = np.round(poly.outer / scale * (1 << shift)).astype(np.int32)
+        outer = np.round((poly.outer / scale - CENTRE) * (1 << shift)).astype(np.int32)
         cv2.fillPoly(raster, [outer], 1, lineType=cv2.LINE_8, shift=shift)
         if poly.holes:
-            holes = [np.round(h / scale * (1 << shift)).astype(np.int32) for h in poly.holes]
+            holes = [np.round((h / scale - CENTRE) * (1 << shift)).astype(np.int32) for h in poly.holes]
             cv2.fillPoly(raster, holes, 0, lineType=cv2.LINE_8, shift=shift)
     # samples beyond the slide's edge are never tissue
     raster[int(math.ceil(slide_size[1] / scale)) :, :] = 0
@@ -80,7 +83,7 @@ def build_grid(
     keep5 = blocks.reshape(n5_h, n5_w, -1).any(axis=2)
     py, px = np.nonzero(keep5)  # row-major (y, x)
     coords_5x = np.stack([px * s5, py * s5], axis=1).astype(np.int64)
-    child_maps = blocks[py, px].reshape(len(py), -1)  # [N, 16] row-major slots
+    child_maps = blocks[py, px].reshape(len(py), CHILDREN_PER_SIDE**2)  # [N, 16] row-major slots
     parent_idx, slot = np.nonzero(child_maps)
     cx = coords_5x[parent_idx, 0] + (slot % CHILDREN_PER_SIDE) * s20
     cy = coords_5x[parent_idx, 1] + (slot // CHILDREN_PER_SIDE) * s20

@@ -15,7 +15,8 @@ GRID20_COLOUR = (230, 120, 0)
 
 
 def write_png(path: PathLike, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise RuntimeError(f"cannot encode PNG for {path}")
     write_bytes_atomic(path, buf.tobytes())

@@ -313,6 +313,16 @@ def test_partial_from_an_earlier_run_is_resumed(tmp_path, sleeps):
     assert (tmp_path / "s.svs").read_bytes() == f.data
 
 
+def test_partial_longer_than_the_file_starts_over_after_416(tmp_path, sleeps):
+    f = slide("TCGA-LUAD", 1)
+    (tmp_path / "s.svs.partial").write_bytes(f.data + b"stale tail")
+    with GdcServer([f]) as server:
+        download_file(client_for(server, sleeps), f.file_id, dest=tmp_path / "s.svs", md5=f.md5)  # size unknown
+        ranges = [r.headers.get("Range") for r in server.data_requests()]
+    assert ranges == [f"bytes={len(f.data) + 10}-", None]
+    assert (tmp_path / "s.svs").read_bytes() == f.data
+
+
 def test_server_that_ignores_range_restarts_the_file(tmp_path, sleeps):
     f = slide("TCGA-LUAD", 1)
     with GdcServer([f]) as server:
@@ -581,14 +591,11 @@ def test_snakemake_query_then_downloads_then_nothing_on_rerun(tmp_path):
             f"""
             OUT = config["output_dir"]
             include: "{REPO}/workflow/rules/gdc.smk"
-
-            rule all:
-                input: gdc_slide_files
             """
         )
     )
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.yaml", "--nocolor"]
+    cmd = [sys.executable, "-m", "snakemake", "gdc_download_all", "--cores", "2", "--configfile", "config.yaml", "--nocolor"]
     with GdcServer(files) as server:
         config["gdc"] = dict(config["gdc"], api_url=server.url, max_slides_per_class=2, slides_dir="slides",
                              concurrent_downloads=2)  # fmt: skip

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +30,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.gdc.cancer.gov"
 #: Errors raised while connecting or reading that mean "the network failed", not "the request was wrong".
-NETWORK_ERRORS = (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException, urllib.error.URLError)
+NETWORK_ERRORS = (
+    ConnectionError,
+    TimeoutError,
+    socket.timeout,
+    ssl.SSLError,
+    http.client.HTTPException,
+    urllib.error.URLError,
+)
 
 
 class TransientError(Exception):
@@ -38,6 +46,10 @@ class TransientError(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class RangeNotSatisfiable(TransientError):
+    """HTTP 416: the bytes kept from an earlier attempt do not fit the file on the server; start over."""
 
 
 @dataclass(frozen=True)
@@ -142,12 +154,16 @@ class GdcClient:
         except urllib.error.HTTPError as err:
             raise self._http_error(err, path) from None
         except NETWORK_ERRORS as err:
+            if isinstance(getattr(err, "reason", err), ssl.SSLCertVerificationError):
+                raise PipelineError(f"cannot verify the TLS certificate of {self.api_url}: {_reason(err)}") from None
             raise TransientError(f"{type(err).__name__}: {_reason(err)}") from None
 
     def _http_error(self, err: urllib.error.HTTPError, path: str) -> Exception:
         status = err.code
         detail = _error_detail(err)
         err.close()
+        if status == 416:
+            return RangeNotSatisfiable(f"HTTP 416{detail}")
         if status == 429 or status >= 500:
             return TransientError(f"HTTP {status}{detail}", parse_retry_after(err.headers.get("Retry-After")))
         if status in (401, 403):

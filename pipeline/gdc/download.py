@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike
-from pipeline.gdc.client import NETWORK_ERRORS, GdcClient, TransientError
+from pipeline.gdc.client import NETWORK_ERRORS, GdcClient, RangeNotSatisfiable, TransientError
 from pipeline.gdc.manifest import check_file_id, find_entry, read_manifest, sanitize_filename
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,14 @@ class _Fetch:
             return  # everything is on disk already (an earlier run stopped before verifying)
         headers = {"Range": f"bytes={state.offset}-"} if state.offset else {}
         self.requests += 1
-        with self.client.open(f"/data/{self.file_id}", headers=headers) as resp:
+        try:
+            resp = self.client.open(f"/data/{self.file_id}", headers=headers)
+        except RangeNotSatisfiable as err:
+            asked = state.offset
+            state.reset()
+            self.bar.reset(total=self.size)
+            raise TransientError(f"{err} for bytes from {asked}; starting over") from None
+        with resp:
             self.server_name = filename_from_disposition(resp.headers.get("Content-Disposition")) or self.server_name
             length = resp.headers.get("Content-Length")
             if resp.status == 206:
@@ -222,7 +229,7 @@ def download_file(
     state.resume(size)
     tty = sys.stderr.isatty()
     bar = tqdm(
-        total=size, initial=state.offset, unit="B", unit_scale=True, unit_divisor=1024, desc=what,
+        total=size, initial=state.offset, unit="B", unit_scale=True, unit_divisor=1024, desc=final.name if final else file_id,
         disable=not progress, file=sys.stderr, mininterval=0.5 if tty else 10.0, dynamic_ncols=tty,
     )  # fmt: skip
     t0 = time.perf_counter()

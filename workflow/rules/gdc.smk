@@ -72,15 +72,11 @@ rule gdc_download:
         "{params.client} > {log} 2>&1"
 
 
-def gdc_slide_ids():
-    """Slide ids of the query's cohort sheet (waits for the checkpoint)."""
-    return gdc_wiring.cohort_slide_ids(checkpoints.gdc_query.get().output.cohort)
-
-
-def gdc_slide_files(wildcards=None):
-    return expand(rules.gdc_download.output[0], slide=gdc_slide_ids())
-
-
+# Every slide of the query's cohort sheet (the lambda waits for the checkpoint). Downstream rules key on the
+# same ids: gdc_wiring.cohort_slide_ids(checkpoints.gdc_query.get().output.cohort).
 rule gdc_download_all:
     input:
-        gdc_slide_files,
+        lambda wc: expand(
+            rules.gdc_download.output[0],
+            slide=gdc_wiring.cohort_slide_ids(checkpoints.gdc_query.get().output.cohort),
+        ),

@@ -13,7 +13,7 @@ from pipeline.features.registry import BackboneCfg, BuildContext, register_backb
 @register_backbone(
     BackboneCfg(
         name="tiny",
-        architecture="CLIP-style ViT (112 px, patch 16, 2x128) + text transformer (2x128), D=512",
+        architecture="CLIP-style ViT (112 px, patch 16, 2x128) + text transformer (2x128)",
         input_size=112,
         licence="n/a (no pretrained weights; random or your own checkpoint)",
         precision="bf16",

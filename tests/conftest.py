@@ -1,0 +1,67 @@
+"""Shared fixtures: the bundled real slide, the broken fixtures, a synthetic 40x-base slide, and a snakemake runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "data" / "slides"
+CMU1 = REPO / "pipeline" / "data" / "slides" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def cmu1() -> Path:
+    return CMU1
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def slide_40x(tmp_path_factory) -> Path:
+    """A synthetic 40x-base (0.25 um/px) pyramidal JPEG TIFF with solid-sheet tissue."""
+    from pipeline.demo import render_slide, write_pyramid_tiff
+
+    path = tmp_path_factory.mktemp("slides") / "synthetic_40x.tiff"
+    write_pyramid_tiff(path, render_slide("solid", seed=3, size=6144, mpp=0.25), mpp=0.25)
+    return path
+
+
+def snakemake_env() -> dict[str, str]:
+    """The environment for a snakemake subprocess: this interpreter's bin first, so `python -m pipeline` resolves."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repo's Snakefile in `workdir` with `config` merged over config.yaml."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "test_config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(cfg), "--cores", "2", *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture
+def snakemake():
+    return run_snakemake
