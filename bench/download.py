@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -52,7 +53,7 @@ def socket_copy(url: str, file_id: str, dest: Path, fsync: bool = False) -> int:
     return n
 
 
-def best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def best(fn: Callable[[], None], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

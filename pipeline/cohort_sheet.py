@@ -114,7 +114,9 @@ def read_local_sheet(
         rows.append(SheetRow(slide_id, record["case_id"], label, path))
 
     if problems:
-        shown = problems[:_MAX_SHOWN] + ([f"... and {len(problems) - _MAX_SHOWN} more"] if len(problems) > _MAX_SHOWN else [])
+        shown = problems[:_MAX_SHOWN] + (
+            [f"... and {len(problems) - _MAX_SHOWN} more"] if len(problems) > _MAX_SHOWN else []
+        )
         raise PipelineError(f"sheet {sheet} has {len(problems)} problem(s):\n  " + "\n  ".join(shown))
     if not rows:
         raise PipelineError(f"sheet {sheet} lists no slides")

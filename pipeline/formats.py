@@ -190,3 +190,33 @@ def read_hierarchical(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarra
     names = ["features", "coords"] + (["mask"] if has_mask else [])
     data, attrs = read_h5(path, names)
     return data["features"], data["coords"], data.get("mask"), attrs
+
+
+# --- text embeddings: text_embeddings/{backbone}/{task}.h5 -----------------------------------------------
+
+
+@dataclass
+class TextEmbeddings:
+    """Encoded prompts: `embeddings` [C, E, D] float32 (E texts per class, file order), with the texts."""
+
+    embeddings: np.ndarray
+    classes: list[str]
+    texts: list[list[str]]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def write_text_embeddings(dest: PathLike, emb: TextEmbeddings) -> None:
+    embeddings = np.asarray(emb.embeddings, dtype=np.float32)
+    if embeddings.ndim != 3 or embeddings.shape[0] != len(emb.classes):
+        raise ValueError(f"{dest}: embeddings {embeddings.shape} do not match {len(emb.classes)} classes")
+    if [len(t) for t in emb.texts] != [embeddings.shape[1]] * len(emb.classes):
+        raise ValueError(f"{dest}: every class needs {embeddings.shape[1]} texts")
+    attrs = {**emb.attrs, "classes": json.dumps(list(emb.classes)), "texts": json.dumps([list(t) for t in emb.texts])}
+    write_h5(dest, {"embeddings": embeddings}, attrs)
+
+
+def read_text_embeddings(path: PathLike) -> TextEmbeddings:
+    data, attrs = read_h5(path, ["embeddings"])
+    classes = json.loads(attrs.pop("classes"))
+    texts = json.loads(attrs.pop("texts"))
+    return TextEmbeddings(data["embeddings"], classes, texts, attrs)

@@ -150,7 +150,7 @@ def parent_size_level0(
         found.append((size_from_magnification(level0_mag), f"level-0 magnification {level0_mag:g}x"))
     elif not found:
         for attrs in (attrs_5x, attrs_20x):
-            if "level0_magnification" in attrs:
+            if attrs.get("level0_magnification"):  # extraction writes 0 when unknown
                 patch = _as_int(attrs.get("patch_size", PATCH_SIZE_DEFAULT), "patch_size")
                 mag = float(attrs["level0_magnification"])
                 found.append((size_from_magnification(mag, patch), f"attrs level0_magnification {mag:g}x"))

@@ -68,6 +68,16 @@ def sheet_command(config: dict[str, Any], repo: str | Path, out: str, slides: di
     )
 
 
+def mpp_override_args(overrides_csv: str, slide_id: str) -> str:
+    """Flags carrying this slide's override only, so editing the CSV reruns just the slides it names."""
+    from pipeline.slide import read_mpp_overrides
+
+    override = read_mpp_overrides(overrides_csv).get(slide_id)
+    if override is None:
+        return ""
+    return f"--mpp-override {override.mpp}" + (" --mpp-override-force" if override.force else "")
+
+
 def tissue_args(tissue: dict[str, Any]) -> str:
     """Command-line flags of the segment command from the config's `tissue` section."""
     args = [

@@ -203,7 +203,11 @@ class GdcServer:
                     return self._status_fault(fault)
                 query = json.loads(body)
                 try:
-                    hits = [f.hit() for f in server.files.values() if matches(query.get("filters") or {"op": "and", "content": []}, f.hit())]
+                    hits = [
+                        f.hit()
+                        for f in server.files.values()
+                        if matches(query.get("filters") or {"op": "and", "content": []}, f.hit())
+                    ]
                 except (KeyError, ValueError) as err:
                     return self._json(400, {"message": f"bad filters: {err}"})
                 key, _, order = str(query.get("sort", "file_id:asc")).partition(":")

@@ -51,7 +51,9 @@ def blob(seed: int, size: int = 150_000) -> bytes:
 def slide(project: str, n: int, **kw) -> FakeFile:
     barcode = f"TCGA-{project[-2:]}-{n:04d}"
     name = kw.pop("file_name", f"{barcode}-01Z-00-DX1.{n:08d}-aaaa-bbbb-cccc-000000000000.svs")
-    return FakeFile(file_name=name, data=blob(n, kw.pop("size", 40_000 + n)), project=project, submitter_id=barcode, **kw)
+    return FakeFile(
+        file_name=name, data=blob(n, kw.pop("size", 40_000 + n)), project=project, submitter_id=barcode, **kw
+    )
 
 
 def nsclc_files() -> list[FakeFile]:
@@ -439,7 +441,6 @@ def test_token_goes_in_the_header_and_nowhere_else(tmp_path):
     common = ["gdc-download", "--manifest", str(tmp_path / "m.tsv"), "--slide", sid, "--out", str(out),
               "--retries", "1", "--backoff", "0.01"]  # fmt: skip
     with GdcServer([f, open_f], token=TOKEN) as server:
-        server.url  # noqa: B018  (started)
         refused = run_cli(*common, "--api-url", server.url)
         wrong = tmp_path / "wrong.txt"
         wrong.write_text("not-the-token")
@@ -546,7 +547,9 @@ def test_local_sheet_missing_column_and_file_column(tmp_path):
 
 def test_local_sheet_command_exit_code_and_message(tmp_path, capsys):
     sheet, slides = make_local(tmp_path, ["slide_id,case_id,label", "a,p,X"], [])
-    code = cli_main(["local-sheet", "--sheet", str(sheet), "--slides-dir", str(slides), "--out", str(tmp_path / "o.csv")])
+    code = cli_main(
+        ["local-sheet", "--sheet", str(sheet), "--slides-dir", str(slides), "--out", str(tmp_path / "o.csv")]
+    )
     assert code == 1 and "no slide file a.<svs|" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
 
@@ -586,16 +589,22 @@ def test_config_section_validates_and_feeds_the_rules():
 def test_snakemake_query_then_downloads_then_nothing_on_rerun(tmp_path):
     files = nsclc_files()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    (tmp_path / "Snakefile").write_text(
-        textwrap.dedent(
-            f"""
+    (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
             OUT = config["output_dir"]
             include: "{REPO}/workflow/rules/gdc.smk"
-            """
-        )
-    )
+            """))
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "gdc_download_all", "--cores", "2", "--configfile", "config.yaml", "--nocolor"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "gdc_download_all",
+        "--cores",
+        "2",
+        "--configfile",
+        "config.yaml",
+        "--nocolor",
+    ]
     with GdcServer(files) as server:
         config["gdc"] = dict(config["gdc"], api_url=server.url, max_slides_per_class=2, slides_dir="slides",
                              concurrent_downloads=2)  # fmt: skip

@@ -455,10 +455,13 @@ def test_hivemil_published_layout_links(tmp_path: Path) -> None:
 # --- the vectorised linker against a plain scan --------------------------------------------------------------
 
 
-def test_find_holders_matches_a_plain_scan_on_irregular_parents() -> None:
+@pytest.mark.parametrize("far", [False, True], ids=["cell-table", "searchsorted"])
+def test_find_holders_matches_a_plain_scan_on_irregular_parents(far: bool) -> None:
     rng = np.random.default_rng(2)
     parents = rng.integers(-3000, 9000, size=(60, 2))  # off-lattice, overlapping, negative positions
     children = rng.integers(-4000, 10000, size=(900, 2))
+    if far:  # one parent and child 10^9 px away: too many cells for a dense table
+        parents, children = np.vstack([parents, [[10**9, 10**9]]]), np.vstack([children, [[10**9 + 5, 10**9]]])
     child, parent = find_holders(parents, children, 1024)
     got = sorted(zip(child.tolist(), parent.tolist()))
     want = sorted(

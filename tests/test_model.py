@@ -334,3 +334,188 @@ def test_abmil_and_zeroshot_shapes():
     zs = ZeroShotClassifier(torch.randn(48, D), 3, 100.0)
     assert zs(x5, x20, mask).logits.shape == (3,)
     assert not list(zs.parameters())
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+
+
+def test_metrics_by_hand():
+    from pipeline.metrics import binary_auc, macro_f1, roc_auc
+
+    # positives score .9, .4; negatives .5, .1: pairs (pos > neg) = (.9>.5, .9>.1, .4>.1) = 3 of 4
+    assert binary_auc(np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.5, 0.1])) == pytest.approx(0.75)
+    assert binary_auc(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)  # a tie counts one half
+    y = np.array([0, 1, 2, 2])
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    # one-vs-rest: class 0 AUC 2/3 (.8 > .2,.1 but .6 ranks above .2,.1 too: 2 of 3 pairs) ... computed below
+    ovr = [binary_auc(y == c, probs[:, c]) for c in range(3)]
+    assert roc_auc(y, probs) == pytest.approx(np.mean(ovr))
+    assert ovr[1] == 1.0
+    # predictions [0, 1, 2, 0]: F1 class0 = 2/(2+1) = .667, class1 = 1, class2 = 2/(2+1) = .667
+    assert macro_f1(y, probs.argmax(1)) == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+
+
+# --- prompt learner on the real tiny backbone --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from pipeline.features import create_backbone
+
+    return create_backbone("tiny", weights="random", embed_dim=32)
+
+
+def test_gradient_reaches_the_prompt_context(backbone):
+    from pipeline.model.prompts import PromptLearner
+
+    texts = [f"term {i}: explanation number {i}" for i in range(32)]
+    learner = PromptLearner(backbone, texts, n_ctx=4)
+    assert list(learner.state_dict()) == ["ctx"]  # the frozen backbone stays out of checkpoints
+    model = HiveMIL(backbone.embed_dim, 2, backbone.logit_scale, text_encoder=learner).train()
+    x5, x20, mask = random_slide(dim=backbone.embed_dim)
+    model.loss(model(x5, x20, mask), torch.tensor(0)).backward()
+    assert learner.ctx.grad is not None and learner.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.model.parameters())
+    # the context occupies the placeholder slots: with the placeholders' own embeddings it is the plain encoder
+    with torch.no_grad():
+        learner.ctx.copy_(backbone.token_embedding(learner.tokens)[0, 1:5])
+        assert torch.allclose(learner(), backbone.encode_text(learner.tokens), atol=1e-5)
+
+
+# --- training loop on feature files ------------------------------------------------------------------------------
+
+CLASSES = ("alpha", "beta")
+
+
+def prompt_json(classes=CLASSES) -> dict:
+    out = {}
+    for c in classes:
+        entries = {f"{c} coarse {i}": f"coarse look {i} of {c} tissue" for i in range(4)}
+        entries.update({f"{c} fine {j}": f"detail {j} under coarse {j // 3} of {c}" for j in range(12)})
+        out[c] = entries
+    return out
+
+
+def write_cohort(root, backbone_name="tiny", dim=32, n_train=4, n_val=2, n_test=6, hive_layout=False,
+                 signal=1.5, seed=0):
+    """Two classes whose patches lean towards a class prototype; one fold; HiVE-MIL's or our file layout."""
+    from pipeline.formats import write_features, write_h5, write_hierarchical
+
+    rng = np.random.default_rng(seed)
+    proto = rng.normal(size=(2, dim))
+    rows, parts = [], {"train": [], "val": [], "test": []}
+    for part, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for c, cls in enumerate(CLASSES):
+            for i in range(n):
+                sid = f"{part}-{cls}-{i}"
+                rows.append({"case_id": f"case-{sid}", "slide_id": sid, "label": cls, "level0_mag": 40})
+                parts[part].append(sid)
+                n5 = int(rng.integers(6, 12))
+                x5 = rng.normal(size=(n5, dim)) + signal * proto[c]
+                x20 = x5[:, None, :] + 0.5 * rng.normal(size=(n5, 16, dim))
+                mask = rng.random((n5, 16)) > 0.3
+                mask[:, 0] = True
+                x20[~mask] = 0.0
+                coords5 = np.stack([np.arange(n5) * 1024, np.zeros(n5)], 1).astype(np.int64)
+                offs = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(16, 2)[:, ::-1]
+                coords20 = coords5[:, None, :] + offs[None] * 256
+                write_features(root / "features" / f"{backbone_name}_5x" / f"{sid}.h5", x5, coords5, {})
+                hier = root / "features" / f"hierarchical_{backbone_name}_5x_20x" / f"{sid}.h5"
+                if hive_layout:  # HiVE-MIL's published files: features and coords, no mask
+                    write_h5(hier, {"features": x20.astype(np.float32), "coords": coords20}, {})
+                else:
+                    write_hierarchical(hier, x20, coords20, mask, {})
+    pd.DataFrame(rows).to_csv(root / "dataset.csv", index=False)
+    split_dir = root / "splits" / "synthetic_4"
+    split_dir.mkdir(parents=True)
+    longest = max(len(v) for v in parts.values())
+    lines = [",train,val,test"] + [
+        f"{i}," + ",".join(parts[p][i] if i < len(parts[p]) else "" for p in ("train", "val", "test"))
+        for i in range(longest)
+    ]
+    (split_dir / "splits_0.csv").write_text("\n".join(lines) + "\n")
+    # HiVE-MIL's prompt files have blank lines between groups; key order carries the hierarchy
+    text = json.dumps(prompt_json(), indent=2).replace('",\n', '",\n\n', 3)
+    (root / "prompts.json").write_text(text)
+    return root
+
+
+def run_train(root, backbone, out, **cfg):
+    from pipeline.train import TrainConfig, train_task
+
+    base = dict(epochs=3, patience=3, lr=1e-3, n_ctx=4, top_k_20x=8, abmil_hidden=32, device="cpu")
+    base.update(cfg)
+    return train_task(
+        dataset_csv=root / "dataset.csv", splits_dir=root / "splits" / "synthetic_4",
+        prompts_json=root / "prompts.json", features_dir=root / "features", backbone_name="tiny",
+        out_dir=out, backbone=backbone, config=TrainConfig(**base),
+    )
+
+
+def test_synthetic_separable_task_trains_to_high_auc(tmp_path, backbone):
+    root = write_cohort(tmp_path, n_train=4, n_val=3, n_test=8)
+    summary = run_train(root, backbone, tmp_path / "out", methods=["hivemil"], epochs=8, patience=4)
+    row = summary.iloc[0]
+    assert row["auc"] >= 0.95, summary
+    assert row["acc"] >= 0.8
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, backbone):
+    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=3, signal=0.3)
+    a = run_train(root, backbone, tmp_path / "a", methods=["hivemil", "abmil_5x"], epochs=2)
+    b = run_train(root, backbone, tmp_path / "b", methods=["hivemil", "abmil_5x"], epochs=2)
+    pd.testing.assert_frame_equal(a, b)
+    pa, pb = pd.read_csv(tmp_path / "a" / "predictions.csv"), pd.read_csv(tmp_path / "b" / "predictions.csv")
+    pd.testing.assert_frame_equal(pa, pb)
+    c = run_train(root, backbone, tmp_path / "c", methods=["hivemil"], epochs=2, seed=2)
+    pc = pd.read_csv(tmp_path / "c" / "predictions.csv")
+    assert not np.allclose(pc["prob_alpha"], pa[pa.method == "hivemil"]["prob_alpha"])
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, backbone):
+    from pipeline.train import TrainConfig, build_model, evaluate, fit, load_slide, seed_everything
+
+    root = write_cohort(tmp_path, n_train=3, n_val=3, n_test=1, signal=0.4)
+    feats = root / "features"
+    train = [(load_slide(feats, "tiny", f"train-{c}-{i}"), k) for k, c in enumerate(CLASSES) for i in range(3)]
+    val = [(load_slide(feats, "tiny", f"val-{c}-{i}"), k) for k, c in enumerate(CLASSES) for i in range(3)]
+    cfg = TrainConfig(epochs=12, patience=3, lr=3e-2, n_ctx=4, top_k_20x=8, device="cpu")
+    texts = [t for cls in prompt_json().values() for t in (f"{k}: {v}" for k, v in cls.items())]
+    seed_everything(cfg.seed)
+    model = build_model("hivemil", 2, backbone, texts, cfg, torch.device("cpu"))
+    result = fit(model, train, val, cfg, torch.device("cpu"))
+    keys = [(h["val_error"], h["val_loss"]) for h in result.history]
+    best = min(range(len(keys)), key=lambda i: keys[i])
+    assert result.best_epoch == best
+    assert best < len(keys) - 1, "the scenario must move past its best epoch"
+    assert len(result.history) == cfg.epochs or len(result.history) == best + cfg.patience + 1
+    ev = evaluate(model, [b for b, _ in val], [y for _, y in val], torch.device("cpu"))
+    assert ev.loss == pytest.approx(result.history[best]["val_loss"], rel=1e-5)
+    assert ev.loss != pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+
+
+def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
+    from pipeline.formats import read_hierarchical
+    from pipeline.train import CheckpointError, load_checkpoint, restore_model
+
+    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=3, hive_layout=True)
+    assert read_hierarchical(root / "features" / "hierarchical_tiny_5x_20x" / "train-alpha-0.h5")[2] is None
+    out = tmp_path / "results" / "synthetic" / "tiny" / "4shot"
+    summary = run_train(root, backbone, out, epochs=2)
+    assert sorted(summary["method"]) == sorted(["hivemil", "abmil_5x", "abmil_20x", "zeroshot"])
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["stat"]) == {"mean", "std"} and {"acc", "auc", "f1"} <= set(results.columns)
+    preds = pd.read_csv(out / "predictions.csv")
+    assert len(preds) == 4 * 6 and {"slide_id", "label", "pred", "prob_alpha", "prob_beta"} <= set(preds.columns)
+    assert np.allclose(preds[["prob_alpha", "prob_beta"]].sum(1), 1.0)
+    assert "| hivemil |" in (out / "comparison.md").read_text()
+    for png in ("curves_hivemil_fold0.png", "curves_abmil_20x_fold0.png", "roc_hivemil.png", "roc_zeroshot.png"):
+        assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    ckpt = load_checkpoint(out / "checkpoints" / "hivemil_fold0.pt", backbone="tiny", classes=list(CLASSES))
+    assert not any(k.startswith("text_encoder.backbone") for k in ckpt["state_dict"])
+    model = restore_model(ckpt, backbone, torch.device("cpu"))
+    assert isinstance(model, HiveMIL) and model.config.hier_attention == "edges"
+    with pytest.raises(CheckpointError, match="backbone 'tiny'.*not 'conch'"):
+        load_checkpoint(out / "checkpoints" / "hivemil_fold0.pt", backbone="conch")
+    with pytest.raises(CheckpointError, match="classes"):
+        load_checkpoint(out / "checkpoints" / "abmil_5x_fold0.pt", classes=["beta", "alpha"])

@@ -16,6 +16,8 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slide", required=True, help="path of the slide file")
     parser.add_argument("--slide-id", help="slide id (default: file name without extension)")
     parser.add_argument("--mpp-overrides", default="", help="CSV slide_id,mpp[,force] for slides without usable mpp")
+    parser.add_argument("--mpp-override", type=float, help="this slide's mpp where its metadata has none usable")
+    parser.add_argument("--mpp-override-force", action="store_true", help="use --mpp-override even over metadata")
     parser.add_argument("--status-dir", default="", help="folder for ok/failed records (status/{stage}/{slide}.json)")
 
 
@@ -26,10 +28,14 @@ def slide_id(args: argparse.Namespace) -> str:
 
 
 def overrides(args: argparse.Namespace) -> dict[str, MppOverride]:
+    """Overrides from the CSV, with a single-slide --mpp-override taking precedence for this slide."""
     try:
-        return read_mpp_overrides(args.mpp_overrides)
+        table = read_mpp_overrides(args.mpp_overrides)
     except (FileNotFoundError, ValueError) as err:
         raise PipelineError(str(err)) from err
+    if args.mpp_override is not None:
+        table[slide_id(args)] = MppOverride(args.mpp_override, args.mpp_override_force)
+    return table
 
 
 def run_recorded(stage: str, args: argparse.Namespace, work: Callable[[], T]) -> T:

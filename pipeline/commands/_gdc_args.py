@@ -17,7 +17,10 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--retries", type=int, default=5, help="retries in a row per request (default: %(default)s)")
     g.add_argument(
-        "--backoff", type=float, default=2.0, help="seconds before the first retry, doubling after (default: %(default)s)"
+        "--backoff",
+        type=float,
+        default=2.0,
+        help="seconds before the first retry, doubling after (default: %(default)s)",
     )
     g.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default: %(default)s)")
 

@@ -24,9 +24,7 @@ HELP = "query the GDC for a TCGA task: manifest.tsv + labelled cohort sheet"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, choices=sorted(PRESETS), help="TCGA task preset")
     parser.add_argument("--projects", nargs="*", default=[], help="narrow the preset to some of its projects")
-    parser.add_argument(
-        "--max-slides-per-class", type=int, default=0, help="keep at most N slides per class (0 = all)"
-    )
+    parser.add_argument("--max-slides-per-class", type=int, default=0, help="keep at most N slides per class (0 = all)")
     parser.add_argument("--manifest", default="", help="your own gdc-client manifest instead of a query")
     parser.add_argument("--page-size", type=int, default=500, help="hits per /files page (default: %(default)s)")
     parser.add_argument("--out-manifest", required=True, help="manifest.tsv to write")

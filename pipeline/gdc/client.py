@@ -180,9 +180,7 @@ class GdcClient:
         """Log and sleep before retry number `attempt + 1`."""
         delay = self.policy.delay(attempt, err.retry_after)
         source = "Retry-After" if err.retry_after is not None else "backoff"
-        log.warning(
-            "%s: %s; retry %d/%d in %.1f s (%s)", what, err, attempt + 1, self.policy.retries, delay, source
-        )
+        log.warning("%s: %s; retry %d/%d in %.1f s (%s)", what, err, attempt + 1, self.policy.retries, delay, source)
         self.sleep(delay)
 
     def post_json(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -99,7 +100,7 @@ class _Partial:
         self.offset = 0
         self.hasher = hashlib.md5()
 
-    def append(self, f, block: bytes) -> None:  # type: ignore[no-untyped-def]
+    def append(self, f: BinaryIO, block: bytes) -> None:
         f.write(block)
         self.hasher.update(block)
         self.offset += len(block)

@@ -36,7 +36,9 @@ class TaskPreset:
             return Labelled(None, f"project {project or 'missing'}")
         if self.by_project:
             return Labelled(self.by_project[project])
-        found = {self.by_diagnosis[d.strip().lower()] for d in diagnoses if d and d.strip().lower() in self.by_diagnosis}
+        found = {
+            self.by_diagnosis[d.strip().lower()] for d in diagnoses if d and d.strip().lower() in self.by_diagnosis
+        }
         if len(found) == 1:
             return Labelled(found.pop())
         if len(found) > 1:

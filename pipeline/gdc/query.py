@@ -153,9 +153,7 @@ def record_of(hit: dict[str, Any]) -> SlideRecord | str:
     return SlideRecord(entry, barcode[:TCGA_PATIENT_LEN], project, diagnoses)
 
 
-def label_records(
-    records: list[SlideRecord | str], preset: TaskPreset, max_per_class: int = 0
-) -> QueryResult:
+def label_records(records: list[SlideRecord | str], preset: TaskPreset, max_per_class: int = 0) -> QueryResult:
     """Label, then keep at most `max_per_class` slides per class (first by slide id: deterministic, 0 = all)."""
     result = QueryResult(selected=[], found=len(records))
     labelled: list[tuple[SlideRecord, str]] = []

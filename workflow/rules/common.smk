@@ -18,9 +18,8 @@ def slide_path(wildcards):
     return COHORT[wildcards.slide]
 
 
-def mpp_overrides_arg():
-    path = config["mpp_overrides"]
-    return f"--mpp-overrides {shlex.quote(path)}" if path else ""
+def mpp_override_args(wildcards):
+    return ws.mpp_override_args(config["mpp_overrides"], wildcards.slide)
 
 
 def final_outputs():

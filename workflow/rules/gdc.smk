@@ -5,6 +5,7 @@ from pipeline.gdc import wiring as gdc_wiring
 GDC = config["gdc"]
 GDC_SLIDES = GDC["slides_dir"]
 
+
 # Both need the internet, which cluster compute nodes often lack; the query is light, downloads are I/O.
 localrules:
     gdc_query,
@@ -29,20 +30,20 @@ checkpoint gdc_query:
         manifest=f"{OUT}/gdc/manifest.tsv",
         cohort=f"{OUT}/gdc/cohort.csv",
         summary=f"{OUT}/gdc/summary.json",
-    params:
-        task=gdc_wiring.query_args(GDC),
-        client=gdc_wiring.client_args(GDC),
     log:
         f"{OUT}/logs/gdc_query/query.log",
     benchmark:
         f"{OUT}/benchmarks/gdc_query/query.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=30,
         gdc_conn=1,
-    conda:
-        "../../envs/preprocess.yaml"
+    params:
+        task=gdc_wiring.query_args(GDC),
+        client=gdc_wiring.client_args(GDC),
     shell:
         "python -m pipeline gdc-query {params.task} {params.client} --out-manifest {output.manifest} "
         "--out-cohort {output.cohort} --out-summary {output.summary} > {log} 2>&1"
@@ -54,19 +55,19 @@ rule gdc_download:
         manifest=ancient(rules.gdc_query.output.manifest),
     output:
         f"{GDC_SLIDES}/{{slide}}.svs",
-    params:
-        client=gdc_wiring.client_args(GDC),
     log:
         f"{OUT}/logs/gdc_download/{{slide}}.log",
     benchmark:
         f"{OUT}/benchmarks/gdc_download/{{slide}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=240,
         gdc_conn=1,
-    conda:
-        "../../envs/preprocess.yaml"
+    params:
+        client=gdc_wiring.client_args(GDC),
     shell:
         "python -m pipeline gdc-download --manifest {input.manifest} --slide {wildcards.slide} --out {output} "
         "{params.client} > {log} 2>&1"
@@ -78,5 +79,7 @@ rule gdc_download_all:
     input:
         lambda wc: expand(
             rules.gdc_download.output[0],
-            slide=gdc_wiring.cohort_slide_ids(checkpoints.gdc_query.get().output.cohort),
+            slide=gdc_wiring.cohort_slide_ids(
+                checkpoints.gdc_query.get().output.cohort
+            ),
         ),

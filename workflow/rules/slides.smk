@@ -56,7 +56,7 @@ rule segment:
         stats=f"{OUT}/tissue/{{slide}}.json",
         qc=f"{OUT}/qc/tissue/{{slide}}.png",
     params:
-        overrides=mpp_overrides_arg(),
+        overrides=mpp_override_args,
         tissue=ws.tissue_args(config["tissue"]),
         status=f"{OUT}/status",
     log:
@@ -84,7 +84,7 @@ rule patch:
         h5=f"{OUT}/patches/{{slide}}.h5",
         qc=f"{OUT}/qc/patches/{{slide}}.png",
     params:
-        overrides=mpp_overrides_arg(),
+        overrides=mpp_override_args,
         size=config["patching"]["patch_size"],
         frac=config["patching"]["min_tissue_fraction"],
         status=f"{OUT}/status",

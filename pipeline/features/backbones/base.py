@@ -145,8 +145,8 @@ class Backbone:
             "l2_normalized": bool(self.cfg.normalize_image),
             "tokenizer": self.tokenizer_name,
             "licence": self.cfg.licence,
-            "torch_version": torch.__version__,
-            "open_clip_version": open_clip.__version__,
+            "torch_version": str(torch.__version__),
+            "open_clip_version": str(open_clip.__version__),
         }
         if self.weights is not None:
             out.update(self.weights.attrs())

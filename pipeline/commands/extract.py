@@ -1,0 +1,63 @@
+"""Patch features of one slide at 5x and 20x with a vision-language backbone.
+
+Reads patches/{slide}.h5, then for each kept 5x patch reads its level-0 region once at 20x resolution, cuts the
+kept 20x children from it and shrinks it for the 5x patch; both go through the backbone's preprocessing and image
+encoder (bf16 autocast on a GPU, fp32 on the CPU). Writes features [N, D] float32 and coords [N, 2] (level-0, the
+order of patches.h5) to --out-5x and --out-20x, with attrs naming the backbone, its weights (path and sha256, or
+"random"), input size and normalisation. A damaged slide fails with its reason unless --on-read-error blank.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline import status
+from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
+from pipeline.features.loader import ON_READ_ERROR
+from pipeline.features.registry import list_backbones
+
+NAME = "extract"
+HELP = "5x and 20x patch features of one slide (one region read per 5x patch)"
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backbone/--weights/--tokenizer/--device, shared with text-embed."""
+    parser.add_argument("--backbone", required=True, choices=list_backbones(), help="registered backbone")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint file, the backbone's hub id (needs network), or 'random' (tests/demo only); "
+                             "default: the published weights from the hub")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer file (CONCH); default: beside the weights")
+    parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights and of torch")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_slide_arguments(parser)
+    parser.add_argument("--patches", required=True, help="patches/{slide}.h5 from the patch stage")
+    add_backbone_arguments(parser)
+    parser.add_argument("--out-5x", required=True, help="output features h5 of the 5x patches")
+    parser.add_argument("--out-20x", required=True, help="output features h5 of the 20x patches")
+    parser.add_argument("--batch-size", type=int, default=64, help="patches (5x + 20x) per forward pass")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers reading the slide (0 = main process)")
+    parser.add_argument("--on-read-error", choices=ON_READ_ERROR, default="fail",
+                        help="fail the slide on corrupt pixels, or substitute white tiles and count them")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.features.extract import extract_slide
+
+    result = run_recorded(
+        "extract",
+        args,
+        lambda: extract_slide(
+            args.slide, args.patches, args.out_5x, args.out_20x, args.backbone, weights=args.weights,
+            tokenizer=args.tokenizer, slide_id=slide_id(args), batch_size=args.batch_size,
+            num_workers=args.workers, device=args.device, on_read_error=args.on_read_error,
+            overrides=overrides(args), seed=args.seed, progress=not args.no_progress,
+        ),
+    )
+    if result.blank_5x:
+        status.record(args.status_dir, "extract", result.slide_id, True,
+                      f"{result.blank_5x} 5x and {result.blank_20x} 20x patches unreadable, encoded as white tiles")
+    return 0

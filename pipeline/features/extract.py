@@ -1,0 +1,224 @@
+"""Per-slide feature extraction: patches.h5 in, one features file per scale out (CLAM/TRIDENT/HiVE-MIL layout).
+
+Row i of the 5x file is `coords_5x[i]` of patches.h5 and row j of the 20x file is `coords_20x[j]`, whatever order
+the loader yields them in. The backbone runs under bf16 autocast on a GPU and in fp32 on the CPU; on the CPU the
+run is deterministic (seeded, deterministic algorithms), so two runs write identical files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.errors import PipelineError, SlideError
+from pipeline.features.backbones.base import Backbone
+from pipeline.features.loader import N_CHILDREN, ON_READ_ERROR, ParentDataset, make_loader
+from pipeline.features.registry import create_backbone
+from pipeline.formats import PatchGrid, PathLike, read_patches, write_features
+from pipeline.slide import MppOverride, open_slide
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SlideFeatures:
+    features_5x: np.ndarray  # [N, D] float32, rows of coords_5x
+    features_20x: np.ndarray  # [M, D] float32, rows of coords_20x
+    blank_5x: int
+    blank_20x: int
+    precision: str
+    seconds: float
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> the GPU when there is one, else the CPU; an unavailable GPU is an error, not a silent fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"device '{device}' requested but no CUDA GPU is available (use --device auto or cpu)")
+    return dev
+
+
+@contextlib.contextmanager
+def deterministic(seed: int, device: torch.device) -> Iterator[None]:
+    """Seeded, and on the CPU with deterministic algorithms, restoring the caller's setting afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _autocast(backbone: Backbone, device: torch.device) -> tuple[contextlib.AbstractContextManager, str]:
+    if device.type == "cuda" and backbone.cfg.precision in _DTYPES:
+        return torch.autocast("cuda", dtype=_DTYPES[backbone.cfg.precision]), backbone.cfg.precision
+    return contextlib.nullcontext(), "fp32"
+
+
+def encode_images(backbone: Backbone, images: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+    """uint8 [B, 3, S, S] -> float32 [B, D], at most `batch_size` images per forward pass."""
+    autocast, _ = _autocast(backbone, device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        with autocast:
+            feats = backbone.encode_image(backbone.preprocess.normalize(x))
+        out.append(feats.float().cpu())
+    if not out:
+        return np.zeros((0, backbone.embed_dim), np.float32)
+    return torch.cat(out).numpy()
+
+
+def extract_features(
+    backbone: Backbone,
+    slide_path: PathLike,
+    slide_id: str,
+    grid: PatchGrid,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+    on_read_error: str = "fail",
+    overrides: dict[str, MppOverride] | None = None,
+    progress: bool = True,
+) -> SlideFeatures:
+    """Encode every 5x parent and its kept 20x children of one slide.
+
+    `batch_size` is the number of patches (5x and 20x together) per forward pass; the loader groups
+    batch_size // 17 parents (a parent brings at most 16 children). Read errors: see the loader.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dataset = ParentDataset(slide_path, slide_id, grid, backbone.preprocess, overrides, on_read_error)
+    n5, n20 = len(dataset), len(grid.coords_20x)
+    f5 = np.zeros((n5, backbone.embed_dim), np.float32)
+    f20 = np.zeros((n20, backbone.embed_dim), np.float32)
+    seen5 = np.zeros(n5, bool)
+    seen20 = np.zeros(n20, bool)
+    blank5 = blank20 = 0
+    backbone.to(dev)
+    _, precision = _autocast(backbone, dev)
+    loader = make_loader(dataset, batch_size // (N_CHILDREN + 1), num_workers, pin_memory=dev.type == "cuda")
+    started = time.perf_counter()
+    bar = tqdm(total=n5, desc=f"{slide_id} [{backbone.cfg.name}]", unit="parent", file=sys.stderr,
+               disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 15.0)
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                if batch["errors"] and on_read_error == "fail":
+                    index, reason = batch["errors"][0]
+                    x, y = (int(v) for v in dataset.coords_5x[index])
+                    raise SlideError(
+                        slide_id,
+                        f"cannot read the 5x patch at level-0 ({x}, {y}): {reason}. The slide file is damaged; "
+                        "set features.on_read_error: blank (CLI --on-read-error blank) to substitute white tiles",
+                    )
+                feats = encode_images(backbone, batch["images"], batch_size, dev)
+                k = len(batch["index_5x"])
+                f5[batch["index_5x"].numpy()] = feats[:k]
+                f20[batch["rows_20x"].numpy()] = feats[k:]
+                seen5[batch["index_5x"].numpy()] = True
+                seen20[batch["rows_20x"].numpy()] = True
+                blank5 += batch["blank_5x"]
+                blank20 += batch["blank_20x"]
+                bar.update(k)
+    finally:
+        bar.close()
+        dataset.close()
+    if not (seen5.all() and seen20.all()):
+        raise SlideError(slide_id, f"{(~seen5).sum()} 5x and {(~seen20).sum()} 20x rows were never encoded")
+    seconds = time.perf_counter() - started
+    if blank5:
+        log.warning("slide '%s': %d 5x and %d 20x patches were unreadable and encoded as white tiles",
+                    slide_id, blank5, blank20)
+    log.info("slide '%s': %d 5x + %d 20x patches in %.1f s (%.1f patches/s, %s, %s)", slide_id, n5, n20, seconds,
+             (n5 + n20) / max(seconds, 1e-9), dev, precision)
+    return SlideFeatures(f5, f20, blank5, blank20, precision, seconds)
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    slide_id: str
+    out_5x: Path
+    out_20x: Path
+    n_5x: int
+    n_20x: int
+    blank_5x: int
+    blank_20x: int
+    seconds: float
+
+
+def extract_slide(
+    slide_path: PathLike,
+    patches_path: PathLike,
+    out_5x: PathLike,
+    out_20x: PathLike,
+    backbone: str | Backbone = "tiny",
+    *,
+    weights: str | None = None,
+    tokenizer: str | None = None,
+    slide_id: str | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "auto",
+    on_read_error: str = "fail",
+    overrides: dict[str, MppOverride] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> ExtractResult:
+    """Extract one slide's 5x and 20x features and write both files atomically (the stage's library call)."""
+    if on_read_error not in ON_READ_ERROR:
+        raise PipelineError(f"on_read_error must be one of {ON_READ_ERROR}, got {on_read_error!r}")
+    slide_id = slide_id or Path(slide_path).stem
+    grid = read_patches(patches_path)
+    with open_slide(slide_path, slide_id, overrides) as slide:  # fail early on an unopenable slide
+        mpp, mpp_source = slide.mpp, slide.mpp_source
+    recorded = grid.attrs.get("mpp")
+    if recorded not in (None, "") and abs(float(recorded) - mpp) > 0.01 * mpp:
+        raise SlideError(slide_id, f"{patches_path} was made with mpp {recorded}, but the slide now resolves to "
+                                   f"{mpp:.4g} ({mpp_source}); re-run patching")
+    dev = resolve_device(device)
+    with deterministic(seed, dev):
+        model = backbone if not isinstance(backbone, str) else create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
+        result = extract_features(
+            model, slide_path, slide_id, grid, batch_size=batch_size, num_workers=num_workers, device=dev,
+            on_read_error=on_read_error, overrides=overrides, progress=progress,
+        )
+    common: dict[str, Any] = {
+        **model.attrs(),
+        "slide_id": slide_id,
+        "patches_file": str(patches_path),
+        "patch_size": int(grid.attrs["patch_size"]),
+        "level0_magnification": int(grid.attrs.get("level0_magnification", 0)),
+        "mpp": float(mpp),
+        "mpp_source": mpp_source,
+        "precision": result.precision,
+        "on_read_error": on_read_error,
+        "seed": seed,
+    }
+    write_features(out_5x, result.features_5x, grid.coords_5x, {
+        **common, "magnification": "5x", "patch_size_level0": int(grid.attrs["patch_size_level0_5x"]),
+        "n_blank_patches": result.blank_5x,
+    })
+    write_features(out_20x, result.features_20x, grid.coords_20x, {
+        **common, "magnification": "20x", "patch_size_level0": int(grid.attrs["patch_size_level0_20x"]),
+        "n_blank_patches": result.blank_20x,
+    })
+    return ExtractResult(slide_id, Path(out_5x), Path(out_20x), len(grid.coords_5x), len(grid.coords_20x),
+                         result.blank_5x, result.blank_20x, result.seconds)

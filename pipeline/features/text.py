@@ -1,0 +1,75 @@
+"""Text embeddings of a prompt file with a backbone's own text tower (zero-shot checks, model initialisation).
+
+The prompt file is HiVE-MIL's `{class: {term: explanation}}` (validated by `pipeline.prompts`); each entry is read
+as "term: explanation", the same string the prompt learner encodes. Embeddings are stored unnormalised, [C, 16, D]
+in file order (per class: 4 coarse, then 12 fine).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pipeline.features.backbones.base import Backbone
+from pipeline.features.extract import deterministic, resolve_device
+from pipeline.features.registry import create_backbone
+from pipeline.formats import PathLike, TextEmbeddings, write_text_embeddings
+from pipeline.prompts import N_COARSE, N_FINE_PER_COARSE, load_prompts
+
+log = logging.getLogger(__name__)
+
+
+def encode_texts(backbone: Backbone, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """[T, D] float32 text embeddings, fp32 on any device (a few hundred texts cost nothing)."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            tokens = backbone.tokenize(texts[start : start + batch_size]).to(backbone.device)
+            out.append(backbone.encode_text(tokens).float().cpu())
+    if not out:
+        return np.zeros((0, backbone.embed_dim), np.float32)
+    return torch.cat(out).numpy()
+
+
+def embed_prompts(
+    prompts_path: PathLike,
+    out: PathLike,
+    backbone: str | Backbone = "tiny",
+    *,
+    weights: str | None = None,
+    tokenizer: str | None = None,
+    labels: Sequence[str] | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> TextEmbeddings:
+    """Encode every text of a prompt file and write `out` (the text-embed stage's library call)."""
+    prompts = load_prompts(prompts_path, labels)
+    dev = resolve_device(device)
+    with deterministic(seed, dev):
+        model = backbone if not isinstance(backbone, str) else create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
+        model.to(dev)
+        texts = [c.texts() for c in prompts.classes]
+        flat = [t for per_class in texts for t in per_class]
+        emb = encode_texts(model, flat).reshape(len(texts), len(texts[0]), -1)
+    result = TextEmbeddings(
+        emb,
+        prompts.labels,
+        texts,
+        {
+            **model.attrs(),
+            "prompts_file": str(prompts_path),
+            "n_coarse": N_COARSE,
+            "n_fine": N_COARSE * N_FINE_PER_COARSE,
+            "text_format": "term: explanation",
+            "normalized": False,
+            "logit_scale": model.logit_scale,
+        },
+    )
+    write_text_embeddings(out, result)
+    log.info("%s: %d classes x %d texts -> %s (%s)", Path(prompts_path).name, len(texts), len(texts[0]), out,
+             model.cfg.name)
+    return result

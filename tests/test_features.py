@@ -1,0 +1,451 @@
+"""Feature extraction: backbone registry, one-read-per-parent loader, output files, checkpoints, text embeddings.
+
+Real slides (CMU-1-Small-Region, the synthetic 40x-base pyramid of conftest's `slide_40x`, a slide with a
+corrupt tile), real backbones with seeded random weights, no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.errors import PipelineError, SlideError
+from pipeline.features import create_backbone, get_backbone_cfg, list_backbones, register_backbone
+from pipeline.features.backbones.base import Preprocess
+from pipeline.features.extract import extract_features, extract_slide
+from pipeline.features.loader import GridGeometry, ParentDataset, child_patches, child_slots, parent_patch, read_parent
+from pipeline.features.registry import BackboneCfg
+from pipeline.features.text import embed_prompts
+from pipeline.features.weights import CheckpointError
+from pipeline.formats import PatchGrid, read_features, read_text_embeddings, write_patches
+from pipeline.prompts import load_prompts
+from pipeline.slide import open_slide
+from pipeline.workflow_support import BUNDLED_SLIDE
+
+REPO = Path(__file__).resolve().parents[1]
+UNREADABLE = REPO / "tests" / "data" / "slides" / "unreadable.svs"
+DEMO_PROMPTS = REPO / "pipeline" / "data" / "prompts" / "demo.json"
+PATCH = 256
+
+
+# --- fixtures --------------------------------------------------------------------------------------------
+
+
+def make_grid(size: tuple[int, int], level0_mag: int, seed: int = 0, keep: float = 0.6) -> PatchGrid:
+    """An aligned grid over every whole-or-partial 5x position, a random subset of children kept (at least one per
+    parent), the 20x rows shuffled so that no code may rely on children being grouped by parent."""
+    s20 = PATCH * level0_mag // 20
+    s5 = 4 * s20
+    rng = np.random.default_rng(seed)
+    parents, children, parent_of = [], [], []
+    for y in range(0, size[1], s5):
+        for x in range(0, size[0], s5):
+            kept = rng.random(16) < keep
+            kept[rng.integers(16)] = True
+            parents.append((x, y))
+            for slot in np.flatnonzero(kept):
+                children.append((x + (slot % 4) * s20, y + (slot // 4) * s20))
+                parent_of.append(len(parents) - 1)
+    order = rng.permutation(len(children))
+    attrs = {"patch_size": PATCH, "patch_size_level0_20x": s20, "patch_size_level0_5x": s5,
+             "level0_magnification": level0_mag}
+    return PatchGrid(np.array(parents), np.array(children)[order], np.array(parent_of)[order], attrs)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_backbone("tiny", weights="random")
+
+
+@pytest.fixture(scope="module")
+def cmu_patches(tmp_path_factory) -> tuple[Path, PatchGrid]:
+    with open_slide(BUNDLED_SLIDE) as slide:
+        grid = make_grid(slide.dimensions, slide.level0_magnification, seed=3)
+    path = tmp_path_factory.mktemp("patches") / "cmu.h5"
+    write_patches(path, grid)
+    return path, grid
+
+
+@lru_cache(maxsize=1)
+def random_backbone(name: str):
+    """One random build per backbone at a time (the ViT-B ones take seconds and ~1 GB each)."""
+    return create_backbone(name, weights="random")
+
+
+# --- (1) the loader's crops equal direct reads ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["cmu", "synthetic40x"])
+def test_children_and_parent_equal_direct_reads(which, slide_40x):
+    path = BUNDLED_SLIDE if which == "cmu" else slide_40x
+    with open_slide(path) as slide:
+        grid = make_grid(slide.dimensions, slide.level0_magnification, keep=1.0)
+        g = GridGeometry.from_grid(grid, slide.slide_id)
+        assert g.s20 == PATCH * slide.level0_magnification // 20
+        mismatched = []
+        for x, y in grid.coords_5x:
+            region = read_parent(slide, x, y, g)
+            crops = child_patches(region, np.arange(16), PATCH)
+            for slot, crop in enumerate(crops):
+                cx, cy = x + (slot % 4) * g.s20, y + (slot // 4) * g.s20
+                direct = slide.read_region_scaled(cx, cy, g.s20, PATCH)
+                assert np.abs(crop.astype(int) - direct).mean() <= 0.5, (which, x, y, slot)
+                # a crop must not match its neighbour equally well (guards against reading the wrong place)
+                other = slide.read_region_scaled(cx + g.s20, cy, g.s20, PATCH)
+                if direct.std() > 10 and other.std() > 10:
+                    mismatched.append(np.abs(crop.astype(int) - other).mean())
+            five = parent_patch(region, PATCH)
+            direct5 = slide.read_region_scaled(x, y, g.s5, PATCH)
+            diff = np.abs(five.astype(int) - direct5)
+            # the direct 5x read comes from a coarser pyramid level, itself JPEG-compressed (q90) from an area
+            # resize of level 0: JPEG-sized differences, far below those between different places of the slide
+            assert diff.mean() <= 3 and np.percentile(diff, 99) <= 24, (which, x, y, diff.mean())
+        assert mismatched and np.median(mismatched) > 5
+
+
+def test_child_slots_are_row_major_and_reject_misalignment():
+    parent = np.array([1024, 2048])
+    kids = np.array([[1024, 2048], [1024 + 3 * 256, 2048], [1024, 2048 + 256], [1024 + 768, 2048 + 768]])
+    assert child_slots(parent, kids, 256, "s").tolist() == [0, 3, 4, 15]
+    with pytest.raises(SlideError, match="not on the 4x4 grid"):
+        child_slots(parent, np.array([[1024 + 100, 2048]]), 256, "s")
+    with pytest.raises(SlideError, match="not on the 4x4 grid"):
+        child_slots(parent, np.array([[1024 + 1024, 2048]]), 256, "s")
+
+
+def test_dataset_item_holds_resized_children_in_row_order(tiny, cmu_patches):
+    _, grid = cmu_patches
+    ds = ParentDataset(BUNDLED_SLIDE, "cmu", grid, tiny.preprocess)
+    item = ds[1]
+    rows = item["rows_20x"].numpy()
+    assert sorted(rows) == sorted(np.flatnonzero(grid.parent_of_20x == 1))
+    with open_slide(BUNDLED_SLIDE) as slide:
+        for k, row in enumerate(rows):
+            cx, cy = grid.coords_20x[row]
+            expected = tiny.preprocess.resize(slide.read_region_scaled(cx, cy, 256, PATCH))
+            assert torch.equal(item["images_20x"][k], expected)
+    assert item["image_5x"].shape == (3, 112, 112) and item["image_5x"].dtype == torch.uint8
+    ds.close()
+
+
+# --- (2)-(3) batched = alone, deterministic files, output contract ----------------------------------------
+
+
+def test_batched_features_equal_single_patch_features(tiny, cmu_patches):
+    _, grid = cmu_patches
+    out = extract_features(tiny, BUNDLED_SLIDE, "cmu", grid, batch_size=40, device="cpu", progress=False)
+    with open_slide(BUNDLED_SLIDE) as slide, torch.inference_mode():
+        for i in (0, len(grid.coords_5x) - 1):
+            x, y = grid.coords_5x[i]
+            alone = tiny.encode_image(tiny.transform(slide.read_region_scaled(x, y, 1024, PATCH))[None])[0]
+            np.testing.assert_allclose(out.features_5x[i], alone.numpy(), rtol=1e-4, atol=1e-4)
+        for j in (0, 7, len(grid.coords_20x) - 1):
+            cx, cy = grid.coords_20x[j]
+            alone = tiny.encode_image(tiny.transform(slide.read_region_scaled(cx, cy, 256, PATCH))[None])[0]
+            np.testing.assert_allclose(out.features_20x[j], alone.numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(out.features_20x[0], out.features_20x[-1])
+
+
+def test_two_runs_write_identical_files_and_follow_the_contract(tmp_path, cmu_patches):
+    patches, grid = cmu_patches
+    runs = []
+    for run, workers in (("a", 0), ("b", 2)):
+        res = extract_slide(BUNDLED_SLIDE, patches, tmp_path / run / "f5.h5", tmp_path / run / "f20.h5", "tiny",
+                            weights="random", batch_size=24, num_workers=workers, device="cpu", progress=False)
+        runs.append(res)
+    for name in ("f5.h5", "f20.h5"):
+        a, b = (tmp_path / r / name for r in "ab")
+        assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest(), name
+    f5, c5, a5 = read_features(tmp_path / "a" / "f5.h5")
+    f20, c20, a20 = read_features(tmp_path / "a" / "f20.h5")
+    assert f5.dtype == np.float32 and f5.shape == (len(grid.coords_5x), 512)
+    assert f20.dtype == np.float32 and f20.shape == (len(grid.coords_20x), 512)
+    assert c5.dtype == np.int64 and c20.dtype == np.int64
+    np.testing.assert_array_equal(c5, grid.coords_5x)
+    np.testing.assert_array_equal(c20, grid.coords_20x)  # row i is the patch at coords i (shuffled order kept)
+    for attrs, mag in ((a5, "5x"), (a20, "20x")):
+        assert attrs["backbone"] == "tiny" and attrs["weights"] == "random" and attrs["magnification"] == mag
+        assert attrs["input_size"] == 112 and attrs["embed_dim"] == 512 and attrs["n_blank_patches"] == 0
+        assert np.allclose(attrs["mean"], get_backbone_cfg("tiny").mean) and attrs["hive_wsi_version"]
+        assert attrs["precision"] == "fp32" and attrs["mpp_source"] == "openslide.mpp-x"
+    assert a20["patch_size_level0"] == 256 and a5["patch_size_level0"] == 1024
+    assert runs[0].n_20x == len(grid.coords_20x)
+
+
+def test_40x_slide_features_match_direct_reads(tiny, slide_40x):
+    with open_slide(slide_40x) as slide:
+        grid = make_grid(slide.dimensions, slide.level0_magnification, seed=5)
+        out = extract_features(tiny, slide_40x, "syn", grid, batch_size=64, device="cpu", progress=False)
+        j = 3
+        cx, cy = grid.coords_20x[j]
+        with torch.inference_mode():
+            alone = tiny.encode_image(tiny.transform(slide.read_region_scaled(cx, cy, 512, PATCH))[None])[0]
+    np.testing.assert_allclose(out.features_20x[j], alone.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# --- (4) corrupt tiles -----------------------------------------------------------------------------------
+
+
+def _unreadable_patches(tmp_path: Path) -> Path:
+    grid = PatchGrid(np.array([[0, 0]]), np.array([[0, 0]]), np.array([0]),
+                     {"patch_size": PATCH, "patch_size_level0_20x": 256, "patch_size_level0_5x": 1024})
+    write_patches(tmp_path / "unreadable.h5", grid)
+    return tmp_path / "unreadable.h5"
+
+
+def test_corrupt_tile_fails_the_slide_by_default(tmp_path):
+    patches = _unreadable_patches(tmp_path)
+    with pytest.raises(SlideError) as err:
+        extract_slide(UNREADABLE, patches, tmp_path / "f5.h5", tmp_path / "f20.h5", "tiny", weights="random",
+                      device="cpu", progress=False)
+    message = str(err.value)
+    assert "unreadable" in message and "cannot read the 5x patch at level-0 (0, 0)" in message
+    assert "on_read_error" in message
+    assert not (tmp_path / "f5.h5").exists() and not (tmp_path / "f20.h5").exists()
+
+
+def test_corrupt_tile_blank_substitution_counts_blanks(tmp_path, tiny):
+    patches = _unreadable_patches(tmp_path)
+    res = extract_slide(UNREADABLE, patches, tmp_path / "f5.h5", tmp_path / "f20.h5", tiny,
+                        device="cpu", on_read_error="blank", num_workers=1, progress=False)
+    assert (res.blank_5x, res.blank_20x) == (1, 1)
+    f20, _, attrs = read_features(tmp_path / "f20.h5")
+    assert attrs["n_blank_patches"] == 1 and attrs["on_read_error"] == "blank"
+    white = np.full((PATCH, PATCH, 3), 255, np.uint8)
+    with torch.inference_mode():
+        expected = tiny.encode_image(tiny.transform(white)[None])[0].numpy()
+    np.testing.assert_allclose(f20[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_extract_command_records_status(tmp_path):
+    from pipeline.cli import main
+
+    patches = _unreadable_patches(tmp_path)
+    args = ["extract", "--slide", str(UNREADABLE), "--patches", str(patches), "--backbone", "tiny", "--weights",
+            "random", "--out-5x", str(tmp_path / "a.h5"), "--out-20x", str(tmp_path / "b.h5"), "--device", "cpu",
+            "--status-dir", str(tmp_path / "status"), "--no-progress"]
+    assert main(args) == 1
+    failed = json.loads((tmp_path / "status" / "extract" / "unreadable.json").read_text())
+    assert failed["status"] == "failed" and "cannot read" in failed["reason"]
+    assert main(args + ["--on-read-error", "blank"]) == 0
+    ok = json.loads((tmp_path / "status" / "extract" / "unreadable.json").read_text())
+    assert ok["status"] == "ok" and "1 5x and 1 20x patches unreadable" in ok["reason"]
+
+
+# --- (5) every registered backbone, random weights, offline ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_backbone_forward_and_text_tower(name):
+    bb = random_backbone(name)
+    cfg = bb.cfg
+    assert bb.embed_dim == cfg.embed_dim == 512
+    patch = np.random.default_rng(0).integers(0, 256, (PATCH, PATCH, 3), dtype=np.uint8)
+    x = bb.transform(patch)
+    assert x.shape == (3, cfg.input_size, cfg.input_size) and x.dtype == torch.float32
+    with torch.inference_mode():
+        img = bb.encode_image(x[None])
+    assert img.shape == (1, 512) and torch.isfinite(img).all()
+    if cfg.normalize_image:
+        assert torch.allclose(img.norm(dim=-1), torch.ones(1), atol=1e-5)
+    tokens = bb.tokenize(["glandular rings: nuclei around a pale lumen", "solid sheet"])
+    assert tokens.dtype == torch.int64 and tokens.shape == (2, bb.context_length)
+    with torch.inference_mode():
+        text = bb.encode_text(tokens)
+        again = bb.encode_text_embeddings(bb.token_embedding(tokens), tokens)
+        assert bb.token_embedding(tokens).shape == (2, bb.context_length, bb.text_width)
+    assert text.shape == (2, 512)
+    torch.testing.assert_close(again, text, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(text[0], text[1])
+    assert bb.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_gradient_reaches_input_embeddings(name):
+    bb = random_backbone(name)
+    tokens = bb.tokenize(["X X X X cribriform glands"])
+    embeds = bb.token_embedding(tokens).detach().clone().requires_grad_(True)
+    bb.encode_text_embeddings(embeds, tokens).sum().backward()
+    grad = embeds.grad[0].abs().sum(dim=-1)
+    assert (grad[1:5] > 0).all()  # the slots a learned context would occupy
+    assert all(p.grad is None for p in bb.model.parameters())  # the backbone stays frozen
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_checkpoint_round_trip(name, tmp_path):
+    bb = random_backbone(name)
+    path = tmp_path / f"{name}.pt"
+    torch.save(bb.model.state_dict(), path)
+    other = create_backbone(name, weights=str(path), seed=123)  # a different random init, then overwritten
+    for (k, a), (_, b) in zip(bb.model.state_dict().items(), other.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    tokens = bb.tokenize(["solid sheets of small dark nuclei"])
+    with torch.inference_mode():
+        torch.testing.assert_close(other.encode_text(tokens), bb.encode_text(tokens))
+    attrs = other.attrs()
+    assert attrs["weights"] == str(path)
+    assert attrs["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    del other
+
+
+# --- (6) checkpoint errors, weights sources ---------------------------------------------------------------
+
+
+def test_mismatched_checkpoint_names_file_and_keys(tiny, tmp_path):
+    state = dict(tiny.model.state_dict())
+    state.pop("ln_final.weight")
+    state["visual.extra_head.weight"] = torch.zeros(3)
+    state["text_projection"] = torch.zeros(128, 256)
+    path = tmp_path / "wrong.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        create_backbone("tiny", weights=str(path))
+    message = str(err.value)
+    assert str(path) in message and "'tiny'" in message
+    assert "ln_final.weight" in message and "visual.extra_head.weight" in message
+    assert "text_projection: file (128, 256) vs model (128, 512)" in message
+
+
+def test_checkpoint_of_another_backbone_is_rejected(tmp_path):
+    path = tmp_path / "quiltnet_as_tiny.pt"
+    torch.save(random_backbone("quiltnet").model.state_dict(), path)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        create_backbone("tiny", weights=str(path))
+
+
+def test_weights_sources(tmp_path):
+    with pytest.raises(PipelineError, match=r"weights file .*nope\.pt for backbone 'tiny' does not exist"):
+        create_backbone("tiny", weights=str(tmp_path / "nope.pt"))
+    with pytest.raises(PipelineError, match="'tiny' has no published weights"):
+        create_backbone("tiny")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*junk.pt"):
+        create_backbone("tiny", weights=str(tmp_path / "junk.pt"))
+
+
+def test_random_weights_are_seeded():
+    a, b = create_backbone("tiny", "random"), create_backbone("tiny", "random")
+    c = create_backbone("tiny", "random", seed=1)
+    sa, sb, sc = (m.model.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["visual.conv1.weight"], sc["visual.conv1.weight"])
+    assert a.attrs()["weights"] == "random" and a.attrs()["weights_seed"] == 0
+
+
+def test_plip_loads_a_hugging_face_clip_checkpoint(tmp_path):
+    """PLIP ships as a transformers CLIPModel; our open_clip build must reproduce its embeddings."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    hf = CLIPModel(CLIPConfig()).eval()  # CLIP ViT-B/32 with QuickGELU, PLIP's configuration
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(hf.state_dict(), path)
+    plip = create_backbone("plip", weights=str(path))
+    patch = np.random.default_rng(1).integers(0, 256, (PATCH, PATCH, 3), dtype=np.uint8)
+    x = plip.transform(patch)[None]
+    tokens = plip.tokenize(["tumor cells with prominent nucleoli", "normal lung"])
+    with torch.inference_mode():
+        ours_img, ours_txt = plip.encode_image(x), plip.encode_text(tokens)
+        hf_img, hf_txt = hf.get_image_features(pixel_values=x), hf.get_text_features(input_ids=tokens)
+    hf_img = getattr(hf_img, "pooler_output", hf_img)
+    hf_txt = getattr(hf_txt, "pooler_output", hf_txt)
+    torch.testing.assert_close(ours_img, hf_img, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_txt, hf_txt, rtol=1e-4, atol=1e-4)
+
+
+def _word_tokenizer(path: Path, n_words: int) -> str:
+    """A Hugging Face tokenizer file with CONCH's special tokens and `n_words` ordinary words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "<start_of_text>": 1, "<end_of_text>": 2, "<unk>": 3}
+    vocab.update({f"w{i}": i + 4 for i in range(n_words)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<start_of_text> $A <end_of_text>", special_tokens=[("<start_of_text>", 1), ("<end_of_text>", 2)]
+    )
+    tok.save(str(path))
+    return str(path)
+
+
+def test_conch_rejects_a_tiny_tokenizer(tmp_path):
+    path = _word_tokenizer(tmp_path / "tokenizer.json", 50)
+    with pytest.raises(ValueError, match="vocabulary of 54 tokens"):
+        create_backbone("conch", weights="random", tokenizer=path)
+
+
+def test_conch_needs_a_tokenizer_for_real_weights(tmp_path):
+    path = tmp_path / "conch.pt"
+    torch.save({"logit_scale": torch.tensor(1.0)}, path)
+    with pytest.raises(ValueError, match="needs its tokenizer file"):
+        create_backbone("conch", weights=str(path))
+
+
+# --- registry, CLI and config surfaces ---------------------------------------------------------------------
+
+
+def test_duplicate_registration_is_an_error():
+    with pytest.raises(ValueError, match="'tiny' is already registered"):
+        register_backbone(BackboneCfg(name="tiny", architecture="x", input_size=64))(lambda cfg, ctx: None)
+    assert list_backbones().count("tiny") == 1
+
+
+def test_unknown_backbone_lists_the_known_ones():
+    with pytest.raises(PipelineError, match="unknown backbone 'uni'.*conch, plip, quiltnet, tiny"):
+        create_backbone("uni", weights="random")
+
+
+def test_overrides_replace_cfg_fields_and_none_changes_nothing():
+    bb = create_backbone("tiny", weights="random", interpolation="bilinear", precision=None)
+    assert bb.cfg.interpolation == "bilinear" and bb.cfg.precision == get_backbone_cfg("tiny").precision
+    with pytest.raises(PipelineError, match="unknown cfg override"):
+        create_backbone("tiny", weights="random", colour="blue")
+
+
+def test_schema_and_cli_choices_follow_the_registry():
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["features"]["properties"]["backbone"]["enum"] == list_backbones()
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert config["features"]["backbone"] in list_backbones()
+    from pipeline.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    extract = sub.choices["extract"]
+    choices = next(a for a in extract._actions if a.dest == "backbone").choices
+    assert list(choices) == list_backbones()
+
+
+def test_preprocess_is_resize_then_normalise():
+    pre = Preprocess(112, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    patch = np.random.default_rng(2).integers(0, 256, (PATCH, PATCH, 3), dtype=np.uint8)
+    resized = pre.resize(patch)
+    assert resized.shape == (3, 112, 112) and resized.dtype == torch.uint8
+    torch.testing.assert_close(pre(patch), (resized.float() / 255 - 0.5) / 0.25)
+    flat = np.full((PATCH, PATCH, 3), 200, np.uint8)
+    assert (pre.resize(flat) == 200).all()  # antialiased resize of a flat patch stays flat
+    with pytest.raises(ValueError, match="uint8"):
+        pre.resize(patch.astype(np.float32))
+
+
+# --- text embeddings ----------------------------------------------------------------------------------------
+
+
+def test_text_embeddings_of_a_prompt_file(tmp_path, tiny):
+    out = tmp_path / "demo.h5"
+    embed_prompts(DEMO_PROMPTS, out, tiny, device="cpu")
+    emb = read_text_embeddings(out)
+    prompts = load_prompts(DEMO_PROMPTS)
+    assert emb.classes == prompts.labels
+    assert emb.embeddings.shape == (len(prompts.labels), 16, 512) and emb.embeddings.dtype == np.float32
+    assert emb.texts[1] == prompts.classes[1].texts()
+    with torch.inference_mode():
+        expected = tiny.encode_text(tiny.tokenize([prompts.classes[1].texts()[5]]))[0].numpy()
+    np.testing.assert_allclose(emb.embeddings[1, 5], expected, rtol=1e-5, atol=1e-5)
+    assert emb.attrs["backbone"] == "tiny" and emb.attrs["weights"] == "random"

@@ -1,0 +1,128 @@
+"""Workflow tests: snakemake runs in a temporary directory on small configs, through patching."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+
+from pipeline.formats import read_patches
+
+pytestmark = pytest.mark.workflow
+
+SMALL_DEMO = {"demo": {"slides_per_class": 2, "size_px": 2048, "include_real": True}}
+
+
+def read_status(workdir):
+    with open(workdir / "results" / "status.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from conftest import run_snakemake
+
+    workdir = tmp_path_factory.mktemp("demo")
+    run_snakemake(workdir, SMALL_DEMO, "patch_all")
+    return workdir
+
+
+def test_demo_through_patching(demo_run):
+    results = demo_run / "results"
+    slides = ["CMU-1-Small-Region"] + [f"demo_{c}_{i:02d}" for c in ("glandular", "solid") for i in range(2)]
+    for slide in slides:
+        grid = read_patches(results / "patches" / f"{slide}.h5")
+        assert len(grid.coords_20x) > 0, slide
+        for sub in ("qc/tissue", "qc/patches", "tissue"):
+            assert (results / sub / f"{slide}.png").stat().st_size > 0
+        assert (results / "logs" / "segment" / f"{slide}.log").exists()
+        assert (results / "benchmarks" / "patch" / f"{slide}.tsv").exists()
+    with open(results / "cohort" / "sheet.csv") as f:
+        sheet = list(csv.DictReader(f))
+    assert {r["label"] for r in sheet} == {"glandular", "solid", ""}
+    status = read_status(demo_run)
+    assert {r["status"] for r in status} == {"ok"} and len(status) == 2 * len(slides)
+
+
+def test_demo_slides_are_deterministic(demo_run, tmp_path):
+    from pipeline.demo import make_demo_slide
+
+    make_demo_slide(tmp_path / "again.tiff", "demo_solid_01", "solid", seed=7, size=2048, mpp=0.5)
+    original = demo_run / "results" / "demo" / "slides" / "demo_solid_01.tiff"
+    assert (tmp_path / "again.tiff").read_bytes() == original.read_bytes()
+
+
+def test_deleting_one_patch_file_recomputes_only_that_slide(demo_run, snakemake):
+    results = demo_run / "results" / "patches"
+    before = {p.name: p.stat().st_mtime_ns for p in results.glob("*.h5")}
+    (results / "demo_solid_00.h5").unlink()
+    dry = snakemake(demo_run, SMALL_DEMO, "patch_all", "-n")
+    assert "patch                   1" in dry.stdout.replace("\t", " ") or _job_count(dry.stdout, "patch") == 1
+    assert _job_count(dry.stdout, "segment") == 0
+    snakemake(demo_run, SMALL_DEMO, "patch_all")
+    after = {p.name: p.stat().st_mtime_ns for p in results.glob("*.h5")}
+    assert after.keys() == before.keys()
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed == {"demo_solid_00.h5"}
+
+
+def _job_count(stdout: str, rule: str) -> int:
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
+            return int(parts[1])
+    return 0
+
+
+def test_full_dag_dry_run(tmp_path, snakemake):
+    proc = snakemake(tmp_path, {}, "-n")
+    assert _job_count(proc.stdout, "demo_slide") == 16
+    assert _job_count(proc.stdout, "segment") == 17
+    assert _job_count(proc.stdout, "patch") == 17
+
+
+def test_keep_going_finishes_good_slides_and_lists_bad_ones(tmp_path, snakemake, fixtures, cmu1):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("unopenable.tiff", "unreadable.svs", "boxes.tiff"):
+        shutil.copy(fixtures / name, slides / name)
+    shutil.copy(cmu1, slides / "CMU-1-Small-Region.svs")
+    (tmp_path / "sheet.csv").write_text(
+        "slide_id,case_id,label\nCMU-1-Small-Region,c1,a\nunopenable,c2,a\nunreadable,c3,b\nboxes,c4,b\n"
+    )
+    config = {"source": "local", "local": {"slides_dir": "slides", "sheet": "sheet.csv"}}
+    proc = snakemake(tmp_path, config, "patch_all", "--keep-going", check=False)
+    assert proc.returncode != 0
+    assert read_patches(tmp_path / "results" / "patches" / "CMU-1-Small-Region.h5").coords_20x.shape[0] > 0
+    failed = {r["slide"]: r["reason"] for r in read_status(tmp_path) if r["status"] == "failed"}
+    assert set(failed) == {"unopenable", "unreadable", "boxes"}
+    assert "Unsupported TIFF compression" in failed["unopenable"]
+    assert "cannot decode pixels" in failed["unreadable"]
+    assert "352.8" in failed["boxes"]
+    # the log of a failed job names the slide and the reason
+    assert "slide 'unopenable'" in (tmp_path / "results" / "logs" / "segment" / "unopenable.log").read_text()
+
+    # an override lets boxes through; the finished slide is not recomputed
+    (tmp_path / "mpp.csv").write_text("slide_id,mpp\nboxes,0.5\n")
+    done = (tmp_path / "results" / "patches" / "CMU-1-Small-Region.h5").stat().st_mtime_ns
+    config["mpp_overrides"] = "mpp.csv"
+    snakemake(tmp_path, config, "patch_all", "--keep-going", check=False)
+    assert read_patches(tmp_path / "results" / "patches" / "boxes.h5").attrs["mpp_source"].startswith("override")
+    assert (tmp_path / "results" / "patches" / "CMU-1-Small-Region.h5").stat().st_mtime_ns == done
+    statuses = {(r["slide"], r["stage"]): r["status"] for r in read_status(tmp_path)}
+    assert statuses[("boxes", "patch")] == "ok"
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"tissu": {}}, "Additional properties are not allowed ('tissu' was unexpected)"),
+        ({"patching": {"patch_size": "big"}}, "'big' is not of type 'integer'"),
+        ({"source": "cloud"}, "'cloud' is not one of"),
+    ],
+)
+def test_config_errors_are_clear(tmp_path, snakemake, config, message):
+    proc = snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
