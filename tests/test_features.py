@@ -11,6 +11,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -101,12 +102,13 @@ def test_children_and_parent_equal_direct_reads(which, slide_40x):
                 other = slide.read_region_scaled(cx + g.s20, cy, g.s20, PATCH)
                 if direct.std() > 10 and other.std() > 10:
                     mismatched.append(np.abs(crop.astype(int) - other).mean())
-            five = parent_patch(region, PATCH)
-            direct5 = slide.read_region_scaled(x, y, g.s5, PATCH)
-            diff = np.abs(five.astype(int) - direct5)
-            # the direct 5x read comes from a coarser pyramid level, itself JPEG-compressed (q90) from an area
-            # resize of level 0: JPEG-sized differences, far below those between different places of the slide
-            assert diff.mean() <= 3 and np.percentile(diff, 99) <= 24, (which, x, y, diff.mean())
+            five = parent_patch(region, PATCH).astype(int)
+            # the parent read at full resolution and area-resized to 5x in one step: equal up to rounding
+            full = cv2.resize(slide.read_region_scaled(x, y, g.s5, g.s5), (PATCH, PATCH), interpolation=cv2.INTER_AREA)
+            assert np.abs(five - full).mean() <= 0.5 and np.abs(five - full).max() <= 2, (which, x, y)
+            # the slide's own 5x read may use a coarser pyramid level, JPEG-compressed with chroma subsampling
+            pyramid = slide.read_region_scaled(x, y, g.s5, PATCH)
+            assert np.abs(five - pyramid).mean() <= 6, (which, x, y)
         assert mismatched and np.median(mismatched) > 5
 
 

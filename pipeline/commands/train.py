@@ -1,0 +1,85 @@
+"""Train and evaluate HiVE-MIL and its baselines on every fold of one task / backbone / shot count.
+
+Reads dataset.csv, the split folder ({task}_{shots}/splits_{k}.csv), the prompt JSON and the feature folder
+(features/{backbone}/ with {backbone}_5x/ and hierarchical_{backbone}_5x_20x/, ours or HiVE-MIL's download).
+Per fold and method: seed reset, Adam, early stopping on validation error (patience), best epoch restored, test.
+Writes into --out-dir: checkpoints/, summary.csv (per fold), results.csv (mean/std of ACC, AUC, macro-F1),
+comparison.csv/.md (methods side by side), predictions.csv (per test slide), curves/ and plots/ (PNG).
+The --hier-attention, --htcl-negatives, --logit-scale and --filter-at-eval switches select the paper's method
+(default) or the public reference code's behaviour (dense, no negatives, raw, filtering at evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.model.graph import HIER_MODES
+from pipeline.model.hivemil import LOGIT_SCALE_MODES
+
+NAME = "train"
+HELP = "train + evaluate HiVE-MIL, ABMIL (5x, 20x) and zero-shot per fold -> results folder"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.train import METHODS, TrainConfig
+
+    d = TrainConfig()
+    parser.add_argument("--dataset", required=True, help="dataset.csv (case_id,slide_id,label[,level0_mag])")
+    parser.add_argument("--splits-dir", required=True, help="folder with splits_{k}.csv (columns train,val,test)")
+    parser.add_argument("--prompts", required=True, help="prompt JSON {class: {term: explanation}}, 16 per class")
+    parser.add_argument("--features-dir", required=True,
+                        help="features/{backbone}: holds {backbone}_5x/ and hierarchical_{backbone}_5x_20x/")
+    parser.add_argument("--backbone", required=True, help="backbone name (the one that made the features)")
+    parser.add_argument("--weights", default=None,
+                        help="backbone weights: a file, a hub id, or 'random' (text tower of prompts/zero-shot)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer file (CONCH)")
+    parser.add_argument("--out-dir", required=True, help="results/{task}/{backbone}/{shots}shot")
+    parser.add_argument("--folds", type=int, nargs="*", default=None, help="fold numbers (default: every file)")
+    parser.add_argument("--methods", nargs="+", default=list(d.methods), choices=METHODS, help="methods to run")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs")
+    parser.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience (epochs)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed, reset before every fold and method")
+    parser.add_argument("--hier-attention", choices=HIER_MODES, default=d.hier_attention,
+                        help="edges: parent-child only (paper, linear memory); dense: all pairs (reference code)")
+    parser.add_argument("--htcl-negatives", action=argparse.BooleanOptionalAction, default=d.htcl_negatives,
+                        help="HTCL negative term (paper); --no-htcl-negatives as the reference code")
+    parser.add_argument("--logit-scale", choices=LOGIT_SCALE_MODES, default=d.logit_scale,
+                        help="exp: exp(theta) (paper); raw: theta (reference code)")
+    parser.add_argument("--filter-at-eval", action=argparse.BooleanOptionalAction, default=d.filter_at_eval,
+                        help="TGDF at evaluation too (reference code); default: training only (paper)")
+    parser.add_argument("--top-k-5x", type=int, default=d.top_k_5x, help="patches per coarse text in the logits")
+    parser.add_argument("--top-k-20x", type=int, default=d.top_k_20x, help="patches per fine text in the logits")
+    parser.add_argument("--n-ctx", type=int, default=d.n_ctx, help="learnable prompt context vectors")
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0 = torch's default); 1 is fastest for small graphs on a busy CPU")
+    parser.add_argument("--cache-gb", type=float, default=d.cache_gb, help="slide features kept in memory (GB)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.train import TrainConfig, train_task
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        methods=tuple(args.methods), epochs=args.epochs, patience=args.patience, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, hier_attention=args.hier_attention,
+        htcl_negatives=args.htcl_negatives, logit_scale=args.logit_scale, filter_at_eval=args.filter_at_eval,
+        top_k_5x=args.top_k_5x, top_k_20x=args.top_k_20x, n_ctx=args.n_ctx, device=args.device,
+        cache_gb=args.cache_gb,
+    )
+    backbone = None
+    if args.tokenizer:
+        from pipeline.features import create_backbone
+
+        backbone = create_backbone(args.backbone, weights=args.weights, tokenizer=args.tokenizer)
+    train_task(
+        dataset_csv=args.dataset, splits_dir=args.splits_dir, prompts_json=args.prompts,
+        features_dir=args.features_dir, backbone_name=args.backbone, out_dir=args.out_dir, backbone=backbone,
+        weights=args.weights, config=config, folds=args.folds,
+    )
+    return 0
