@@ -12,7 +12,10 @@ validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/gdc.smk"
 include: "workflow/rules/slides.smk"
+include: "workflow/rules/hierarchy.smk"
+include: "workflow/rules/cohort.smk"
 
 
 rule all:

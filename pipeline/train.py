@@ -559,6 +559,7 @@ def train_task(
     out_dir: PathLike,
     backbone: Any = None,
     weights: str | None = None,
+    tokenizer: str | None = None,
     config: TrainConfig | None = None,
     folds: Sequence[int] | None = None,
     title: str = "",
@@ -572,9 +573,9 @@ def train_task(
     device = resolve_device(cfg.device)
     task = load_task(dataset_csv, prompts_json)
     if backbone is None:
-        from pipeline.features.registry import create_backbone
+        from pipeline.features import create_backbone
 
-        backbone = create_backbone(backbone_name, weights=weights)
+        backbone = create_backbone(backbone_name, weights=weights, tokenizer=tokenizer)
     backbone = freeze(backbone).to(device)
     store = FeatureStore(features_dir, backbone_name, cfg.cache_gb * 1e9)
     title = title or f"{out.parent.parent.name}/{backbone_name}/{out.name}"

@@ -49,7 +49,7 @@ def slide_regex(slide_ids: list[str]) -> str:
 def sheet_inputs(config: dict[str, Any], slides: dict[str, str]) -> list[str]:
     if config["source"] == "local":
         return [config["local"]["sheet"]]
-    return []
+    return []  # demo: generated from config; gdc: the query checkpoint (see common.smk)
 
 
 def sheet_command(config: dict[str, Any], repo: str | Path, out: str, slides: dict[str, str]) -> str:
@@ -59,6 +59,11 @@ def sheet_command(config: dict[str, Any], repo: str | Path, out: str, slides: di
         return (
             f"python -m pipeline local-sheet --sheet {shlex.quote(local['sheet'])} "
             f"--slides-dir {shlex.quote(local['slides_dir'])}"
+        )
+    if config["source"] == "gdc":
+        return (
+            f"python -m pipeline local-sheet --sheet {shlex.quote(out + '/gdc/cohort.csv')} "
+            f"--slides-dir {shlex.quote(config['gdc']['slides_dir'])}"
         )
     d = config["demo"]
     extra = f" --extra {BUNDLED_SLIDE.stem}={shlex.quote(str(BUNDLED_SLIDE))}" if d.get("include_real", True) else ""

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.model.graph import HIER_MODES
-from pipeline.model.hivemil import LOGIT_SCALE_MODES
-
 NAME = "train"
 HELP = "train + evaluate HiVE-MIL, ABMIL (5x, 20x) and zero-shot per fold -> results folder"
 
+# Literal copies (a test checks them against pipeline.train / pipeline.model) so that building the CLI parser does
+# not import torch and torch_geometric for every other command.
+METHODS = ("hivemil", "abmil_5x", "abmil_20x", "zeroshot")
+HIER_MODES = ("edges", "dense")
+LOGIT_SCALE_MODES = ("exp", "raw")
+DEFAULTS = dict(epochs=50, patience=10, lr=1e-4, weight_decay=1e-5, seed=1, hier_attention="edges",
+                htcl_negatives=True, logit_scale="exp", filter_at_eval=False, top_k_5x=2, top_k_20x=100, n_ctx=16,
+                device="auto", cache_gb=4.0)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.train import METHODS, TrainConfig
-
-    d = TrainConfig()
+    d = argparse.Namespace(methods=METHODS, **DEFAULTS)
     parser.add_argument("--dataset", required=True, help="dataset.csv (case_id,slide_id,label[,level0_mag])")
     parser.add_argument("--splits-dir", required=True, help="folder with splits_{k}.csv (columns train,val,test)")
     parser.add_argument("--prompts", required=True, help="prompt JSON {class: {term: explanation}}, 16 per class")
@@ -72,14 +76,9 @@ def run(args: argparse.Namespace) -> int:
         top_k_5x=args.top_k_5x, top_k_20x=args.top_k_20x, n_ctx=args.n_ctx, device=args.device,
         cache_gb=args.cache_gb,
     )
-    backbone = None
-    if args.tokenizer:
-        from pipeline.features import create_backbone
-
-        backbone = create_backbone(args.backbone, weights=args.weights, tokenizer=args.tokenizer)
     train_task(
         dataset_csv=args.dataset, splits_dir=args.splits_dir, prompts_json=args.prompts,
-        features_dir=args.features_dir, backbone_name=args.backbone, out_dir=args.out_dir, backbone=backbone,
-        weights=args.weights, config=config, folds=args.folds,
+        features_dir=args.features_dir, backbone_name=args.backbone, out_dir=args.out_dir, weights=args.weights,
+        tokenizer=args.tokenizer, config=config, folds=args.folds,
     )
     return 0

@@ -1,25 +1,73 @@
-# Shared wiring: output roots, the slide list, and input functions. Decisions live in the pipeline package.
+# Shared wiring: output roots, the slide list, and input functions. Decisions live in the pipeline package
+# (pipeline/workflow_support.py, pipeline/gdc/wiring.py), where they are tested.
 import shlex
 from pathlib import Path
 
 from pipeline import workflow_support as ws
+from pipeline.gdc import wiring as gdc_wiring
+from pipeline.prompts import resolve_prompt_file
 
 OUT = config["output_dir"]
 REPO = workflow.basedir
 COHORT = ws.cohort_slides(config, REPO)
 SLIDES = sorted(COHORT)
+BACKBONE = config["features"]["backbone"]
+TASK = config["cohort"]["task"]
 
 
 wildcard_constraints:
     slide=ws.slide_regex(SLIDES),
+    backbone=r"[A-Za-z0-9_.-]+",
+
+
+def cohort_ids(wildcards=None):
+    """Every slide of the cohort; for GDC, the query checkpoint's sheet (so this waits for the query)."""
+    if config["source"] == "gdc":
+        return gdc_wiring.cohort_slide_ids(checkpoints.gdc_query.get().output.cohort)
+    return SLIDES
 
 
 def slide_path(wildcards):
+    if config["source"] == "gdc":
+        return f"{config['gdc']['slides_dir']}/{wildcards.slide}.svs"
     return COHORT[wildcards.slide]
 
 
 def mpp_override_args(wildcards):
     return ws.mpp_override_args(config["mpp_overrides"], wildcards.slide)
+
+
+def per_slide(pattern, **fixed):
+    """An input function expanding `pattern` over the cohort's slides (after the GDC query when source is gdc)."""
+    return lambda wildcards: expand(pattern, slide=cohort_ids(), **fixed)
+
+
+def sheet_inputs(wildcards):
+    if config["source"] == "gdc":
+        return [checkpoints.gdc_query.get().output.cohort] + expand(
+            f"{config['gdc']['slides_dir']}/{{slide}}.svs", slide=cohort_ids()
+        )
+    return ws.sheet_inputs(config, COHORT)
+
+
+def dataset_inputs(wildcards):
+    ids = cohort_ids()
+    return {
+        "sheet": f"{OUT}/cohort/sheet.csv",
+        "patches": expand(f"{OUT}/patches/{{slide}}.h5", slide=ids),
+        "features_5x": expand(f"{OUT}/features/{BACKBONE}/{BACKBONE}_5x/{{slide}}.h5", slide=ids),
+        "hierarchical": expand(
+            f"{OUT}/features/{BACKBONE}/hierarchical_{BACKBONE}_5x_20x/{{slide}}.h5", slide=ids
+        ),
+    }
+
+
+def prompt_file(wildcards):
+    return str(resolve_prompt_file(TASK, config["cohort"]["prompts"]))
+
+
+def hierarchy_reports(wildcards):
+    return expand(f"{OUT}/hierarchy/{wildcards.backbone}/{{slide}}.json", slide=cohort_ids())
 
 
 def final_outputs():

@@ -59,6 +59,4 @@ rule check_hierarchy:
 
 rule hierarchy_all:
     input:
-        expand(
-            rules.check_hierarchy.output[0], backbone=config["features"]["backbones"]
-        ),
+        expand(rules.check_hierarchy.output[0], backbone=BACKBONE),

@@ -28,7 +28,7 @@ rule demo_slide:
 
 rule cohort_sheet:
     input:
-        ws.sheet_inputs(config, COHORT),
+        sheet_inputs,
     output:
         f"{OUT}/cohort/sheet.csv",
     params:
@@ -107,10 +107,10 @@ rule patch:
 
 rule segment_all:
     input:
-        expand(rules.segment.output.geojson, slide=SLIDES),
+        per_slide(rules.segment.output.geojson),
 
 
 rule patch_all:
     input:
-        expand(rules.patch.output.h5, slide=SLIDES),
+        per_slide(rules.patch.output.h5),
         rules.cohort_sheet.output,

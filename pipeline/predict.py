@@ -1,0 +1,239 @@
+"""Predict new, unlabeled slides with trained checkpoints, and show what drove each prediction.
+
+The checkpoints of one results folder (one per fold, same method, backbone and classes) form an ensemble whose
+class probabilities are averaged. Outputs in `out_dir`:
+
+- `predictions.csv`: slide_id, predicted class, one probability column per class, number of models;
+- `top_pairs/{slide}.csv` (HiVE-MIL): the patch-text pairs with the highest similarity after the graph, at 5x
+  (coarse texts) and 20x (fine texts) for the predicted class, with level-0 coordinates and the text;
+- `heatmaps/{slide}_{5x,20x}.png` when the slide files are given: each patch's best similarity to the predicted
+  class's texts, over the slide's overview.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.formats import PathLike, read_h5, write_text_atomic
+from pipeline.model.hivemil import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS, HiveMIL
+from pipeline.model.prompts import freeze
+from pipeline.train import (
+    FeatureStore,
+    SlideBag,
+    feature_paths,
+    load_checkpoint,
+    resolve_device,
+    restore_model,
+    slide_logits,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PatchTextScores:
+    """Ensemble-mean similarity after the graph: 5x `[N, 4C]` and 20x `[N, 16, 12C]` (NaN: child not in graph)."""
+
+    sim_5x: np.ndarray
+    sim_20x: np.ndarray
+
+
+def patch_text_scores(models: Sequence[HiveMIL], bag: SlideBag, device: torch.device) -> PatchTextScores:
+    """Image-text cosine similarities of the graph's output nodes, averaged over the models (folds)."""
+    n5 = bag.x5.shape[0]
+    acc5, acc20, count20 = None, None, None
+    with torch.no_grad():
+        for model in models:
+            out = model(bag.x5.to(device), bag.x20.to(device), bag.mask.to(device))
+            s5 = (out.nodes["img5"] @ out.nodes["txt5"].T).cpu().numpy()
+            s20_nodes = (out.nodes["img20"] @ out.nodes["txt20"].T).cpu().numpy()
+            s20 = np.zeros((n5, 16, s20_nodes.shape[1]))
+            seen = np.zeros((n5, 16))
+            parent, slot = out.graph.child_parent.cpu().numpy(), out.graph.child_slot.cpu().numpy()
+            s20[parent, slot] = s20_nodes
+            seen[parent, slot] = 1
+            acc5 = s5 if acc5 is None else acc5 + s5
+            acc20 = s20 if acc20 is None else acc20 + s20
+            count20 = seen if count20 is None else count20 + seen
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean20 = acc20 / count20[..., None]
+    mean20[count20 == 0] = np.nan
+    return PatchTextScores(acc5 / len(models), mean20)
+
+
+def top_pairs(
+    scores: PatchTextScores, bag: SlideBag, texts: Sequence[str], classes: Sequence[str], cls: int, top_n: int
+) -> pd.DataFrame:
+    """The `top_n` most similar (patch, text) pairs of class `cls` at each scale, with coordinates and texts."""
+    rows: list[dict[str, Any]] = []
+    coarse = [texts[c * TEXTS_PER_CLASS + i] for c in range(len(classes)) for i in range(COARSE_PER_CLASS)]
+    fine = [texts[c * TEXTS_PER_CLASS + COARSE_PER_CLASS + j] for c in range(len(classes)) for j in range(FINE_PER_CLASS)]
+    cols5 = np.arange(cls * COARSE_PER_CLASS, (cls + 1) * COARSE_PER_CLASS)
+    sub5 = scores.sim_5x[:, cols5]
+    for rank, flat in enumerate(np.argsort(-sub5, axis=None, kind="stable")[:top_n]):
+        row, j = np.unravel_index(flat, sub5.shape)
+        x, y = bag.coords_5x[row]
+        rows.append({"scale": "5x", "rank": rank + 1, "class": classes[cls], "patch_row": int(row), "child_slot": -1,
+                     "x": int(x), "y": int(y), "text_index": int(cols5[j]), "text": coarse[cols5[j]],
+                     "similarity": float(sub5[row, j])})
+    cols20 = np.arange(cls * FINE_PER_CLASS, (cls + 1) * FINE_PER_CLASS)
+    sub20 = np.nan_to_num(scores.sim_20x[:, :, cols20], nan=-np.inf)
+    for rank, flat in enumerate(np.argsort(-sub20, axis=None, kind="stable")[:top_n]):
+        row, slot, j = np.unravel_index(flat, sub20.shape)
+        if not np.isfinite(sub20[row, slot, j]):
+            break
+        x, y = bag.coords_20x[row, slot]
+        rows.append({"scale": "20x", "rank": rank + 1, "class": classes[cls], "patch_row": int(row),
+                     "child_slot": int(slot), "x": int(x), "y": int(y), "text_index": int(cols20[j]),
+                     "text": fine[cols20[j]], "similarity": float(sub20[row, slot, j])})
+    return pd.DataFrame(rows)
+
+
+def heatmap_overlay(
+    thumbnail: np.ndarray,
+    coords: np.ndarray,
+    scores: np.ndarray,
+    patch_size_level0: float,
+    downsample: float,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Blend per-patch scores (min-max scaled, jet colours) onto an RGB thumbnail; patches without a score stay clear.
+
+    `coords` are level-0 top-left corners, `downsample` is level-0 pixels per thumbnail pixel.
+    """
+    import matplotlib
+
+    thumb = np.asarray(thumbnail, dtype=np.float32)
+    if thumb.ndim != 3 or thumb.shape[2] != 3:
+        raise ValueError(f"thumbnail must be HxWx3, got {thumb.shape}")
+    coords = np.asarray(coords, dtype=float).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=float).reshape(-1)
+    if len(coords) != len(scores):
+        raise ValueError(f"{len(coords)} coordinates but {len(scores)} scores")
+    valid = np.isfinite(scores)
+    heat = np.full(thumb.shape[:2], np.nan, dtype=np.float32)
+    if valid.any():
+        lo, hi = scores[valid].min(), scores[valid].max()
+        norm = (scores - lo) / (hi - lo) if hi > lo else np.ones_like(scores)
+        side = max(1, int(round(patch_size_level0 / downsample)))
+        h, w = heat.shape
+        for (x, y), value, ok in zip(coords, norm, valid):
+            if not ok:
+                continue
+            c0, r0 = int(x / downsample), int(y / downsample)
+            c1, r1 = min(w, c0 + side), min(h, r0 + side)
+            if c0 < w and r0 < h and c1 > 0 and r1 > 0:
+                heat[max(r0, 0):r1, max(c0, 0):c1] = value
+    colours = matplotlib.colormaps["jet"](np.nan_to_num(heat))[..., :3] * 255.0
+    covered = np.isfinite(heat)[..., None]
+    out = np.where(covered, (1 - alpha) * thumb + alpha * colours, thumb)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _patch_size_20x(path_h: Path, coords_20x: np.ndarray, mask: np.ndarray) -> float:
+    """Level-0 side of a 20x patch: from the file's attrs, else from the spacing of sibling children."""
+    _, attrs = read_h5(path_h, [])
+    if attrs.get("patch_size_level0_20x"):
+        return float(attrs["patch_size_level0_20x"])
+    xs = coords_20x[mask][:, 0]
+    diffs = np.diff(np.unique(xs))
+    if not len(diffs):
+        raise PipelineError(f"{path_h}: cannot tell the 20x patch size (no attrs, one column of patches)")
+    return float(diffs.min())
+
+
+def write_heatmaps(
+    slide_path: PathLike, slide_id: str, bag: SlideBag, scores: PatchTextScores, cls: int, out_dir: Path,
+    path_h: Path, overview_mpp: float = 8.0,
+) -> None:
+    """5x and 20x heatmaps of the predicted class's best text similarity over the slide's overview."""
+    from pipeline.qc import write_png
+    from pipeline.slide import open_slide
+
+    with open_slide(slide_path, slide_id) as slide:
+        overview, downsample = slide.read_overview(overview_mpp, max_side=4096)
+    s20 = _patch_size_20x(path_h, bag.coords_20x, bag.mask.numpy())
+    best5 = scores.sim_5x[:, cls * COARSE_PER_CLASS:(cls + 1) * COARSE_PER_CLASS].max(1)
+    fine = scores.sim_20x[:, :, cls * FINE_PER_CLASS:(cls + 1) * FINE_PER_CLASS]
+    with np.errstate(invalid="ignore"):
+        best20 = np.where(np.isnan(fine).all(-1), np.nan, np.nanmax(np.nan_to_num(fine, nan=-np.inf), -1))
+    write_png(out_dir / "heatmaps" / f"{slide_id}_5x.png", heatmap_overlay(overview, bag.coords_5x, best5, 4 * s20, downsample))
+    write_png(out_dir / "heatmaps" / f"{slide_id}_20x.png",
+              heatmap_overlay(overview, bag.coords_20x.reshape(-1, 2), best20.reshape(-1), s20, downsample))
+
+
+def slides_in(features_dir: PathLike, backbone: str) -> list[str]:
+    """Slide ids that have both a 5x and a hierarchical feature file."""
+    root = Path(features_dir)
+    ids = sorted(p.stem for p in (root / f"{backbone}_5x").glob("*.h5"))
+    return [s for s in ids if all(p.exists() for p in feature_paths(root, backbone, s))]
+
+
+def predict_slides(
+    *,
+    checkpoints: Sequence[PathLike],
+    features_dir: PathLike,
+    backbone_name: str,
+    out_dir: PathLike,
+    slide_ids: Sequence[str] | None = None,
+    slide_files: dict[str, PathLike] | None = None,
+    backbone: Any = None,
+    weights: str | None = None,
+    tokenizer: str | None = None,
+    top_n: int = 10,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Ensemble predictions for slides (all with features when `slide_ids` is None); tables and heatmaps."""
+    if not checkpoints:
+        raise PipelineError("predict: no checkpoints given")
+    ckpts = [load_checkpoint(p, backbone=backbone_name) for p in checkpoints]
+    first = ckpts[0]
+    for path, ckpt in zip(checkpoints, ckpts):
+        if ckpt["classes"] != first["classes"] or ckpt["method"] != first["method"]:
+            raise PipelineError(
+                f"predict: checkpoint {path} ({ckpt['method']}, classes {ckpt['classes']}) does not match "
+                f"{checkpoints[0]} ({first['method']}, classes {first['classes']})"
+            )
+    classes, texts = list(first["classes"]), list(first["texts"])
+    dev = resolve_device(device)
+    if backbone is None:
+        from pipeline.features import create_backbone
+
+        backbone = create_backbone(backbone_name, weights=weights, tokenizer=tokenizer)
+    backbone = freeze(backbone).to(dev)
+    models = [restore_model(c, backbone, dev) for c in ckpts]
+    ids = list(slide_ids) if slide_ids is not None else slides_in(features_dir, backbone_name)
+    if not ids:
+        raise PipelineError(f"predict: no slides with features in {features_dir}")
+    store = FeatureStore(features_dir, backbone_name, cache_bytes=0)
+    out = Path(out_dir)
+    rows = []
+    for sid in ids:
+        bag = store.get(sid)
+        with torch.no_grad():
+            texts_cache = [m.encode_texts() if isinstance(m, HiveMIL) else None for m in models]
+            probs = np.mean(
+                [slide_logits(m, bag, dev, t)[0].float().softmax(-1).cpu().numpy() for m, t in zip(models, texts_cache)],
+                axis=0,
+            )
+        cls = int(probs.argmax())
+        rows.append({"slide_id": sid, "pred": classes[cls], **{f"prob_{c}": float(p) for c, p in zip(classes, probs)},
+                     "n_models": len(models), "method": first["method"]})
+        if first["method"] == "hivemil":
+            scores = patch_text_scores(models, bag, dev)
+            table = top_pairs(scores, bag, texts, classes, cls, top_n)
+            write_text_atomic(out / "top_pairs" / f"{sid}.csv", table.to_csv(index=False, float_format="%.6g"))
+            if slide_files and sid in slide_files:
+                write_heatmaps(slide_files[sid], sid, bag, scores, cls, out, feature_paths(features_dir, backbone_name, sid)[1])
+        log.info("%s: %s (%s)", sid, classes[cls], ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, probs)))
+    frame = pd.DataFrame(rows)
+    write_text_atomic(out / "predictions.csv", frame.to_csv(index=False, float_format="%.6g"))
+    return frame
