@@ -528,3 +528,50 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
         load_checkpoint(out / "checkpoints" / "hivemil_fold0.pt", backbone="conch")
     with pytest.raises(CheckpointError, match="classes"):
         load_checkpoint(out / "checkpoints" / "abmil_5x_fold0.pt", classes=["beta", "alpha"])
+    # prediction on slides without labels: ensemble of the fold checkpoints, tables, heatmaps over a real file
+    from pipeline.demo import make_demo_slide
+    from pipeline.predict import predict_slides
+
+    slide_file = tmp_path / "test-beta-0.tiff"
+    make_demo_slide(slide_file, "test-beta-0", "solid", seed=3, size=2048, mpp=0.5)
+    pred_dir = tmp_path / "predict"
+    frame = predict_slides(
+        checkpoints=[out / "checkpoints" / "hivemil_fold0.pt"], features_dir=root / "features",
+        backbone_name="tiny", out_dir=pred_dir, slide_ids=["test-alpha-0", "test-beta-0"],
+        slide_files={"test-beta-0": slide_file}, backbone=backbone, top_n=3, device="cpu",
+    )
+    assert list(frame["slide_id"]) == ["test-alpha-0", "test-beta-0"]
+    trained = preds[(preds.method == "hivemil") & preds.slide_id.isin(frame.slide_id)].set_index("slide_id")
+    assert np.allclose(frame.set_index("slide_id").loc[trained.index, "prob_beta"], trained["prob_beta"], atol=1e-5)
+    table = pd.read_csv(pred_dir / "top_pairs" / "test-beta-0.csv")
+    assert list(table["scale"]) == ["5x"] * 3 + ["20x"] * 3
+    predicted = frame.set_index("slide_id").loc["test-beta-0", "pred"]
+    assert (table["class"] == predicted).all() and table["text"].str.startswith(predicted).all()
+    assert (np.diff(table[table.scale == "20x"]["similarity"]) <= 0).all()
+    for scale in ("5x", "20x"):
+        assert (pred_dir / "heatmaps" / f"test-beta-0_{scale}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heatmap_overlay_colours_patches_by_score():
+    from pipeline.predict import heatmap_overlay
+
+    thumb = np.full((8, 8, 3), 200, np.uint8)
+    coords = np.array([[0, 0], [16, 0], [0, 16]])  # level 0; downsample 4 -> 4x4 px cells
+    out = heatmap_overlay(thumb, coords, np.array([0.0, 1.0, np.nan]), patch_size_level0=16, downsample=4,
+                          alpha=1.0)
+    assert out[0, 0].tolist() == [0, 0, 127]  # lowest score: jet's dark blue
+    assert out[0, 4].tolist() == [127, 0, 0]  # highest: dark red
+    assert out[4, 0].tolist() == [200, 200, 200]  # no score: the thumbnail shows through
+    assert out[4, 4].tolist() == [200, 200, 200]  # no patch
+
+
+def test_cli_choices_match_the_library():
+    from pipeline.commands import train as train_cmd
+    from pipeline.model.graph import HIER_MODES
+    from pipeline.model.hivemil import LOGIT_SCALE_MODES
+    from pipeline.train import METHODS, TrainConfig
+
+    assert train_cmd.METHODS == METHODS
+    assert train_cmd.HIER_MODES == HIER_MODES and train_cmd.LOGIT_SCALE_MODES == LOGIT_SCALE_MODES
+    defaults = TrainConfig().to_dict()
+    assert {k: defaults[k] for k in train_cmd.DEFAULTS} == train_cmd.DEFAULTS
