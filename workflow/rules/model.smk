@@ -28,9 +28,7 @@ rule train:
         predictions=f"{OUT}/results/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
         comparison=f"{OUT}/results/{{task}}/{{backbone}}/{{shots}}shot/comparison.md",
         checkpoints=expand(
-            "{{out}}/results/{{{{task}}}}/{{{{backbone}}}}/{{{{shots}}}}shot/checkpoints/{method}_fold{k}.pt".format(
-                method="{method}", k="{k}"
-            ).replace("{{out}}", OUT),
+            f"{OUT}/results/{{{{task}}}}/{{{{backbone}}}}/{{{{shots}}}}shot/checkpoints/{{method}}_fold{{k}}.pt",
             method=config["train"]["methods"],
             k=range(config["cohort"]["folds"]),
         ),
