@@ -14,8 +14,10 @@ validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/gdc.smk"
 include: "workflow/rules/slides.smk"
-include: "workflow/rules/hierarchy.smk"
 include: "workflow/rules/cohort.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/hierarchy.smk"
+include: "workflow/rules/model.smk"
 
 
 rule all:

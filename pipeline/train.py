@@ -22,9 +22,8 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import math
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -324,26 +323,33 @@ def evaluate(model: nn.Module, bags: Iterable[SlideBag], labels: Sequence[int] |
 
 
 class EarlyStopping:
-    """Track the best epoch by (validation error, validation loss); stop after `patience` epochs without one."""
+    """Stop when the validation error has not improved for `patience` epochs; keep the best weights.
+
+    Stopping follows the error alone (as HIVEMIL.md and the CLAM-derived reference code do), so a plateau of
+    equal errors ends training. Which weights are kept is decided by (error, loss): among the epochs with the
+    lowest error, the one with the lowest validation loss, rather than simply the first.
+    """
 
     def __init__(self, patience: int):
         self.patience = patience
         self.best_key: tuple[float, float] | None = None
         self.best_epoch = -1
         self.best_state: dict[str, Tensor] | None = None
-        self.bad_epochs = 0
+        self.best_error: float | None = None
+        self.epochs_without_improvement = 0
 
     def step(self, epoch: int, error: float, loss: float, model: nn.Module) -> bool:
         """Record an epoch; return True when training should stop."""
-        key = (error, loss)
-        if self.best_key is None or key < self.best_key:
-            self.best_key = key
+        if self.best_key is None or (error, loss) < self.best_key:
+            self.best_key = (error, loss)
             self.best_epoch = epoch
             self.best_state = copy.deepcopy(model.state_dict())
-            self.bad_epochs = 0
+        if self.best_error is None or error < self.best_error:
+            self.best_error = error
+            self.epochs_without_improvement = 0
         else:
-            self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
+            self.epochs_without_improvement += 1
+        return self.epochs_without_improvement >= self.patience
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -74,10 +73,43 @@ def cmu_patches(tmp_path_factory) -> tuple[Path, PatchGrid]:
     return path, grid
 
 
-@lru_cache(maxsize=1)
-def random_backbone(name: str):
-    """One random build per backbone at a time (the ViT-B ones take seconds and ~1 GB each)."""
-    return create_backbone(name, weights="random")
+def word_tokenizer(path: Path, n_words: int, words: tuple[str, ...] = ()) -> str:
+    """A Hugging Face tokenizer file with CONCH's special tokens, the given words, and fillers up to `n_words`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "<start_of_text>": 1, "<end_of_text>": 2, "<unk>": 3}
+    for word in list(dict.fromkeys(words)) + [f"w{i}" for i in range(n_words)]:
+        if len(vocab) < n_words + 4:
+            vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<start_of_text> $A <end_of_text>", special_tokens=[("<start_of_text>", 1), ("<end_of_text>", 2)]
+    )
+    tok.save(str(path))
+    return str(path)
+
+
+TEST_WORDS = tuple(
+    "x glandular rings : nuclei around a pale lumen solid sheet sheets of small dark cribriform glands".split()
+)
+
+
+@pytest.fixture(scope="module")
+def conch_tokenizer(tmp_path_factory) -> str:
+    """Stands in for CONCH's own tokenizer file (not shippable here): 32007 tokens, like CONCH's vocabulary."""
+    return word_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json", 32003, TEST_WORDS)
+
+
+@pytest.fixture(scope="module", params=list_backbones())
+def random_backbone(request, conch_tokenizer):
+    """Each registered backbone with random weights, built once (pytest groups the tests by backbone). CONCH gets
+    a tokenizer file of its real vocabulary size, as it would with its published weights."""
+    name = request.param
+    backbone = create_backbone(name, weights="random", tokenizer=conch_tokenizer if name == "conch" else None)
+    yield backbone
+    del backbone
 
 
 # --- (1) the loader's crops equal direct reads ---------------------------------------------------------
@@ -244,9 +276,8 @@ def test_extract_command_records_status(tmp_path):
 # --- (5) every registered backbone, random weights, offline ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list_backbones())
-def test_backbone_forward_and_text_tower(name):
-    bb = random_backbone(name)
+def test_backbone_forward_and_text_tower(random_backbone):
+    bb = random_backbone
     cfg = bb.cfg
     assert bb.embed_dim == cfg.embed_dim == 512
     patch = np.random.default_rng(0).integers(0, 256, (PATCH, PATCH, 3), dtype=np.uint8)
@@ -269,9 +300,8 @@ def test_backbone_forward_and_text_tower(name):
     assert bb.logit_scale == pytest.approx(1 / 0.07, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", list_backbones())
-def test_gradient_reaches_input_embeddings(name):
-    bb = random_backbone(name)
+def test_gradient_reaches_input_embeddings(random_backbone):
+    bb = random_backbone
     tokens = bb.tokenize(["X X X X cribriform glands"])
     embeds = bb.token_embedding(tokens).detach().clone().requires_grad_(True)
     bb.encode_text_embeddings(embeds, tokens).sum().backward()
@@ -280,12 +310,13 @@ def test_gradient_reaches_input_embeddings(name):
     assert all(p.grad is None for p in bb.model.parameters())  # the backbone stays frozen
 
 
-@pytest.mark.parametrize("name", list_backbones())
-def test_checkpoint_round_trip(name, tmp_path):
-    bb = random_backbone(name)
+def test_checkpoint_round_trip(tmp_path, random_backbone, conch_tokenizer):
+    bb = random_backbone
+    name = bb.cfg.name
     path = tmp_path / f"{name}.pt"
     torch.save(bb.model.state_dict(), path)
-    other = create_backbone(name, weights=str(path), seed=123)  # a different random init, then overwritten
+    tokenizer = conch_tokenizer if name == "conch" else None
+    other = create_backbone(name, weights=str(path), tokenizer=tokenizer, seed=123)  # other init, then overwritten
     for (k, a), (_, b) in zip(bb.model.state_dict().items(), other.model.state_dict().items()):
         assert torch.equal(a, b), k
     tokens = bb.tokenize(["solid sheets of small dark nuclei"])
@@ -315,11 +346,11 @@ def test_mismatched_checkpoint_names_file_and_keys(tiny, tmp_path):
     assert "text_projection: file (128, 256) vs model (128, 512)" in message
 
 
-def test_checkpoint_of_another_backbone_is_rejected(tmp_path):
-    path = tmp_path / "quiltnet_as_tiny.pt"
-    torch.save(random_backbone("quiltnet").model.state_dict(), path)
+def test_checkpoint_of_another_backbone_is_rejected(tmp_path, tiny):
+    path = tmp_path / "tiny_as_quiltnet.pt"
+    torch.save(tiny.model.state_dict(), path)
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        create_backbone("tiny", weights=str(path))
+        create_backbone("quiltnet", weights=str(path))
 
 
 def test_weights_sources(tmp_path):
@@ -362,23 +393,30 @@ def test_plip_loads_a_hugging_face_clip_checkpoint(tmp_path):
     torch.testing.assert_close(ours_txt, hf_txt, rtol=1e-4, atol=1e-4)
 
 
-def _word_tokenizer(path: Path, n_words: int) -> str:
-    """A Hugging Face tokenizer file with CONCH's special tokens and `n_words` ordinary words."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+def test_tokenizer_pads_to_the_context_and_fits_the_vocabulary(random_backbone):
+    if random_backbone.cfg.name != "conch":
+        tokens = random_backbone.tokenize(["solid sheet"])
+        assert tokens[0, :4].tolist() == [49406, tokens[0, 1], tokens[0, 2], 49407]  # CLIP's start/end ids
+        assert (tokens[0, 4:] == 0).all()
+        return
+    conch = random_backbone
+    tokens = conch.tokenize(["Solid sheet", "glandular rings : nuclei around a pale lumen"])
+    assert tokens.shape == (2, 128) and int(tokens.max()) < 32007
+    assert tokens[0, :4].tolist() == [1, tokens[0, 1], tokens[0, 2], 2] and (tokens[0, 4:] == 0).all()
+    assert conch.model.text.token_embedding.num_embeddings == 32007
 
-    vocab = {"<pad>": 0, "<start_of_text>": 1, "<end_of_text>": 2, "<unk>": 3}
-    vocab.update({f"w{i}": i + 4 for i in range(n_words)})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<start_of_text> $A <end_of_text>", special_tokens=[("<start_of_text>", 1), ("<end_of_text>", 2)]
-    )
-    tok.save(str(path))
-    return str(path)
+
+def test_conch_without_tokenizer_falls_back_only_for_random_weights():
+    conch = create_backbone("conch", weights="random")
+    assert "fallback" in conch.attrs()["tokenizer"]
+    tokens = conch.tokenize(["solid sheet of tumour cells"])
+    with torch.inference_mode():
+        torch.testing.assert_close(conch.encode_text_embeddings(conch.token_embedding(tokens), tokens),
+                                   conch.encode_text(tokens))
 
 
 def test_conch_rejects_a_tiny_tokenizer(tmp_path):
-    path = _word_tokenizer(tmp_path / "tokenizer.json", 50)
+    path = word_tokenizer(tmp_path / "tokenizer.json", 50)
     with pytest.raises(ValueError, match="vocabulary of 54 tokens"):
         create_backbone("conch", weights="random", tokenizer=path)
 

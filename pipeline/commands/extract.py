@@ -13,8 +13,7 @@ import argparse
 
 from pipeline import status
 from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
-from pipeline.features.loader import ON_READ_ERROR
-from pipeline.features.registry import list_backbones
+from pipeline.features.registry import ON_READ_ERROR, list_backbones
 
 NAME = "extract"
 HELP = "5x and 20x patch features of one slide (one region read per 5x patch)"

@@ -82,3 +82,20 @@ def run(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer, config=config, folds=args.folds,
     )
     return 0
+
+
+def flags_from_config(section: dict) -> str:
+    """The command-line flags for config.yaml's `train:` section (used by workflow/rules/model.smk)."""
+    import shlex
+
+    flags = [
+        "--methods", *section["methods"],
+        "--epochs", section["epochs"], "--patience", section["patience"], "--lr", section["lr"],
+        "--weight-decay", section["weight_decay"], "--seed", section["seed"],
+        "--hier-attention", section["hier_attention"], "--logit-scale", section["logit_scale"],
+        "--htcl-negatives" if section["htcl_negatives"] else "--no-htcl-negatives",
+        "--filter-at-eval" if section["filter_at_eval"] else "--no-filter-at-eval",
+        "--top-k-5x", section["top_k"]["5x"], "--top-k-20x", section["top_k"]["20x"], "--n-ctx", section["n_ctx"],
+        "--device", section["device"],
+    ]
+    return " ".join(shlex.quote(str(f)) for f in flags)

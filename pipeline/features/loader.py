@@ -11,6 +11,7 @@ tiles (`"blank"`), counted per scale.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import SlideError
 from pipeline.features.backbones.base import Preprocess
+from pipeline.features.registry import ON_READ_ERROR
 from pipeline.formats import PatchGrid
 from pipeline.slide import MppOverride, Slide, open_slide
 
@@ -30,7 +32,6 @@ log = logging.getLogger(__name__)
 
 CHILDREN_PER_SIDE = 4
 N_CHILDREN = CHILDREN_PER_SIDE * CHILDREN_PER_SIDE
-ON_READ_ERROR = ("fail", "blank")
 WHITE = 255
 
 
@@ -156,18 +157,15 @@ class ParentDataset(Dataset):
             blank = True
             side = CHILDREN_PER_SIDE * g.patch_size
             region = np.full((side, side, 3), WHITE, np.uint8)
-        image_5x = self.preprocess.resize(parent_patch(region, g.patch_size))
-        children = child_patches(region, self.slots[i], g.patch_size)
+        image_5x = self.preprocess.resize_array(parent_patch(region, g.patch_size))
         size = self.preprocess.input_size
-        images_20x = (
-            torch.stack([self.preprocess.resize(c) for c in children])
-            if len(children)
-            else torch.empty((0, 3, size, size), dtype=torch.uint8)
-        )
+        images_20x = np.empty((len(self.slots[i]), 3, size, size), np.uint8)
+        for k, child in enumerate(child_patches(region, self.slots[i], g.patch_size)):
+            images_20x[k] = self.preprocess.resize_array(child)
         return {
             "index": int(i),
-            "image_5x": image_5x,
-            "images_20x": images_20x,
+            "image_5x": torch.from_numpy(image_5x),
+            "images_20x": torch.from_numpy(images_20x),
             "rows_20x": torch.from_numpy(self.rows_20x[i].astype(np.int64)),
             "blank": blank,
             "error": error,
@@ -192,6 +190,14 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers start from a fork server, not a fork of this process: OpenCV's and OpenMP's thread pools, once
+    used here, deadlock in a forked child. The server imports the loader's modules once, so workers start fast."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def make_loader(dataset: ParentDataset, parents_per_batch: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """In-order batches of parents; each worker opens its own slide handle on its first item."""
     return DataLoader(
@@ -202,5 +208,6 @@ def make_loader(dataset: ParentDataset, parents_per_batch: int, num_workers: int
         collate_fn=collate_parents,
         pin_memory=pin_memory,
         worker_init_fn=_worker_init if num_workers > 0 else None,
+        multiprocessing_context=_worker_context() if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None,
     )

@@ -23,6 +23,8 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: the value of `weights` that asks for random initialisation (never a default).
 RANDOM = "random"
+#: what the loader does with undecodable pixels (here, not in the loader, so the CLI can list them without torch).
+ON_READ_ERROR = ("fail", "blank")
 
 
 @dataclass(frozen=True)

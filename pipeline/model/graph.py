@@ -8,6 +8,10 @@ Four node types live in one graph per slide: 5x image patches (`img5`), coarse t
 - hierarchical parent <-> child edges (20x patch <-> its own 5x parent, fine text <-> its coarse text), carried by
   attention whose softmax runs over each node's own parent or children only.
 
+In `edges` mode a 20x node (or fine text) has exactly one parent, so the softmax of the parent -> child relations
+runs over a single edge and equals 1: their query and key projections receive no gradient and only the value
+projection acts (a test pins this down). They matter in `dense` mode, which shares the same parameters.
+
 `hier_attention="dense"` reproduces the reference code instead: every node attends to every node of the other
 scale and the edge list is ignored, so memory grows with N5 x 16 N5. The default `"edges"` keeps memory and time
 linear in the number of patches.

@@ -27,10 +27,14 @@ def cohort_ids(wildcards=None):
     return SLIDES
 
 
-def slide_path(wildcards):
+def slide_file(slide):
     if config["source"] == "gdc":
-        return f"{config['gdc']['slides_dir']}/{wildcards.slide}.svs"
-    return COHORT[wildcards.slide]
+        return f"{config['gdc']['slides_dir']}/{slide}.svs"
+    return COHORT[slide]
+
+
+def slide_path(wildcards):
+    return slide_file(wildcards.slide)
 
 
 def mpp_override_args(wildcards):
@@ -70,8 +74,51 @@ def hierarchy_reports(wildcards):
     return expand(f"{OUT}/hierarchy/{wildcards.backbone}/{{slide}}.json", slide=cohort_ids())
 
 
+def features_of(slides):
+    """The 5x and hierarchical feature files of `slides` for the configured backbone."""
+    return {
+        "features_5x": expand(f"{OUT}/features/{BACKBONE}/{BACKBONE}_5x/{{slide}}.h5", slide=slides),
+        "hierarchical": expand(
+            f"{OUT}/features/{BACKBONE}/hierarchical_{BACKBONE}_5x_20x/{{slide}}.h5", slide=slides
+        ),
+    }
+
+
+def train_inputs(wildcards):
+    found = features_of(cohort_ids())
+    return {
+        "dataset": rules.dataset.output.dataset,
+        "prompts": rules.check_prompts.output[0],
+        "splits": expand(
+            f"{OUT}/splits/{wildcards.task}_{wildcards.shots}/splits_{{k}}.csv",
+            k=range(config["cohort"]["folds"]),
+        ),
+        "features": found["features_5x"] + found["hierarchical"],
+    }
+
+
+def predict_inputs(wildcards):
+    slides = config["predict"]["slides"] or cohort_ids()
+    unknown = sorted(set(slides) - set(cohort_ids()))
+    if unknown:
+        raise ValueError(f"predict.slides lists slides that are not in the cohort: {unknown}")
+    run = f"{OUT}/models/{wildcards.task}/{wildcards.backbone}/{wildcards.shots}shot"
+    return {
+        "checkpoints": expand(f"{run}/checkpoints/hivemil_fold{{k}}.pt", k=range(config["cohort"]["folds"])),
+        "slides": [slide_file(s) for s in slides],
+        **features_of(slides),
+    }
+
+
 def final_outputs():
-    return rules.patch_all.input
+    return [
+        rules.patch_all.input,
+        rules.extract_all.input,
+        rules.hierarchy_all.input,
+        rules.splits_all.input,
+        rules.train_all.input,
+        rules.predict_all.input,
+    ]
 
 
 def status_table_command():

@@ -79,7 +79,5 @@ rule gdc_download_all:
     input:
         lambda wc: expand(
             rules.gdc_download.output[0],
-            slide=gdc_wiring.cohort_slide_ids(
-                checkpoints.gdc_query.get().output.cohort
-            ),
+            slide=gdc_wiring.cohort_slide_ids(checkpoints.gdc_query.get().output.cohort),
         ),

@@ -2,33 +2,19 @@
 # then predictions on new slides from the trained fold checkpoints. The logic is pipeline/train.py and
 # pipeline/predict.py. Input functions `train_inputs` (named inputs dataset, prompts, splits, features) and
 # `predict_inputs` (named inputs checkpoints, features_5x, hierarchical, slides) are defined in common.smk.
-
-
-def _train_flags():
-    t = config["train"]
-    return " ".join(
-        [
-            f"--methods {' '.join(t['methods'])}",
-            f"--epochs {t['epochs']} --patience {t['patience']} --lr {t['lr']} --weight-decay {t['weight_decay']}",
-            f"--seed {t['seed']} --hier-attention {t['hier_attention']} --logit-scale {t['logit_scale']}",
-            "--htcl-negatives" if t["htcl_negatives"] else "--no-htcl-negatives",
-            "--filter-at-eval" if t["filter_at_eval"] else "--no-filter-at-eval",
-            f"--top-k-5x {t['top_k']['5x']} --top-k-20x {t['top_k']['20x']} --n-ctx {t['n_ctx']}",
-            f"--device {t['device']}",
-        ]
-    )
+from pipeline.commands import train as train_cmd
 
 
 rule train:
     input:
         unpack(train_inputs),
     output:
-        results=f"{OUT}/results/{{task}}/{{backbone}}/{{shots}}shot/results.csv",
-        summary=f"{OUT}/results/{{task}}/{{backbone}}/{{shots}}shot/summary.csv",
-        predictions=f"{OUT}/results/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
-        comparison=f"{OUT}/results/{{task}}/{{backbone}}/{{shots}}shot/comparison.md",
+        results=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/results.csv",
+        summary=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/summary.csv",
+        predictions=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
+        comparison=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/comparison.md",
         checkpoints=expand(
-            f"{OUT}/results/{{{{task}}}}/{{{{backbone}}}}/{{{{shots}}}}shot/checkpoints/{{method}}_fold{{k}}.pt",
+            f"{OUT}/models/{{{{task}}}}/{{{{backbone}}}}/{{{{shots}}}}shot/checkpoints/{{method}}_fold{{k}}.pt",
             method=config["train"]["methods"],
             k=range(config["cohort"]["folds"]),
         ),
@@ -48,15 +34,15 @@ rule train:
     params:
         splits_dir=f"{OUT}/splits/{{task}}_{{shots}}",
         features_dir=f"{OUT}/features/{{backbone}}",
-        out_dir=f"{OUT}/results/{{task}}/{{backbone}}/{{shots}}shot",
+        out_dir=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot",
         weights=config["features"]["weights"],
         tokenizer=config["features"]["tokenizer"],
         folds=list(range(config["cohort"]["folds"])),
-        flags=_train_flags(),
+        flags=train_cmd.flags_from_config(config["train"]),
     shell:
         "python -m pipeline train --dataset {input.dataset:q} --prompts {input.prompts:q} "
         "--splits-dir {params.splits_dir:q} --features-dir {params.features_dir:q} --backbone {wildcards.backbone} "
-        "--weights {params.weights:q} --tokenizer {params.tokenizer:q} --folds {params.folds} "
+        "--weights={params.weights:q} --tokenizer={params.tokenizer:q} --folds {params.folds} "
         "--out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log} 2>&1"
 
 
@@ -88,7 +74,7 @@ rule predict:
         device=config["train"]["device"],
     shell:
         "python -m pipeline predict --checkpoints {input.checkpoints:q} --features-dir {params.features_dir:q} "
-        "--backbone {wildcards.backbone} --weights {params.weights:q} --tokenizer {params.tokenizer:q} "
+        "--backbone {wildcards.backbone} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
         "--slide-ids {params.slide_ids:q} --slides {input.slides:q} --top-n {params.top_n} "
         "--device {params.device} --threads {threads} --out-dir {params.out_dir:q} > {log} 2>&1"
 
@@ -96,7 +82,7 @@ rule predict:
 rule train_all:
     input:
         expand(
-            f"{OUT}/results/{{task}}/{{backbone}}/{{shots}}shot/results.csv",
+            f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/results.csv",
             task=config["cohort"]["task"],
             backbone=config["features"]["backbone"],
             shots=config["cohort"]["shots"],

@@ -54,18 +54,23 @@ class Preprocess:
     def from_cfg(cls, cfg: BackboneCfg) -> "Preprocess":
         return cls(cfg.input_size, tuple(cfg.mean), tuple(cfg.std), cfg.interpolation)
 
-    def resize(self, image: np.ndarray) -> Tensor:
-        """HxWx3 uint8 RGB -> [3, S, S] uint8 (antialiased, as PIL resizes for the published preprocessing)."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
+    def resize_array(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 RGB -> [3, S, S] uint8 numpy, resized with PIL as the published preprocessing does.
+
+        PIL and numpy only: single-threaded, so loader workers and a busy CPU do not pay for thread pools.
+        """
+        from PIL import Image
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB patch, got shape {image.shape} dtype {image.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        if x.shape[1:] != (self.input_size, self.input_size):
-            mode = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
-            x = TF.resize(x, [self.input_size, self.input_size], interpolation=mode, antialias=True)
-        return x.contiguous()
+        if image.shape[:2] != (self.input_size, self.input_size):
+            mode = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+            image = np.asarray(Image.fromarray(image).resize((self.input_size, self.input_size), mode))
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+    def resize(self, image: np.ndarray) -> Tensor:
+        """HxWx3 uint8 RGB -> [3, S, S] uint8 tensor (see `resize_array`)."""
+        return torch.from_numpy(self.resize_array(image))
 
     def normalize(self, batch: Tensor) -> Tensor:
         """[B, 3, S, S] uint8 (any device) -> float32 normalised with the model's mean and std."""

@@ -76,8 +76,10 @@ class CocaBackbone(Backbone):
         return F.normalize(out, dim=-1) if self.cfg.normalize_image else out
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
+        from open_clip.tokenizer import SimpleTokenizer
+
         body = self.context_length - 1
-        if hasattr(self._tokenizer, "batch_encode_plus"):  # a Hugging Face tokenizer (CONCH's own)
+        if not isinstance(self._tokenizer, SimpleTokenizer):  # a Hugging Face tokenizer (CONCH's own)
             ids = self._tokenizer(
                 list(texts), max_length=body, add_special_tokens=True, truncation=True, padding="max_length",
                 return_tensors="pt", return_token_type_ids=False,

@@ -1,0 +1,74 @@
+# Features: 5x and 20x patch features per slide with the configured backbone (one region read per 5x parent),
+# and the prompt texts encoded by the same backbone. The logic is pipeline/features/.
+
+FEAT = config["features"]
+
+
+rule extract:
+    input:
+        slide=slide_path,
+        patches=rules.patch.output.h5,
+    output:
+        x5=f"{OUT}/features/{{backbone}}/{{backbone}}_5x/{{slide}}.h5",
+        x20=f"{OUT}/features/{{backbone}}/{{backbone}}_20x/{{slide}}.h5",
+    params:
+        overrides=mpp_override_args,
+        weights=FEAT["weights"],
+        tokenizer=FEAT["tokenizer"],
+        batch=FEAT["batch_size"],
+        workers=FEAT["num_workers"],
+        device=FEAT["device"],
+        on_error=FEAT["on_read_error"],
+        seed=FEAT["seed"],
+        status=f"{OUT}/status",
+    log:
+        f"{OUT}/logs/extract/{{backbone}}/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/extract/{{backbone}}/{{slide}}.tsv"
+    threads: max(1, FEAT["num_workers"])
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../../envs/features.yaml"
+    shell:
+        "python -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide} {params.overrides} "
+        "--patches {input.patches:q} --backbone {wildcards.backbone} --weights={params.weights:q} "
+        "--tokenizer={params.tokenizer:q} --device {params.device} --seed {params.seed} "
+        "--batch-size {params.batch} --workers {params.workers} --on-read-error {params.on_error} "
+        "--status-dir {params.status:q} --out-5x {output.x5:q} --out-20x {output.x20:q} --no-progress "
+        "> {log} 2>&1"
+
+
+rule text_embeddings:
+    input:
+        prompts=rules.check_prompts.output[0],
+    output:
+        f"{OUT}/features/{{backbone}}/text_{{backbone}}.h5",
+    params:
+        weights=FEAT["weights"],
+        tokenizer=FEAT["tokenizer"],
+        seed=FEAT["seed"],
+        labels=config["cohort"]["labels"],
+    log:
+        f"{OUT}/logs/text_embeddings/{{backbone}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/text_embeddings/{{backbone}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../../envs/features.yaml"
+    shell:
+        "python -m pipeline text-embed --prompts {input.prompts:q} --backbone {wildcards.backbone} "
+        "--weights={params.weights:q} --tokenizer={params.tokenizer:q} --seed {params.seed} --device cpu "
+        "--labels {params.labels:q} --out {output:q} > {log} 2>&1"
+
+
+rule extract_all:
+    input:
+        per_slide(rules.extract.output.x5, backbone=BACKBONE),
+        per_slide(rules.extract.output.x20, backbone=BACKBONE),
+        expand(rules.text_embeddings.output[0], backbone=BACKBONE),
