@@ -16,12 +16,12 @@ node_state() {
 }
 
 # --- the configuration for this node: its real CPU count, 80% of its memory (slurmd drains a node that has
-# less memory than configured), no accounting, no cgroups.
+# less memory than configured), no accounting, no cgroups, and loopback addresses (no name resolution needed).
 CPUS="$(nproc)"
 MEM_MB="$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)"
 SLURM_CONF="# Written by .ci/slurm-up.sh: a one-node test cluster on $NODE.
 ClusterName=hivewsi
-SlurmctldHost=$NODE
+SlurmctldHost=$NODE(127.0.0.1)
 AuthType=auth/munge
 SlurmUser=root
 ProctrackType=proctrack/linuxproc
@@ -42,7 +42,7 @@ MpiDefault=none
 MinJobAge=600
 ReturnToService=2
 SchedulerType=sched/backfill
-NodeName=$NODE Gres=gpu:1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 Gres=gpu:1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE Default=NO MaxTime=INFINITE State=UP"
 # One stand-in GPU: slurmd counts a gpu GRES only with a File, so an empty file plays the device. sbatch then

@@ -77,7 +77,8 @@ def test_env_is_a_conda_forge_env_with_python_and_pip(env):
     packages = env_packages(env)
     assert packages["python"] == SpecifierSet(pyproject()["project"]["requires-python"])
     assert "pip" in packages
-    assert not any(isinstance(d, dict) and any(s.startswith("-e") for s in d.get("pip", [])) for d in spec["dependencies"]), (
+    pip = [s for d in spec["dependencies"] if isinstance(d, dict) for s in d.get("pip", [])]
+    assert not [s for s in pip if s.startswith("-e")], (
         f"{env.name}: snakemake builds envs from a copy of the file, so a relative `-e ../` points nowhere"
     )
 
@@ -110,7 +111,8 @@ def rule_blocks() -> list[tuple[str, str, str]]:
         for i, m in enumerate(starts):
             end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
             body = text[m.end() : end]
-            body = body[: m2.start()] if (m2 := re.search(r"^\S", body, flags=re.M)) else body  # up to the next top-level line
+            if m2 := re.search(r"^\S", body, flags=re.M):  # the rule ends at the next top-level line
+                body = body[: m2.start()]
             blocks.append((smk.name, m.group(1), body))
     return blocks
 

@@ -26,7 +26,8 @@ def test_snakefmt_check_passes():
     assert snakefmt.exists(), f"snakefmt is not installed beside {sys.executable} (test extra)"
     cmd = [str(snakefmt), "--check", "--diff", "--config", str(REPO / "pyproject.toml"), *map(str, WORKFLOW_FILES)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, f"run `snakefmt Snakefile workflow/rules` to fix:\n{proc.stdout[-6000:]}{proc.stderr[-2000:]}"
+    diff = proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, f"run `snakefmt Snakefile workflow/rules` to fix:\n{diff}"
 
 
 @pytest.fixture(scope="module")

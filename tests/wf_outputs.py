@@ -60,11 +60,13 @@ def file_differences(a: Path, b: Path) -> list[str]:
         problems = []
         if data_a.keys() != data_b.keys():
             problems.append(f"datasets {sorted(data_a)} vs {sorted(data_b)}")
-        problems += [f"dataset {n!r} differs" for n in sorted(data_a.keys() & data_b.keys())
-                     if not _same_value(data_a[n], data_b[n])]  # fmt: skip
+        for name in sorted(data_a.keys() & data_b.keys()):
+            if not _same_value(data_a[name], data_b[name]):
+                problems.append(f"dataset {name!r} differs")
         attrs_a, attrs_b = _stable(attrs_a), _stable(attrs_b)
-        problems += [f"attr {k!r}: {attrs_a.get(k)!r} vs {attrs_b.get(k)!r}" for k in sorted(attrs_a.keys() | attrs_b.keys())
-                     if not _same_value(attrs_a.get(k), attrs_b.get(k))]  # fmt: skip
+        for key in sorted(attrs_a.keys() | attrs_b.keys()):
+            if not _same_value(attrs_a.get(key), attrs_b.get(key)):
+                problems.append(f"attr {key!r}: {attrs_a.get(key)!r} vs {attrs_b.get(key)!r}")
         return problems
     if a.suffix == ".json":
         ja, jb = json.loads(a.read_text()), json.loads(b.read_text())

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-5x", required=True, help="output features h5 of the 5x patches")
     parser.add_argument("--out-20x", required=True, help="output features h5 of the 20x patches")
     parser.add_argument("--batch-size", type=int, default=64, help="patches (5x + 20x) per forward pass")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers reading the slide (0 = main process)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader workers reading the slide (0 = main process)")
     parser.add_argument("--on-read-error", choices=ON_READ_ERROR, default="fail",
                         help="fail the slide on corrupt pixels, or substitute white tiles and count them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

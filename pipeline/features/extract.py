@@ -195,7 +195,9 @@ def extract_slide(
                                    f"{mpp:.4g} ({mpp_source}); re-run patching")
     dev = resolve_device(device)
     with deterministic(seed, dev):
-        model = backbone if not isinstance(backbone, str) else create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
+        model = backbone
+        if isinstance(backbone, str):
+            model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
         result = extract_features(
             model, slide_path, slide_id, grid, batch_size=batch_size, num_workers=num_workers, device=dev,
             on_read_error=on_read_error, overrides=overrides, progress=progress,

@@ -191,8 +191,9 @@ def _worker_init(_: int) -> None:
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
-    """Workers start from a fork server, not a fork of this process: OpenCV's and OpenMP's thread pools, once
-    used here, deadlock in a forked child. The server imports the loader's modules once, so workers start fast."""
+    """Workers start from a fork server, not as forks of this process: a child forked after this process used
+    OpenCV's thread pool hangs (seen: workers stuck in a futex after cv2 resizes here). The server imports the
+    loader's modules once (a few seconds), then each worker forks from it cleanly."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     return ctx

@@ -48,7 +48,9 @@ class BackboneCfg:
 
     def __post_init__(self) -> None:
         if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"backbone '{self.name}': interpolation must be bicubic or bilinear, got {self.interpolation!r}")
+            raise ValueError(
+                f"backbone '{self.name}': interpolation must be bicubic or bilinear, got {self.interpolation!r}"
+            )
         if self.precision not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"backbone '{self.name}': precision must be bf16, fp16 or fp32, got {self.precision!r}")
         if self.input_size < 16:

@@ -50,7 +50,9 @@ def embed_prompts(
     prompts = load_prompts(prompts_path, labels)
     dev = resolve_device(device)
     with deterministic(seed, dev):
-        model = backbone if not isinstance(backbone, str) else create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
+        model = backbone
+        if isinstance(backbone, str):
+            model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
         model.to(dev)
         texts = [c.texts() for c in prompts.classes]
         flat = [t for per_class in texts for t in per_class]

@@ -11,6 +11,17 @@ rule extract:
     output:
         x5=f"{OUT}/features/{{backbone}}/{{backbone}}_5x/{{slide}}.h5",
         x20=f"{OUT}/features/{{backbone}}/{{backbone}}_20x/{{slide}}.h5",
+    log:
+        f"{OUT}/logs/extract/{{backbone}}/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/extract/{{backbone}}/{{slide}}.tsv"
+    conda:
+        "../../envs/features.yaml"
+    threads: max(1, FEAT["num_workers"])
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
     params:
         overrides=mpp_override_args,
         weights=FEAT["weights"],
@@ -21,17 +32,6 @@ rule extract:
         on_error=FEAT["on_read_error"],
         seed=FEAT["seed"],
         status=f"{OUT}/status",
-    log:
-        f"{OUT}/logs/extract/{{backbone}}/{{slide}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/extract/{{backbone}}/{{slide}}.tsv"
-    threads: max(1, FEAT["num_workers"])
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=120,
-    conda:
-        "../../envs/features.yaml"
     shell:
         "python -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide} {params.overrides} "
         "--patches {input.patches:q} --backbone {wildcards.backbone} --weights={params.weights:q} "
@@ -46,21 +46,21 @@ rule text_embeddings:
         prompts=rules.check_prompts.output[0],
     output:
         f"{OUT}/features/{{backbone}}/text_{{backbone}}.h5",
+    log:
+        f"{OUT}/logs/text_embeddings/{{backbone}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/text_embeddings/{{backbone}}.tsv"
+    conda:
+        "../../envs/features.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
         weights=FEAT["weights"],
         tokenizer=FEAT["tokenizer"],
         seed=FEAT["seed"],
         labels=config["cohort"]["labels"],
-    log:
-        f"{OUT}/logs/text_embeddings/{{backbone}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/text_embeddings/{{backbone}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    conda:
-        "../../envs/features.yaml"
     shell:
         "python -m pipeline text-embed --prompts {input.prompts:q} --backbone {wildcards.backbone} "
         "--weights={params.weights:q} --tokenizer={params.tokenizer:q} --seed {params.seed} --device cpu "

@@ -109,7 +109,8 @@ class Backbone:
 
     def __repr__(self) -> str:
         label = self.weights.label if self.weights is not None else "unloaded"
-        return f"{type(self).__name__}({self.cfg.name!r}, {self.cfg.architecture}, D={self.embed_dim}, weights={label!r})"
+        name = type(self).__name__
+        return f"{name}({self.cfg.name!r}, {self.cfg.architecture}, D={self.embed_dim}, weights={label!r})"
 
     # --- device and state -------------------------------------------------------------------------------
 

@@ -72,10 +72,13 @@ def build_clip(
     from open_clip.model import CLIP
 
     if ctx.tokenizer:
-        log.info("backbone '%s' uses open_clip's CLIP tokenizer; tokenizer file %s is not needed", cfg.name, ctx.tokenizer)
+        log.info("backbone '%s' uses open_clip's CLIP tokenizer; tokenizer file %s is not needed",
+                 cfg.name, ctx.tokenizer)
     model = CLIP(embed_dim=cfg.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=cfg.quick_gelu)
     if vision_cfg.get("image_size") != cfg.input_size:
-        raise ValueError(f"backbone '{cfg.name}': cfg input_size {cfg.input_size} != vision tower {vision_cfg.get('image_size')}")
+        raise ValueError(
+            f"backbone '{cfg.name}': cfg input_size {cfg.input_size} != vision tower {vision_cfg.get('image_size')}"
+        )
     return cls(cfg, model)
 
 

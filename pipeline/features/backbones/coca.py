@@ -38,7 +38,9 @@ class CocaVisual(nn.Module):
             img_size=image_size, patch_size=patch_size, embed_dim=width, depth=layers, num_heads=heads,
             mlp_ratio=4.0, num_classes=0, dynamic_img_size=True,
         )
-        self.attn_pool_contrast = AttentionalPooler(d_model=embed_dim, context_dim=width, n_head=pooler_heads, n_queries=1)
+        self.attn_pool_contrast = AttentionalPooler(
+            d_model=embed_dim, context_dim=width, n_head=pooler_heads, n_queries=1
+        )
         self.ln_contrast = nn.LayerNorm(embed_dim)
         self.proj_contrast = nn.Parameter(width**-0.5 * torch.randn(embed_dim, embed_dim))
 

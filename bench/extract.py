@@ -12,7 +12,7 @@ Slides: CMU-1-Small-Region (20x, real H&E) and a synthetic 40x-base demo slide; 
 segmentation and patching stages. Each pass opens its slide with a fresh 32 MiB tile cache, so no pass profits
 from an earlier one; the best of --repeats passes is reported.
 
-    /work/venv/bin/python bench/extraction.py [--backbones tiny quiltnet] [--slides cmu synthetic]
+    python bench/extract.py [--backbones tiny quiltnet] [--slides cmu synthetic]
         [--workers 0 1] [--batch-size 64] [--repeats 3]
 """
 
