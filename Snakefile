@@ -11,6 +11,9 @@ configfile: f"{workflow.basedir}/config.yaml"
 validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/gdc.smk"
 include: "workflow/rules/slides.smk"

@@ -14,6 +14,10 @@ SLIDES = sorted(COHORT)
 BACKBONE = config["features"]["backbone"]
 TASK = config["cohort"]["task"]
 
+# Every job imports `pipeline` from this checkout: the conda envs (envs/*.yaml, --sdm conda) hold only the
+# dependencies, and Snakemake strips PYTHONPATH from the environment of conda jobs, so the command sets it.
+shell.prefix(f"export PYTHONPATH={shlex.quote(REPO)}:$PYTHONPATH; set -euo pipefail; ")
+
 
 wildcard_constraints:
     slide=ws.slide_regex(SLIDES),
@@ -60,9 +64,7 @@ def dataset_inputs(wildcards):
         "sheet": f"{OUT}/cohort/sheet.csv",
         "patches": expand(f"{OUT}/patches/{{slide}}.h5", slide=ids),
         "features_5x": expand(f"{OUT}/features/{BACKBONE}/{BACKBONE}_5x/{{slide}}.h5", slide=ids),
-        "hierarchical": expand(
-            f"{OUT}/features/{BACKBONE}/hierarchical_{BACKBONE}_5x_20x/{{slide}}.h5", slide=ids
-        ),
+        "hierarchical": expand(f"{OUT}/features/{BACKBONE}/hierarchical_{BACKBONE}_5x_20x/{{slide}}.h5", slide=ids),
     }
 
 
@@ -78,9 +80,7 @@ def features_of(slides):
     """The 5x and hierarchical feature files of `slides` for the configured backbone."""
     return {
         "features_5x": expand(f"{OUT}/features/{BACKBONE}/{BACKBONE}_5x/{{slide}}.h5", slide=slides),
-        "hierarchical": expand(
-            f"{OUT}/features/{BACKBONE}/hierarchical_{BACKBONE}_5x_20x/{{slide}}.h5", slide=slides
-        ),
+        "hierarchical": expand(f"{OUT}/features/{BACKBONE}/hierarchical_{BACKBONE}_5x_20x/{{slide}}.h5", slide=slides),
     }
 
 
@@ -122,7 +122,6 @@ def final_outputs():
 
 
 def status_table_command():
-    return (
-        f"python -m pipeline status --status-dir {shlex.quote(OUT + '/status')} "
-        f"--out {shlex.quote(OUT + '/status.csv')} || true"
-    )
+    status_dir = shlex.quote(f"{OUT}/status")
+    status_csv = shlex.quote(f"{OUT}/status.csv")
+    return f"python -m pipeline status --status-dir {status_dir} --out {status_csv} || true"

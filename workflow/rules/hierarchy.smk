@@ -40,7 +40,12 @@ rule check_hierarchy:
         # hierarchy_reports(wildcards): every slide's f"{OUT}/hierarchy/{backbone}/{slide}.json" (common.smk)
         reports=hierarchy_reports,
     output:
-        f"{OUT}/hierarchy/{{backbone}}/summary.csv",
+        report(
+            f"{OUT}/hierarchy/{{backbone}}/summary.csv",
+            caption="../report/hierarchy_summary.rst",
+            category="Hierarchy",
+            labels={"backbone": "{backbone}"},
+        ),
     log:
         f"{OUT}/logs/check_hierarchy/{{backbone}}.log",
     benchmark:

@@ -9,7 +9,12 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        results=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/results.csv",
+        results=report(
+            f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/results.csv",
+            caption="../report/results_comparison.rst",
+            category="Results",
+            labels={"task": "{task}", "backbone": "{backbone}", "shots": "{shots}", "table": "results"},
+        ),
         summary=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/summary.csv",
         predictions=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
         comparison=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/comparison.md",
@@ -50,7 +55,12 @@ rule predict:
     input:
         unpack(predict_inputs),
     output:
-        predictions=f"{OUT}/predictions/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
+        predictions=report(
+            f"{OUT}/predictions/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
+            caption="../report/predictions.rst",
+            category="Predictions",
+            labels={"task": "{task}", "backbone": "{backbone}", "shots": "{shots}"},
+        ),
     log:
         f"{OUT}/logs/predict/{{task}}/{{backbone}}/{{shots}}shot.log",
     benchmark:

@@ -4,22 +4,22 @@
 rule demo_slide:
     output:
         f"{OUT}/demo/slides/{{slide}}.tiff",
+    log:
+        f"{OUT}/logs/demo_slide/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/demo_slide/{{slide}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         seed=config["demo"]["seed"],
         size=config["demo"]["size_px"],
         mpp=config["demo"]["mpp"],
         classes=" ".join(config["demo"]["classes"]),
         per_class=config["demo"]["slides_per_class"],
-    log:
-        f"{OUT}/logs/demo_slide/{{slide}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/demo_slide/{{slide}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/preprocess.yaml"
     shell:
         "python -m pipeline demo slide --slide-id {wildcards.slide} --out {output} --seed {params.seed} "
         "--size {params.size} --mpp {params.mpp} --classes {params.classes} "
@@ -31,18 +31,18 @@ rule cohort_sheet:
         sheet_inputs,
     output:
         f"{OUT}/cohort/sheet.csv",
-    params:
-        cmd=ws.sheet_command(config, REPO, OUT, COHORT),
     log:
         f"{OUT}/logs/cohort_sheet/sheet.log",
     benchmark:
         f"{OUT}/benchmarks/cohort_sheet/sheet.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../../envs/preprocess.yaml"
+    params:
+        cmd=ws.sheet_command(config, REPO, OUT, COHORT),
     shell:
         "{params.cmd} --out {output} > {log} 2>&1"
 
@@ -54,21 +54,27 @@ rule segment:
         mask=f"{OUT}/tissue/{{slide}}.png",
         geojson=f"{OUT}/tissue/{{slide}}.geojson",
         stats=f"{OUT}/tissue/{{slide}}.json",
-        qc=f"{OUT}/qc/tissue/{{slide}}.png",
-    params:
-        overrides=mpp_override_args,
-        tissue=ws.tissue_args(config["tissue"]),
-        status=f"{OUT}/status",
+        qc=report(
+            f"{OUT}/qc/tissue/{{slide}}.png",
+            caption="../report/qc_tissue.rst",
+            category="Quality control",
+            subcategory="Tissue segmentation",
+            labels={"slide": "{slide}", "figure": "tissue"},
+        ),
     log:
         f"{OUT}/logs/segment/{{slide}}.log",
     benchmark:
         f"{OUT}/benchmarks/segment/{{slide}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=20,
-    conda:
-        "../../envs/preprocess.yaml"
+    params:
+        overrides=mpp_override_args,
+        tissue=ws.tissue_args(config["tissue"]),
+        status=f"{OUT}/status",
     shell:
         "python -m pipeline segment --slide {input.slide} --slide-id {wildcards.slide} {params.overrides} "
         "--status-dir {params.status} --mask {output.mask} --geojson {output.geojson} --stats {output.stats} "
@@ -82,22 +88,28 @@ rule patch:
         stats=rules.segment.output.stats,
     output:
         h5=f"{OUT}/patches/{{slide}}.h5",
-        qc=f"{OUT}/qc/patches/{{slide}}.png",
+        qc=report(
+            f"{OUT}/qc/patches/{{slide}}.png",
+            caption="../report/qc_patches.rst",
+            category="Quality control",
+            subcategory="Patching",
+            labels={"slide": "{slide}", "figure": "patch grid"},
+        ),
+    log:
+        f"{OUT}/logs/patch/{{slide}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/patch/{{slide}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
     params:
         overrides=mpp_override_args,
         size=config["patching"]["patch_size"],
         frac=config["patching"]["min_tissue_fraction"],
         status=f"{OUT}/status",
-    log:
-        f"{OUT}/logs/patch/{{slide}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/patch/{{slide}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=20,
-    conda:
-        "../../envs/preprocess.yaml"
     shell:
         "python -m pipeline patch --slide {input.slide} --slide-id {wildcards.slide} {params.overrides} "
         "--status-dir {params.status} --geojson {input.geojson} --tissue-stats {input.stats} "
