@@ -126,3 +126,15 @@ def test_config_errors_are_clear(tmp_path, snakemake, config, message):
     proc = snakemake(tmp_path, config, "-n", check=False)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+
+
+def test_slides_failed_in_an_earlier_run_are_left_out_of_cohort_rules(tmp_path, snakemake):
+    """After a --keep-going run lost a slide, the next run trains on the rest but still retries that slide."""
+    from pipeline import status
+
+    status.record(tmp_path / "results" / "status", "extract", "demo_solid_01", False, "cannot decode pixels")
+    proc = snakemake(tmp_path, SMALL_DEMO, "-n", "-p")
+    dataset_cmd = next(line for line in proc.stdout.splitlines() if "pipeline dataset" in line)
+    assert "demo_solid_00" in dataset_cmd and "demo_solid_01" not in dataset_cmd
+    extract_cmds = [line for line in proc.stdout.splitlines() if "pipeline extract" in line]
+    assert any("demo_solid_01" in line for line in extract_cmds)

@@ -31,6 +31,12 @@ def cohort_ids(wildcards=None):
     return SLIDES
 
 
+def usable_ids():
+    """The cohort less the slides that failed a stage in an earlier run (see ws.failed_slides)."""
+    failed = ws.failed_slides(f"{OUT}/status")
+    return [s for s in cohort_ids() if s not in failed]
+
+
 def slide_file(slide):
     if config["source"] == "gdc":
         return f"{config['gdc']['slides_dir']}/{slide}.svs"
@@ -59,7 +65,7 @@ def sheet_inputs(wildcards):
 
 
 def dataset_inputs(wildcards):
-    ids = cohort_ids()
+    ids = usable_ids()
     return {
         "sheet": f"{OUT}/cohort/sheet.csv",
         "patches": expand(f"{OUT}/patches/{{slide}}.h5", slide=ids),
@@ -73,7 +79,7 @@ def prompt_file(wildcards):
 
 
 def hierarchy_reports(wildcards):
-    return expand(f"{OUT}/hierarchy/{wildcards.backbone}/{{slide}}.json", slide=cohort_ids())
+    return expand(f"{OUT}/hierarchy/{wildcards.backbone}/{{slide}}.json", slide=usable_ids())
 
 
 def features_of(slides):
@@ -85,7 +91,7 @@ def features_of(slides):
 
 
 def train_inputs(wildcards):
-    found = features_of(cohort_ids())
+    found = features_of(usable_ids())
     return {
         "dataset": rules.dataset.output.dataset,
         "prompts": rules.check_prompts.output[0],
@@ -98,7 +104,7 @@ def train_inputs(wildcards):
 
 
 def predict_inputs(wildcards):
-    slides = config["predict"]["slides"] or cohort_ids()
+    slides = config["predict"]["slides"] or usable_ids()
     unknown = sorted(set(slides) - set(cohort_ids()))
     if unknown:
         raise ValueError(f"predict.slides lists slides that are not in the cohort: {unknown}")
