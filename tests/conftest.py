@@ -47,15 +47,20 @@ def snakemake_env() -> dict[str, str]:
     return env
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repo's Snakefile in `workdir` with `config` merged over config.yaml."""
+def snakemake_command(workdir: Path, config: dict, *args: str, cores: int = 2) -> list[str]:
+    """The command running the repo's Snakefile in `workdir` with `config` (written there) merged over config.yaml."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "test_config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cmd = [
+    return [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(cfg), "--cores", "2", *args,
+        "--configfile", str(cfg), "--cores", str(cores), *args,
     ]  # fmt: skip
+
+
+def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repo's Snakefile in `workdir` with `config` merged over config.yaml."""
+    cmd = snakemake_command(workdir, config, *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

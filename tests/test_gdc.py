@@ -527,7 +527,7 @@ def test_local_sheet_reports_every_problem_by_line(tmp_path):
     msg = str(info.value)
     assert "has 6 problem(s)" in msg
     assert "line 3 (slide 'good'): duplicate slide id, already on line 2" in msg
-    assert f"line 4 (slide 'nofile'): no slide file nofile.<svs|" in msg and str(slides) in msg
+    assert "line 4 (slide 'nofile'): no slide file nofile.<svs|" in msg and str(slides) in msg
     assert "line 5 (slide 'odd'): unknown label 'luad', expected one of LUAD, LUSC; did you mean 'LUAD'?" in msg
     assert "line 6 (slide '../evil'): column 'slide_id'" in msg
     assert "line 7 (slide 'twice'): several files match (twice.svs, twice.tif)" in msg

@@ -476,7 +476,7 @@ def test_same_seed_gives_identical_metrics(tmp_path, backbone):
     pd.testing.assert_frame_equal(a, b)
     pa, pb = pd.read_csv(tmp_path / "a" / "predictions.csv"), pd.read_csv(tmp_path / "b" / "predictions.csv")
     pd.testing.assert_frame_equal(pa, pb)
-    c = run_train(root, backbone, tmp_path / "c", methods=["hivemil"], epochs=2, seed=2)
+    run_train(root, backbone, tmp_path / "c", methods=["hivemil"], epochs=2, seed=2)
     pc = pd.read_csv(tmp_path / "c" / "predictions.csv")
     assert not np.allclose(pc["prob_alpha"], pa[pa.method == "hivemil"]["prob_alpha"])
 

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO, run_snakemake, snakemake_env
+from conftest import run_snakemake, snakemake_command, snakemake_env
 from wf_outputs import assert_same_results, mtimes, result_files, rewritten
 
 pytestmark = pytest.mark.workflow
@@ -143,12 +142,7 @@ def features_reference(reference, tmp_path_factory) -> tuple[Path, subprocess.Co
 
 def start_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.Popen:
     """snakemake in its own process group (so a kill reaches its jobs too), one job at a time."""
-    cfg = workdir / "test_config.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(cfg), "--cores", "1", *args,
-    ]  # fmt: skip
+    cmd = snakemake_command(workdir, config, *args, cores=1)
     # output to a file: a pipe nobody reads while we wait would fill up and stall snakemake
     with open(workdir / "snakemake_output.txt", "w") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=snakemake_env(), start_new_session=True)
