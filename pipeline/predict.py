@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.device import resolve_device
 from pipeline.formats import PathLike, read_h5, write_text_atomic
 from pipeline.model.hivemil import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS, HiveMIL
 from pipeline.model.prompts import freeze
@@ -30,7 +31,6 @@ from pipeline.train import (
     SlideBag,
     feature_paths,
     load_checkpoint,
-    resolve_device,
     restore_model,
     slide_logits,
 )

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from pipeline import __version__
 from pipeline.cohort import read_dataset
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, SlideError
 from pipeline.formats import PathLike, atomic_path, read_features, read_hierarchical, write_text_atomic
 from pipeline.metrics import classification_metrics, roc_curve
@@ -115,12 +116,6 @@ class TrainConfig:
         if unknown:
             raise PipelineError(f"train config: unknown key(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

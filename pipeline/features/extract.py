@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, SlideError
 from pipeline.features.backbones.base import Backbone
 from pipeline.features.loader import N_CHILDREN, ON_READ_ERROR, ParentDataset, make_loader
@@ -39,16 +40,6 @@ class SlideFeatures:
     blank_20x: int
     precision: str
     seconds: float
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> the GPU when there is one, else the CPU; an unavailable GPU is an error, not a silent fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"device '{device}' requested but no CUDA GPU is available (use --device auto or cpu)")
-    return dev
 
 
 @contextlib.contextmanager

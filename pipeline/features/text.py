@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from pipeline.features.backbones.base import Backbone
-from pipeline.features.extract import deterministic, resolve_device
+from pipeline.device import resolve_device
+from pipeline.features.extract import deterministic
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PathLike, TextEmbeddings, write_text_embeddings
 from pipeline.prompts import N_COARSE, N_FINE_PER_COARSE, load_prompts
