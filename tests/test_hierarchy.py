@@ -14,7 +14,7 @@ import pytest
 import pipeline
 from pipeline.cli import main as cli_main
 from pipeline.demo import write_pyramid_tiff
-from pipeline.formats import read_hierarchical, read_patches, write_features, write_h5
+from pipeline.formats import read_features, read_hierarchical, read_patches, write_features, write_h5
 from pipeline.hierarchy import (
     CHECKS,
     CheckLog,
@@ -241,6 +241,34 @@ def test_links_reproduce_the_patching_stage_parents(
     np.testing.assert_array_equal(grid.coords_20x[child_rows], coords[rows, slots])
     offset = coords[rows, slots] - grid.coords_5x[rows]
     np.testing.assert_array_equal(offset, np.stack([slots % 4, slots // 4], axis=1) * (size // 4))
+
+
+@pytest.mark.parametrize("sid", ["CMU-1-Small-Region", "disc40"])
+def test_pipeline_features_link_with_every_check_passing(
+    tmp_path: Path, patched_slides: dict[str, Path], sid: str
+) -> None:
+    """Real extraction (tiny backbone, random weights) on the patching stage's output, then the hierarchy."""
+    from pipeline.features.extract import extract_slide
+
+    slide = {
+        "CMU-1-Small-Region": Path(pipeline.__file__).parent / "data" / "slides" / "CMU-1-Small-Region.svs",
+        "disc40": patched_slides[sid].parent.parent / "disc40.tiff",
+    }[sid]
+    p5, p20 = tmp_path / "tiny_5x" / f"{sid}.h5", tmp_path / "tiny_20x" / f"{sid}.h5"
+    extract_slide(slide, patched_slides[sid], p5, p20, "tiny", weights="random", slide_id=sid, device="cpu",
+                  progress=False)  # fmt: skip
+    report, out = build(tmp_path, p5, p20, name=sid)
+    assert report["status"] == "passed"
+    assert {c["status"] for c in report["checks"].values()} == {"passed"}
+    features, coords, mask, attrs = read_hierarchical(out)
+    f5, c5, _ = read_features(p5)
+    f20, c20, _ = read_features(p20)
+    np.testing.assert_array_equal(features.shape, (len(c5), 16, f5.shape[1]))
+    rows, slots = np.nonzero(mask)
+    assert len(rows) == len(c20)
+    position = {tuple(c): i for i, c in enumerate(c20)}
+    for r, k in zip(rows, slots):  # each linked feature is the 20x row at that child's coordinates
+        np.testing.assert_array_equal(features[r, k], f20[position[tuple(coords[r, k])]])
 
 
 # --- sizes ---------------------------------------------------------------------------------------------------
