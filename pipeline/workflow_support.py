@@ -13,7 +13,7 @@ from pipeline.demo import demo_slides
 BUNDLED_SLIDE = Path(__file__).resolve().parent / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 
-def cohort_slides(config: dict[str, Any], repo: str | Path) -> dict[str, str]:
+def cohort_slides(config: dict[str, Any]) -> dict[str, str]:
     """slide_id -> slide path for the configured source, known before any job runs.
 
     demo: generated slides under {output_dir}/demo/slides plus the bundled real slide. local: the user's sheet,
@@ -59,13 +59,13 @@ def slide_regex(slide_ids: list[str]) -> str:
     return "|".join(re.escape(s) for s in sorted(slide_ids, key=len, reverse=True))
 
 
-def sheet_inputs(config: dict[str, Any], slides: dict[str, str]) -> list[str]:
+def sheet_inputs(config: dict[str, Any]) -> list[str]:
     if config["source"] == "local":
         return [config["local"]["sheet"]]
     return []  # demo: generated from config; gdc: the query checkpoint (see common.smk)
 
 
-def sheet_command(config: dict[str, Any], repo: str | Path, out: str, slides: dict[str, str]) -> str:
+def sheet_command(config: dict[str, Any], out: str) -> str:
     """The command writing {output_dir}/cohort/sheet.csv (slide_id,case_id,label,file) for the source."""
     if config["source"] == "local":
         local = config["local"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from pipeline import status
@@ -22,8 +23,6 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def slide_id(args: argparse.Namespace) -> str:
-    from pathlib import Path
-
     return args.slide_id or Path(args.slide).stem
 
 

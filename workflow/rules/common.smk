@@ -9,7 +9,7 @@ from pipeline.prompts import resolve_prompt_file
 
 OUT = config["output_dir"]
 REPO = workflow.basedir
-COHORT = ws.cohort_slides(config, REPO)
+COHORT = ws.cohort_slides(config)
 SLIDES = sorted(COHORT)
 BACKBONE = config["features"]["backbone"]
 TASK = config["cohort"]["task"]
@@ -61,7 +61,7 @@ def sheet_inputs(wildcards):
         return [checkpoints.gdc_query.get().output.cohort] + expand(
             f"{config['gdc']['slides_dir']}/{{slide}}.svs", slide=cohort_ids()
         )
-    return ws.sheet_inputs(config, COHORT)
+    return ws.sheet_inputs(config)
 
 
 def dataset_inputs(wildcards):

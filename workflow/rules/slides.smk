@@ -42,7 +42,7 @@ rule cohort_sheet:
         mem_mb=500,
         runtime=5,
     params:
-        cmd=ws.sheet_command(config, REPO, OUT, COHORT),
+        cmd=ws.sheet_command(config, OUT),
     shell:
         "{params.cmd} --out {output} > {log} 2>&1"
 
