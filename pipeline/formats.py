@@ -122,6 +122,12 @@ def read_h5(path: PathLike, names: list[str] | None = None) -> tuple[dict[str, n
     return data, attrs
 
 
+#: a 5x patch covers exactly a CHILDREN_PER_SIDE x CHILDREN_PER_SIDE block of 20x patches; hierarchical files
+#: have one slot per child, row-major in that block.
+CHILDREN_PER_SIDE = 4
+CHILDREN_PER_PARENT = CHILDREN_PER_SIDE * CHILDREN_PER_SIDE
+
+
 # --- patches/{slide}.h5 ------------------------------------------------------------------------------------
 
 

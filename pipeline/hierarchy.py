@@ -28,6 +28,7 @@ import pandas as pd
 
 from pipeline.errors import PipelineError, SlideError
 from pipeline.formats import (
+    CHILDREN_PER_SIDE,
     PathLike,
     read_features,
     write_hierarchical,
@@ -37,7 +38,7 @@ from pipeline.formats import (
 
 log = logging.getLogger(__name__)
 
-GRID = 4  # a 5x patch is a GRID x GRID block of 20x patches
+GRID = CHILDREN_PER_SIDE  # a 5x patch is a GRID x GRID block of 20x patches
 SLOTS = GRID * GRID
 MISALIGNED_MODES = ("fail", "nearest")
 PATCH_SIZE_DEFAULT = 256  # px at the target magnification, as HiVE-MIL/ViLa-MIL/our patching use

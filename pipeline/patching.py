@@ -16,12 +16,11 @@ import cv2
 import numpy as np
 
 from pipeline.errors import SlideError
-from pipeline.formats import PatchGrid
+from pipeline.formats import CHILDREN_PER_SIDE, PatchGrid
 from pipeline.tissue import Polygon
 
 #: raster samples per 20x patch side used to measure tissue fractions.
 SUB = 8
-CHILDREN_PER_SIDE = 4
 #: cv2 puts pixel centres at integer coordinates and fills pixels on an edge; moving vertices by just over half a
 #: pixel makes a raster pixel count as tissue exactly when its centre lies inside the polygon.
 CENTRE = 0.5 + 1 / 16  # one fixed-point step (shift=4) past the half pixel

@@ -25,13 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.errors import SlideError
 from pipeline.features.backbones.base import Preprocess
 from pipeline.features.registry import ON_READ_ERROR
-from pipeline.formats import PatchGrid
+from pipeline.formats import CHILDREN_PER_PARENT, CHILDREN_PER_SIDE, PatchGrid
 from pipeline.slide import MppOverride, Slide, open_slide
 
 log = logging.getLogger(__name__)
 
-CHILDREN_PER_SIDE = 4
-N_CHILDREN = CHILDREN_PER_SIDE * CHILDREN_PER_SIDE
+N_CHILDREN = CHILDREN_PER_PARENT
 WHITE = 255
 
 
