@@ -38,7 +38,8 @@ from pipeline.features.loader import (
 )
 from pipeline.formats import PatchGrid, read_patches
 from pipeline.patching import PatchParams
-from pipeline.preprocess import patch_slide, segment_slide
+from pipeline.patching import patch_slide
+from pipeline.tissue import segment_slide
 from pipeline.slide import Slide, open_slide
 from pipeline.tissue import TissueParams
 from pipeline.workflow_support import BUNDLED_SLIDE

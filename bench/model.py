@@ -43,7 +43,7 @@ def child(mode: str, n5: int, steps: int, device: str, threads: int) -> dict:
 
     from pipeline.features import create_backbone
     from pipeline.model.hivemil import HiveMIL, HiveMILConfig
-    from pipeline.model.prompts import PromptLearner
+    from pipeline.model.prompt_learner import PromptLearner
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -8,7 +8,10 @@ samples per 20x patch, all patches at once (no per-patch geometry tests).
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +20,16 @@ import numpy as np
 
 from pipeline.errors import SlideError
 from pipeline.formats import CHILDREN_PER_SIDE, PatchGrid
-from pipeline.tissue import Polygon
+from pipeline import qc
+from pipeline.formats import PathLike, write_patches
+from pipeline.geometry import Polygon
+from pipeline.slide import MppOverride, open_slide
+from pipeline.tissue import polygons_from_geojson
+
+log = logging.getLogger(__name__)
+
+#: resolution of QC pictures (um/px); coarse enough to stay small, fine enough to see 20x patches.
+QC_MPP = 4.0
 
 #: raster samples per 20x patch side used to measure tissue fractions.
 SUB = 8
@@ -109,3 +121,46 @@ def describe_empty(polygons: list[Polygon], grid: PatchGrid, params: PatchParams
 
 def patch_params_attrs(params: PatchParams) -> dict[str, Any]:
     return {f"patching.{k}": v for k, v in asdict(params).items()}
+
+
+def patch_slide(
+    slide_path: PathLike,
+    slide_id: str,
+    geojson_path: PathLike,
+    patches_h5: PathLike,
+    qc_png: PathLike,
+    params: PatchParams,
+    overrides: dict[str, MppOverride] | None = None,
+    tissue_attrs: dict | None = None,
+) -> dict:
+    """Build the aligned 5x/20x grid from the tissue polygons and write `patches/{slide}.h5` and its QC picture."""
+    polygons = polygons_from_geojson(json.loads(Path(geojson_path).read_text()))
+    with open_slide(slide_path, slide_id, overrides) as slide:
+        grid, _ = build_grid(polygons, slide.dimensions, slide.level0_magnification, params, slide_id)
+        overview, ds = slide.read_overview(QC_MPP)
+        grid.attrs.update(
+            {
+                "slide_id": slide_id,
+                "mpp": slide.mpp,
+                "mpp_source": slide.mpp_source,
+                "level0_width": slide.dimensions[0],
+                "level0_height": slide.dimensions[1],
+                "effective_mpp_20x": slide.mpp * grid.attrs["patch_size_level0_20x"] / params.patch_size,
+                "empty_reason": describe_empty(polygons, grid, params),
+                "patching": asdict(params),
+                "tissue": tissue_attrs or {},
+            }
+        )
+    if grid.attrs["empty_reason"]:
+        log.warning("slide '%s': %s; writing an empty patch file", slide_id, grid.attrs["empty_reason"])
+    write_patches(patches_h5, grid)
+    title = f"{slide_id}: {len(grid.coords_5x)} x 5x, {len(grid.coords_20x)} x 20x"
+    qc.write_png(
+        qc_png,
+        qc.draw_grids(
+            overview, grid.coords_5x, grid.coords_20x, grid.attrs["patch_size_level0_5x"],
+            grid.attrs["patch_size_level0_20x"], ds, title,
+        ),
+    )
+    log.info("%s", title)
+    return grid.attrs

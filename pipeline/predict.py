@@ -25,7 +25,7 @@ from pipeline.errors import PipelineError
 from pipeline.device import resolve_device
 from pipeline.formats import PathLike, read_h5, write_text_atomic
 from pipeline.model.hivemil import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS, HiveMIL
-from pipeline.model.prompts import freeze
+from pipeline.model.prompt_learner import freeze
 from pipeline.train import (
     FeatureStore,
     SlideBag,

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from pipeline.formats import PathLike, write_bytes_atomic
-from pipeline.tissue import Polygon
+from pipeline.geometry import Polygon
 
 TISSUE_COLOUR = (0, 170, 0)
 HOLE_COLOUR = (0, 0, 230)

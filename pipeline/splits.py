@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import __version__
-from pipeline.cohort import read_dataset
+from pipeline.dataset import read_dataset
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, write_json_atomic, write_text_atomic
 

@@ -6,13 +6,20 @@ Areas are given in um^2 so the same config works at any scan resolution.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from pipeline.slide import Slide
+import logging
+
+from pipeline import qc
+from pipeline.formats import PathLike, write_json_atomic
+from pipeline.geometry import Polygon
+from pipeline.slide import MppOverride, Slide, open_slide
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,14 +32,6 @@ class TissueParams:
     min_tissue_area_um2: float = 50_000.0
     min_hole_area_um2: float = 10_000.0
     max_holes: int = 8
-
-
-@dataclass
-class Polygon:
-    """One tissue piece: outer ring and holes, level-0 (x, y) vertices."""
-
-    outer: np.ndarray
-    holes: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -159,3 +158,28 @@ def polygons_from_geojson(geojson: dict[str, Any]) -> list[Polygon]:
             arrays = [np.asarray(r, dtype=np.float64) for r in poly]
             polygons.append(Polygon(arrays[0], arrays[1:]))
     return polygons
+
+
+def segment_slide(
+    slide_path: PathLike,
+    slide_id: str,
+    mask_png: PathLike,
+    geojson_path: PathLike,
+    stats_json: PathLike,
+    qc_png: PathLike,
+    params: TissueParams,
+    overrides: dict[str, MppOverride] | None = None,
+) -> dict:
+    """Segment one slide and write its mask, contours, statistics and QC picture."""
+    with open_slide(slide_path, slide_id, overrides) as slide:
+        log.info("%r", slide)
+        result = segment_tissue(slide, params)
+        overview, ds = slide.read_overview(params.seg_mpp)
+    if result.stats["empty_reason"]:
+        log.warning("slide '%s': %s", slide_id, result.stats["empty_reason"])
+    qc.write_png(mask_png, result.mask)
+    write_json_atomic(geojson_path, to_geojson(result.polygons, slide_id))
+    qc.write_png(qc_png, qc.draw_tissue(overview, result.polygons, ds))
+    write_json_atomic(stats_json, result.stats)
+    log.info("slide '%s': %d tissue pieces, %.2f mm^2", slide_id, len(result.polygons), result.stats["tissue_area_mm2"])
+    return result.stats

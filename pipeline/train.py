@@ -34,15 +34,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline import __version__
-from pipeline.cohort import read_dataset
+from pipeline.dataset import read_dataset
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, SlideError
 from pipeline.formats import PathLike, atomic_path, read_features, read_hierarchical, write_text_atomic
 from pipeline.metrics import classification_metrics, roc_curve
 from pipeline.model.baselines import ABMIL, ZeroShotClassifier
 from pipeline.model.hivemil import HiveMIL, HiveMILConfig, score_scale
-from pipeline.model.prompts import PromptLearner, freeze
-from pipeline.prompts import load_prompts
+from pipeline.model.prompt_learner import PromptLearner, freeze
+from pipeline.prompt_files import load_prompts
 from pipeline.splits import read_split_csv
 
 log = logging.getLogger(__name__)

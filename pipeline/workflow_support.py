@@ -31,7 +31,7 @@ def cohort_slides(config: dict[str, Any]) -> dict[str, str]:
             slides[BUNDLED_SLIDE.stem] = str(BUNDLED_SLIDE)
         return slides
     if source == "local":
-        from pipeline.cohort_sheet import read_local_sheet
+        from pipeline.sheet import read_local_sheet
 
         local = config["local"]
         rows = read_local_sheet(local["sheet"], local["slides_dir"])

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.cohort import CohortError, build_dataset, read_sheet, slide_id_of, write_dataset
+from pipeline.dataset import CohortError, build_dataset, read_sheet, slide_id_of, write_dataset
 from pipeline.formats import PatchGrid, write_features, write_hierarchical, write_patches
-from pipeline.prompts import (
+from pipeline.prompt_files import (
     PromptError,
     check_prompts,
     load_prompts,

@@ -18,14 +18,14 @@ import yaml
 
 from pipeline.errors import PipelineError, SlideError
 from pipeline.features import create_backbone, get_backbone_cfg, list_backbones, register_backbone
-from pipeline.features.backbones.base import Preprocess
+from pipeline.features.architectures.base import Preprocess
 from pipeline.features.extract import extract_features, extract_slide
 from pipeline.features.loader import GridGeometry, ParentDataset, child_patches, child_slots, parent_patch, read_parent
 from pipeline.features.registry import BackboneCfg
 from pipeline.features.text import embed_prompts
 from pipeline.features.weights import CheckpointError
 from pipeline.formats import PatchGrid, read_features, read_text_embeddings, write_patches
-from pipeline.prompts import load_prompts
+from pipeline.prompt_files import load_prompts
 from pipeline.slide import open_slide
 from pipeline.workflow_support import BUNDLED_SLIDE
 

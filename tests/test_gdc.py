@@ -20,7 +20,7 @@ import yaml
 
 from gdc_server import FakeFile, Fault, GdcServer
 from pipeline.cli import main as cli_main
-from pipeline.cohort_sheet import load_sheet_schema, normalize_local_sheet, read_local_sheet
+from pipeline.sheet import load_sheet_schema, normalize_local_sheet, read_local_sheet
 from pipeline.errors import PipelineError
 from pipeline.gdc import (
     GdcClient,

@@ -25,7 +25,8 @@ from pipeline.hierarchy import (
     summarise_reports,
 )
 from pipeline.patching import PatchParams
-from pipeline.preprocess import patch_slide, segment_slide
+from pipeline.patching import patch_slide
+from pipeline.tissue import segment_slide
 from pipeline.tissue import TissueParams
 
 DIM = 8

@@ -375,7 +375,7 @@ def backbone():
 
 
 def test_gradient_reaches_the_prompt_context(backbone):
-    from pipeline.model.prompts import PromptLearner
+    from pipeline.model.prompt_learner import PromptLearner
 
     texts = [f"term {i}: explanation number {i}" for i in range(32)]
     learner = PromptLearner(backbone, texts, n_ctx=4)

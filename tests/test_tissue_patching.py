@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.formats import read_patches
 from pipeline.patching import PatchParams, build_grid, level0_patch_sizes
-from pipeline.preprocess import patch_slide, segment_slide
+from pipeline.patching import patch_slide
+from pipeline.tissue import segment_slide
 from pipeline.qc import read_png
 from pipeline.tissue import Polygon, TissueParams
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cohort import write_dataset
+from pipeline.dataset import write_dataset
 
 NAME = "dataset"
 HELP = "cohort sheet + per-slide files -> dataset.csv and dropped.csv"

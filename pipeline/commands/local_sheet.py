@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cohort_sheet import normalize_local_sheet
+from pipeline.sheet import normalize_local_sheet
 
 NAME = "local-sheet"
 HELP = "validate a local slide sheet and write the normalized cohort sheet"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
-from pipeline.preprocess import segment_slide
+from pipeline.tissue import segment_slide
 from pipeline.tissue import TissueParams
 
 NAME = "segment"

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, SlideError
-from pipeline.features.backbones.base import Backbone
+from pipeline.features.architectures.base import Backbone
 from pipeline.features.loader import N_CHILDREN, ON_READ_ERROR, ParentDataset, make_loader
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PatchGrid, PathLike, read_patches, write_features

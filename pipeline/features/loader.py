@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import SlideError
-from pipeline.features.backbones.base import Preprocess
+from pipeline.features.architectures.base import Preprocess
 from pipeline.features.registry import ON_READ_ERROR
 from pipeline.formats import CHILDREN_PER_PARENT, CHILDREN_PER_SIDE, PatchGrid
 from pipeline.slide import MppOverride, Slide, open_slide

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.features.backbones.base import Backbone
+    from pipeline.features.architectures.base import Backbone
 
 #: CLIP's published normalisation constants (OpenAI), used by PLIP, QuiltNet and CONCH alike.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -1,6 +1,6 @@
 """Text embeddings of a prompt file with a backbone's own text tower (zero-shot checks, model initialisation).
 
-The prompt file is HiVE-MIL's `{class: {term: explanation}}` (validated by `pipeline.prompts`); each entry is read
+The prompt file is HiVE-MIL's `{class: {term: explanation}}` (validated by `pipeline.prompt_files`); each entry is read
 as "term: explanation", the same string the prompt learner encodes. Embeddings are stored unnormalised, [C, 16, D]
 in file order (per class: 4 coarse, then 12 fine).
 """
@@ -14,12 +14,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.features.backbones.base import Backbone
+from pipeline.features.architectures.base import Backbone
 from pipeline.device import resolve_device
 from pipeline.features.extract import deterministic
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PathLike, TextEmbeddings, write_text_embeddings
-from pipeline.prompts import N_COARSE, N_FINE_PER_COARSE, load_prompts
+from pipeline.prompt_files import N_COARSE, N_FINE_PER_COARSE, load_prompts
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.features.registry import RANDOM, BackboneCfg
 
 if TYPE_CHECKING:
-    from pipeline.features.backbones.base import Backbone
+    from pipeline.features.architectures.base import Backbone
 
 log = logging.getLogger(__name__)
 

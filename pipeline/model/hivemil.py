@@ -221,7 +221,7 @@ class HiveMIL(nn.Module):
             as `Backbone.logit_scale` reports it.
         config (HiveMILConfig, optional): Hyperparameters and switches.
         text_encoder (nn.Module, optional): A module whose call returns the text features `[C * 16, D]` in the
-            prompt file's order (a :class:`~pipeline.model.prompts.PromptLearner`); without it, `forward` needs
+            prompt file's order (a :class:`~pipeline.model.prompt_learner.PromptLearner`); without it, `forward` needs
             `texts`.
 
     Shapes:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline import workflow_support as ws
 from pipeline.gdc import wiring as gdc_wiring
-from pipeline.prompts import resolve_prompt_file
+from pipeline.prompt_files import resolve_prompt_file
 
 OUT = config["output_dir"]
 REPO = workflow.basedir

@@ -23,7 +23,7 @@ from pipeline.features.registry import BackboneCfg, BuildContext, register_backb
     )
 )
 def conch(cfg: BackboneCfg, ctx: BuildContext):
-    from pipeline.features.backbones.coca import build_coca
+    from pipeline.features.architectures.coca import build_coca
 
     vision = {"patch_size": 16, "width": 768, "layers": 12, "heads": 12, "pooler_heads": 8}
     text = {"context_length": 128, "vocab_size": 32007, "width": 768, "heads": 12, "layers": 12}

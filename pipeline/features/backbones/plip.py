@@ -93,7 +93,7 @@ def hf_clip_to_open_clip(state: dict[str, "Tensor"]) -> dict[str, "Tensor"]:
     )
 )
 def plip(cfg: BackboneCfg, ctx: BuildContext):
-    from pipeline.features.backbones.clip import CLIP_TEXT_B, VIT_B_32_VISION, OpenClipBackbone, build_clip
+    from pipeline.features.architectures.clip import CLIP_TEXT_B, VIT_B_32_VISION, OpenClipBackbone, build_clip
 
     class PlipBackbone(OpenClipBackbone):
         def convert_state_dict(self, state):

@@ -22,6 +22,6 @@ from pipeline.features.registry import BackboneCfg, BuildContext, register_backb
     )
 )
 def quiltnet(cfg: BackboneCfg, ctx: BuildContext):
-    from pipeline.features.backbones.clip import CLIP_TEXT_B, VIT_B_32_VISION, build_clip
+    from pipeline.features.architectures.clip import CLIP_TEXT_B, VIT_B_32_VISION, build_clip
 
     return build_clip(cfg, ctx, dict(VIT_B_32_VISION, image_size=cfg.input_size), dict(CLIP_TEXT_B))

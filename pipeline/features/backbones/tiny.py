@@ -20,7 +20,7 @@ from pipeline.features.registry import BackboneCfg, BuildContext, register_backb
     )
 )
 def tiny(cfg: BackboneCfg, ctx: BuildContext):
-    from pipeline.features.backbones.clip import build_clip
+    from pipeline.features.architectures.clip import build_clip
 
     vision = {"image_size": cfg.input_size, "layers": 2, "width": 128, "head_width": 32, "patch_size": 16}
     text = {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2}

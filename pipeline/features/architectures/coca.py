@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.features.backbones.base import Backbone, check_vocab
+from pipeline.features.architectures.base import Backbone, check_vocab
 from pipeline.features.registry import BackboneCfg
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.features.backbones.base import Backbone, check_vocab
+from pipeline.features.architectures.base import Backbone, check_vocab
 from pipeline.features.registry import BackboneCfg, BuildContext
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.prompts import check_prompts, resolve_prompt_file, shipped_prompt_files
+from pipeline.prompt_files import check_prompts, resolve_prompt_file, shipped_prompt_files
 
 NAME = "check-prompts"
 HELP = "validate a HiVE-MIL text-prompt JSON against the label order"
