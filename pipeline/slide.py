@@ -3,6 +3,8 @@
 The magnification of a slide is never assumed. mpp comes from the slide's metadata (OpenSlide's normalised key,
 vendor keys, TIFF resolution tags), then from the objective power, then from a per-slide override; a value
 outside the plausible range for brightfield scanners (e.g. 352.8 um/px from a 72-dpi TIFF tag) is rejected.
+It is resolved once, at patching, and recorded in patches/{slide}.h5; later stages open the slide with that
+recorded value (`open_slide(..., mpp=read_recorded_mpp(patches))`) and never need the override again.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import cv2
 import numpy as np
 import openslide
 
 from pipeline.errors import SlideError
+from pipeline.formats import read_patches
 
 #: mpp outside this range is not a brightfield whole-slide scan (80x ~ 0.12, 1.25x ~ 8).
 PLAUSIBLE_MPP = (0.05, 4.0)
@@ -36,6 +39,9 @@ MAGNIFICATION_BINS: tuple[tuple[float, int], ...] = (
 MPP_KEYS = ("openslide.mpp-x", "aperio.MPP", "openslide.mirax.MPP", "hamamatsu.XResolution")
 POWER_KEYS = ("openslide.objective-power", "aperio.AppMag", "hamamatsu.SourceLens")
 UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0, "millimeter": 1e3, "micrometer": 1.0}
+
+#: mpp_source of a slide opened with the mpp its patch file records (see `open_slide`).
+RECORDED_MPP_SOURCE = "patches"
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,14 @@ def best_level(downsamples: Iterable[float], target: float, tolerance: float = 0
 class Slide:
     """An open whole-slide image with a resolved mpp. Use as a context manager; each process opens its own."""
 
-    def __init__(self, path: str | Path, slide_id: str | None = None, override: MppOverride | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        slide_id: str | None = None,
+        override: MppOverride | None = None,
+        *,
+        mpp: float | None = None,
+    ):
         self.path = Path(path)
         self.slide_id = slide_id or self.path.stem
         if not self.path.exists():
@@ -174,7 +187,10 @@ class Slide:
         except openslide.OpenSlideError as err:
             raise SlideError(self.slide_id, f"OpenSlide cannot open {self.path.name}: {err}") from err
         self.properties: dict[str, str] = dict(self._osr.properties)
-        self.mpp, self.mpp_source = resolve_mpp(self.slide_id, self.properties, override)
+        if mpp is None:
+            self.mpp, self.mpp_source = resolve_mpp(self.slide_id, self.properties, override)
+        else:
+            self.mpp, self.mpp_source = _checked_recorded_mpp(self.slide_id, mpp), RECORDED_MPP_SOURCE
         self.level0_magnification = magnification_from_mpp(self.mpp)
         self.dimensions: tuple[int, int] = self._osr.dimensions
         self.level_dimensions: tuple[tuple[int, int], ...] = self._osr.level_dimensions
@@ -245,7 +261,65 @@ class Slide:
         return image, self.dimensions[0] / out_w
 
 
-def open_slide(path: str | Path, slide_id: str | None = None, overrides: dict[str, MppOverride] | None = None) -> Slide:
-    """Open a slide, applying the override for its id if one is listed."""
+def open_slide(
+    path: str | Path,
+    slide_id: str | None = None,
+    overrides: dict[str, MppOverride] | None = None,
+    *,
+    mpp: float | None = None,
+) -> Slide:
+    """Open a slide, applying the override for its id if one is listed.
+
+    `mpp` is the value the patch stage resolved and recorded in patches/{slide}.h5: the slide's mpp is resolved
+    once, at patching (metadata, then override), and every later stage reads it back, so extraction and
+    prediction need no override and cannot disagree with the patch grid. Given, it is used as-is (mpp_source
+    "patches", no metadata lookup), still checked for plausibility; overrides may not be given with it.
+    """
     slide_id = slide_id or Path(path).stem
-    return Slide(path, slide_id, (overrides or {}).get(slide_id))
+    if mpp is not None and overrides:
+        raise ValueError(f"slide '{slide_id}': give either the recorded mpp or overrides, not both")
+    return Slide(path, slide_id, (overrides or {}).get(slide_id), mpp=mpp)
+
+
+def _checked_recorded_mpp(slide_id: str, mpp: Any, where: str = "the recorded mpp") -> float:
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        raise SlideError(slide_id, f"{where} {mpp!r} is not a number; re-run patching") from None
+    if not plausible(value):
+        raise SlideError(slide_id, f"{where} {value:.4g} is outside the plausible range {PLAUSIBLE_MPP} um/px")
+    return value
+
+
+def recorded_mpp(attrs: Mapping[str, Any], slide_id: str, where: str | Path = "the patch file") -> float:
+    """The level-0 mpp the patch stage resolved, from a patch file's attrs (PatchGrid.attrs); absent is an error,
+    since guessing again here is what recording it at patching avoids."""
+    value = attrs.get("mpp")
+    if value in (None, ""):
+        raise SlideError(slide_id, f"{where} records no mpp; re-run patching")
+    return _checked_recorded_mpp(slide_id, value, f"mpp {value!r} recorded in {where}")
+
+
+def read_recorded_mpp(patches_path: str | Path, slide_id: str | None = None) -> float:
+    """`recorded_mpp` of a patches/{slide}.h5 file."""
+    return recorded_mpp(read_patches(patches_path).attrs, slide_id or Path(patches_path).stem, patches_path)
+
+
+def check_patches_match(slide: Slide, attrs: Mapping[str, Any], patches_path: str | Path) -> None:
+    """Refuse a patch file made for another slide: its recorded level-0 size (and slide id, where recorded) must
+    be this slide's, since its coordinates and mpp are only valid for the slide it was made from."""
+    try:
+        recorded = (int(attrs["level0_width"]), int(attrs["level0_height"]))
+    except KeyError as err:
+        raise SlideError(slide.slide_id, f"{patches_path} records no {err.args[0]}; re-run patching") from None
+    problems = []
+    if recorded != tuple(slide.dimensions):
+        problems.append(
+            f"level-0 size {recorded[0]}x{recorded[1]} px recorded in {patches_path}, "
+            f"but {slide.path} is {slide.dimensions[0]}x{slide.dimensions[1]} px"
+        )
+    recorded_id = attrs.get("slide_id")
+    if recorded_id not in (None, "") and str(recorded_id) != slide.slide_id:
+        problems.append(f"{patches_path} was made for slide '{recorded_id}', not '{slide.slide_id}' ({slide.path})")
+    if problems:
+        raise SlideError(slide.slide_id, "the patch file belongs to another slide: " + "; ".join(problems))

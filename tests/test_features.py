@@ -24,12 +24,15 @@ from pipeline.features.loader import GridGeometry, ParentDataset, child_patches,
 from pipeline.features.registry import BackboneCfg
 from pipeline.features.text import embed_prompts
 from pipeline.features.weights import CheckpointError
-from pipeline.formats import PatchGrid, read_features, read_text_embeddings, write_patches
+from pipeline.formats import PatchGrid, read_features, read_patches, read_text_embeddings, write_patches
 from pipeline.prompt_files import load_prompts
-from pipeline.slide import open_slide
+from pipeline.patching import PatchParams, patch_slide
+from pipeline.slide import MppOverride, Slide, open_slide
+from pipeline.tissue import TissueParams, segment_slide
 from pipeline.workflow_support import BUNDLED_SLIDE
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "data" / "slides"
 UNREADABLE = REPO / "tests" / "data" / "slides" / "unreadable.svs"
 DEMO_PROMPTS = REPO / "pipeline" / "data" / "prompts" / "demo.json"
 PATCH = 256
@@ -38,9 +41,18 @@ PATCH = 256
 # --- fixtures --------------------------------------------------------------------------------------------
 
 
-def make_grid(size: tuple[int, int], level0_mag: int, seed: int = 0, keep: float = 0.6) -> PatchGrid:
+def recorded_attrs(slide: Slide) -> dict:
+    """What the patch stage records about the slide and extraction reads back."""
+    return {"mpp": slide.mpp, "mpp_source": slide.mpp_source, "level0_width": slide.dimensions[0],
+            "level0_height": slide.dimensions[1]}
+
+
+
+def make_grid(slide: Slide, seed: int = 0, keep: float = 0.6) -> PatchGrid:
     """An aligned grid over every whole-or-partial 5x position, a random subset of children kept (at least one per
-    parent), the 20x rows shuffled so that no code may rely on children being grouped by parent."""
+    parent), the 20x rows shuffled so that no code may rely on children being grouped by parent. Attrs as the patch
+    stage writes them: sizes, the slide's mpp and its level-0 size."""
+    size, level0_mag = slide.dimensions, slide.level0_magnification
     s20 = PATCH * level0_mag // 20
     s5 = 4 * s20
     rng = np.random.default_rng(seed)
@@ -55,7 +67,7 @@ def make_grid(size: tuple[int, int], level0_mag: int, seed: int = 0, keep: float
                 parent_of.append(len(parents) - 1)
     order = rng.permutation(len(children))
     attrs = {"patch_size": PATCH, "patch_size_level0_20x": s20, "patch_size_level0_5x": s5,
-             "level0_magnification": level0_mag}
+             "level0_magnification": level0_mag, **recorded_attrs(slide)}
     return PatchGrid(np.array(parents), np.array(children)[order], np.array(parent_of)[order], attrs)
 
 
@@ -67,7 +79,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def cmu_patches(tmp_path_factory) -> tuple[Path, PatchGrid]:
     with open_slide(BUNDLED_SLIDE) as slide:
-        grid = make_grid(slide.dimensions, slide.level0_magnification, seed=3)
+        grid = make_grid(slide, seed=3)
     path = tmp_path_factory.mktemp("patches") / "cmu.h5"
     write_patches(path, grid)
     return path, grid
@@ -119,7 +131,7 @@ def random_backbone(request, conch_tokenizer):
 def test_children_and_parent_equal_direct_reads(which, slide_40x):
     path = BUNDLED_SLIDE if which == "cmu" else slide_40x
     with open_slide(path) as slide:
-        grid = make_grid(slide.dimensions, slide.level0_magnification, keep=1.0)
+        grid = make_grid(slide, keep=1.0)
         g = GridGeometry.from_grid(grid, slide.slide_id)
         assert g.s20 == PATCH * slide.level0_magnification // 20
         mismatched = []
@@ -215,7 +227,7 @@ def test_two_runs_write_identical_files_and_follow_the_contract(tmp_path, cmu_pa
 
 def test_40x_slide_features_match_direct_reads(tiny, slide_40x):
     with open_slide(slide_40x) as slide:
-        grid = make_grid(slide.dimensions, slide.level0_magnification, seed=5)
+        grid = make_grid(slide, seed=5)
         out = extract_features(tiny, slide_40x, "syn", grid, batch_size=64, device="cpu", progress=False)
         j = 3
         cx, cy = grid.coords_20x[j]
@@ -228,8 +240,10 @@ def test_40x_slide_features_match_direct_reads(tiny, slide_40x):
 
 
 def _unreadable_patches(tmp_path: Path) -> Path:
+    with open_slide(UNREADABLE) as slide:
+        recorded = recorded_attrs(slide)
     grid = PatchGrid(np.array([[0, 0]]), np.array([[0, 0]]), np.array([0]),
-                     {"patch_size": PATCH, "patch_size_level0_20x": 256, "patch_size_level0_5x": 1024})
+                     {"patch_size": PATCH, "patch_size_level0_20x": 256, "patch_size_level0_5x": 1024, **recorded})
     write_patches(tmp_path / "unreadable.h5", grid)
     return tmp_path / "unreadable.h5"
 
@@ -271,6 +285,80 @@ def test_extract_command_records_status(tmp_path):
     assert main(args + ["--on-read-error", "blank"]) == 0
     ok = json.loads((tmp_path / "status" / "extract" / "unreadable.json").read_text())
     assert ok["status"] == "ok" and "1 5x and 1 20x patches unreadable" in ok["reason"]
+
+
+# --- (4b) mpp resolved once, at patching; extraction reads it back -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slide_72dpi(tmp_path_factory) -> Path:
+    """Tissue (a 20x scan, 0.5 um/px) whose only resolution metadata is a 72-dpi tag, 352.8 um/px, like
+    boxes.tiff (which has no tissue to extract): it needs an mpp override at segmentation and patching."""
+    from pipeline.demo import render_slide, write_pyramid_tiff
+
+    path = tmp_path_factory.mktemp("slides") / "dpi72.tiff"
+    write_pyramid_tiff(path, render_slide("solid", seed=4, size=2048, mpp=0.5), mpp=25_400 / 72)
+    return path
+
+
+def test_override_slide_extracts_with_the_mpp_recorded_at_patching(tmp_path, tiny, slide_72dpi):
+    from pipeline.cli import main
+
+    with pytest.raises(SlideError, match="352.8 um/px"):
+        open_slide(slide_72dpi)  # the metadata alone is unusable
+    overrides = {"dpi72": MppOverride(0.5)}
+    segment_slide(slide_72dpi, "dpi72", tmp_path / "m.png", tmp_path / "t.geojson", tmp_path / "t.json",
+                  tmp_path / "qc.png", TissueParams(), overrides)
+    patch_slide(slide_72dpi, "dpi72", tmp_path / "t.geojson", tmp_path / "p.h5", tmp_path / "pqc.png",
+                PatchParams(), overrides)
+    grid = read_patches(tmp_path / "p.h5")
+    assert len(grid.coords_5x) >= 2 and grid.attrs["mpp"] == 0.5
+
+    res = extract_slide(slide_72dpi, tmp_path / "p.h5", tmp_path / "f5.h5", tmp_path / "f20.h5", tiny,
+                        slide_id="dpi72", device="cpu", progress=False)  # no override
+    assert (res.n_5x, res.n_20x) == (len(grid.coords_5x), len(grid.coords_20x))
+    f20, c20, attrs = read_features(tmp_path / "f20.h5")
+    assert f20.shape == (len(grid.coords_20x), 512) and np.isfinite(f20).all()
+    np.testing.assert_array_equal(c20, grid.coords_20x)
+    assert attrs["mpp"] == 0.5 and attrs["mpp_source"] == "override" and attrs["patch_size_level0"] == 256
+
+    # the stage command needs no override flags, and no longer takes any
+    args = ["extract", "--slide", str(slide_72dpi), "--slide-id", "dpi72", "--patches", str(tmp_path / "p.h5"),
+            "--backbone", "tiny", "--weights", "random", "--out-5x", str(tmp_path / "c5.h5"), "--out-20x",
+            str(tmp_path / "c20.h5"), "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    np.testing.assert_array_equal(read_features(tmp_path / "c20.h5")[0], f20)
+    with pytest.raises(SystemExit):
+        main(args + ["--mpp-override", "0.5"])
+
+
+def test_extract_refuses_another_slides_patch_file(tmp_path, slide_40x, cmu_patches):
+    with open_slide(slide_40x) as slide:
+        write_patches(tmp_path / "syn.h5", make_grid(slide))
+    with pytest.raises(SlideError) as err:
+        extract_slide(BUNDLED_SLIDE, tmp_path / "syn.h5", tmp_path / "f5.h5", tmp_path / "f20.h5", "tiny",
+                      weights="random", device="cpu", progress=False)
+    message = str(err.value)
+    assert "6144x6144" in message and "2220x2967" in message, message
+    assert "syn.h5" in message and BUNDLED_SLIDE.name in message
+    assert not (tmp_path / "f5.h5").exists() and not (tmp_path / "f20.h5").exists()
+
+    # same size, but recorded for another slide id
+    _, grid = cmu_patches
+    write_patches(tmp_path / "other.h5", PatchGrid(grid.coords_5x, grid.coords_20x, grid.parent_of_20x,
+                                                   {**grid.attrs, "slide_id": "other"}))
+    with pytest.raises(SlideError, match=r"made for slide 'other', not 'cmu'"):
+        extract_slide(BUNDLED_SLIDE, tmp_path / "other.h5", tmp_path / "f5.h5", tmp_path / "f20.h5", "tiny",
+                      weights="random", slide_id="cmu", device="cpu", progress=False)
+
+
+def test_extract_needs_the_mpp_recorded_at_patching(tmp_path, cmu_patches):
+    _, grid = cmu_patches
+    attrs = {k: v for k, v in grid.attrs.items() if k != "mpp"}
+    write_patches(tmp_path / "old.h5", PatchGrid(grid.coords_5x, grid.coords_20x, grid.parent_of_20x, attrs))
+    with pytest.raises(SlideError, match=r"old\.h5 records no mpp; re-run patching"):
+        extract_slide(BUNDLED_SLIDE, tmp_path / "old.h5", tmp_path / "f5.h5", tmp_path / "f20.h5", "tiny",
+                      weights="random", device="cpu", progress=False)
 
 
 # --- (5) every registered backbone, random weights, offline ------------------------------------------------

@@ -11,6 +11,7 @@ from pipeline.slide import (
     magnification_from_mpp,
     open_slide,
     read_mpp_overrides,
+    read_recorded_mpp,
     resolve_mpp,
 )
 
@@ -53,6 +54,29 @@ def test_boxes_rejected_for_implausible_mpp_then_accepted_with_override(fixtures
         open_slide(fixtures / "boxes.tiff")
     with open_slide(fixtures / "boxes.tiff", overrides={"boxes": MppOverride(0.5, source="override (x.csv)")}) as s:
         assert s.mpp == 0.5 and s.mpp_source == "override (x.csv)" and s.level0_magnification == 20
+
+
+def test_recorded_mpp_is_used_as_is_with_source_patches(fixtures, cmu1, tmp_path):
+    """The mpp recorded at patching is taken without a metadata lookup, still checked for plausibility."""
+    import numpy as np
+
+    from pipeline.formats import PatchGrid, write_patches
+
+    with open_slide(fixtures / "boxes.tiff", mpp=0.5) as slide:  # its metadata alone is rejected (352.8 um/px)
+        assert slide.mpp == 0.5 and slide.mpp_source == "patches" and slide.level0_magnification == 20
+    with open_slide(cmu1, mpp=0.25) as slide:  # metadata says 0.499: not consulted
+        assert slide.mpp == 0.25 and slide.mpp_source == "patches" and slide.level0_magnification == 40
+    with pytest.raises(SlideError, match=r"slide 'boxes'.*352\.8 is outside the plausible range"):
+        open_slide(fixtures / "boxes.tiff", mpp=352.8)
+    with pytest.raises(ValueError, match="not both"):
+        open_slide(fixtures / "boxes.tiff", overrides={"boxes": MppOverride(0.5)}, mpp=0.5)
+
+    empty = (np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
+    write_patches(tmp_path / "boxes.h5", PatchGrid(*empty, {"mpp": 0.5, "mpp_source": "override"}))
+    assert read_recorded_mpp(tmp_path / "boxes.h5") == 0.5
+    write_patches(tmp_path / "none.h5", PatchGrid(*empty, {"mpp_source": "override"}))
+    with pytest.raises(SlideError, match=r"slide 'none'.*none\.h5 records no mpp; re-run patching"):
+        read_recorded_mpp(tmp_path / "none.h5")
 
 
 def test_valid_metadata_wins_over_unforced_override_but_not_forced():

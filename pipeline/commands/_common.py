@@ -13,12 +13,17 @@ from pipeline.slide import MppOverride, read_mpp_overrides
 T = TypeVar("T")
 
 
-def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
+def add_slide_arguments(parser: argparse.ArgumentParser, mpp_overrides: bool = True) -> None:
+    """--slide, --slide-id, --status-dir and, for the stages that resolve mpp (segment, patch), the overrides;
+    later stages read the mpp recorded at patching instead (mpp_overrides=False)."""
     parser.add_argument("--slide", required=True, help="path of the slide file")
     parser.add_argument("--slide-id", help="slide id (default: file name without extension)")
-    parser.add_argument("--mpp-overrides", default="", help="CSV slide_id,mpp[,force] for slides without usable mpp")
-    parser.add_argument("--mpp-override", type=float, help="this slide's mpp where its metadata has none usable")
-    parser.add_argument("--mpp-override-force", action="store_true", help="use --mpp-override even over metadata")
+    if mpp_overrides:
+        parser.add_argument("--mpp-overrides", default="",
+                            help="CSV slide_id,mpp[,force] for slides without usable mpp")
+        parser.add_argument("--mpp-override", type=float, help="this slide's mpp where its metadata has none usable")
+        parser.add_argument("--mpp-override-force", action="store_true",
+                            help="use --mpp-override even over metadata")
     parser.add_argument("--status-dir", default="", help="folder for ok/failed records (status/{stage}/{slide}.json)")
 
 

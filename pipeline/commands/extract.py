@@ -1,8 +1,9 @@
 """Patch features of one slide at 5x and 20x with a vision-language backbone.
 
-Reads patches/{slide}.h5, then for each kept 5x patch reads its level-0 region once at 20x resolution, cuts the
-kept 20x children from it and shrinks it for the 5x patch; both go through the backbone's preprocessing and image
-encoder (bf16 autocast on a GPU, fp32 on the CPU). Writes features [N, D] float32 and coords [N, 2] (level-0, the
+Reads patches/{slide}.h5 and opens the slide with the mpp recorded there (resolved once, at patching, so no mpp
+override is needed here; a patch file of another slide is refused), then for each kept 5x patch reads its level-0
+region once at 20x resolution, cuts the kept 20x children from it and shrinks it for the 5x patch; both go through
+the backbone's preprocessing and image encoder (bf16 autocast on a GPU, fp32 on the CPU). Writes features [N, D] float32 and coords [N, 2] (level-0, the
 order of patches.h5) to --out-5x and --out-20x, with attrs naming the backbone, its weights (path and sha256, or
 "random"), input size and normalisation. A damaged slide fails with its reason unless --on-read-error blank.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline import status
-from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
+from pipeline.commands._common import add_slide_arguments, run_recorded, slide_id
 from pipeline.features.registry import ON_READ_ERROR, list_backbones
 
 NAME = "extract"
@@ -31,7 +32,7 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_slide_arguments(parser)
+    add_slide_arguments(parser, mpp_overrides=False)  # the mpp recorded in --patches is used
     parser.add_argument("--patches", required=True, help="patches/{slide}.h5 from the patch stage")
     add_backbone_arguments(parser)
     parser.add_argument("--out-5x", required=True, help="output features h5 of the 5x patches")
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             args.slide, args.patches, args.out_5x, args.out_20x, args.backbone, weights=args.weights,
             tokenizer=args.tokenizer, slide_id=slide_id(args), batch_size=args.batch_size,
             num_workers=args.workers, device=args.device, on_read_error=args.on_read_error,
-            overrides=overrides(args), seed=args.seed, progress=not args.no_progress,
+            seed=args.seed, progress=not args.no_progress,
         ),
     )
     if result.blank_5x:

@@ -25,7 +25,7 @@ from pipeline.features.architectures.base import Backbone
 from pipeline.features.loader import N_CHILDREN, ON_READ_ERROR, ParentDataset, make_loader
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PatchGrid, PathLike, read_patches, write_features
-from pipeline.slide import MppOverride, open_slide
+from pipeline.slide import check_patches_match, open_slide, recorded_mpp
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,18 @@ def extract_features(
     num_workers: int = 0,
     device: str | torch.device = "auto",
     on_read_error: str = "fail",
-    overrides: dict[str, MppOverride] | None = None,
     progress: bool = True,
 ) -> SlideFeatures:
     """Encode every 5x parent and its kept 20x children of one slide.
 
     `batch_size` is the number of patches (5x and 20x together) per forward pass; the loader groups
-    batch_size // 17 parents (a parent brings at most 16 children). Read errors: see the loader.
+    batch_size // 17 parents (a parent brings at most 16 children). The slide is opened with the mpp in
+    `grid.attrs` (recorded at patching). Read errors: see the loader.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dataset = ParentDataset(slide_path, slide_id, grid, backbone.preprocess, overrides, on_read_error)
+    dataset = ParentDataset(slide_path, slide_id, grid, backbone.preprocess, on_read_error)
     n5, n20 = len(dataset), len(grid.coords_20x)
     f5 = np.zeros((n5, backbone.embed_dim), np.float32)
     f20 = np.zeros((n20, backbone.embed_dim), np.float32)
@@ -169,21 +169,22 @@ def extract_slide(
     num_workers: int = 0,
     device: str = "auto",
     on_read_error: str = "fail",
-    overrides: dict[str, MppOverride] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> ExtractResult:
-    """Extract one slide's 5x and 20x features and write both files atomically (the stage's library call)."""
+    """Extract one slide's 5x and 20x features and write both files atomically (the stage's library call).
+
+    The slide is opened with the mpp recorded in `patches_path` (resolved once, at patching, overrides
+    included), and a patch file whose recorded level-0 size or slide id is not this slide's is refused.
+    """
     if on_read_error not in ON_READ_ERROR:
         raise PipelineError(f"on_read_error must be one of {ON_READ_ERROR}, got {on_read_error!r}")
     slide_id = slide_id or Path(slide_path).stem
     grid = read_patches(patches_path)
-    with open_slide(slide_path, slide_id, overrides) as slide:  # fail early on an unopenable slide
-        mpp, mpp_source = slide.mpp, slide.mpp_source
-    recorded = grid.attrs.get("mpp")
-    if recorded not in (None, "") and abs(float(recorded) - mpp) > 0.01 * mpp:
-        raise SlideError(slide_id, f"{patches_path} was made with mpp {recorded}, but the slide now resolves to "
-                                   f"{mpp:.4g} ({mpp_source}); re-run patching")
+    mpp = recorded_mpp(grid.attrs, slide_id, patches_path)
+    with open_slide(slide_path, slide_id, mpp=mpp) as slide:  # fail early on an unopenable or other slide
+        check_patches_match(slide, grid.attrs, patches_path)
+        mpp_source = str(grid.attrs.get("mpp_source") or slide.mpp_source)  # where patching got it from
     dev = resolve_device(device)
     with deterministic(seed, dev):
         model = backbone
@@ -191,7 +192,7 @@ def extract_slide(
             model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
         result = extract_features(
             model, slide_path, slide_id, grid, batch_size=batch_size, num_workers=num_workers, device=dev,
-            on_read_error=on_read_error, overrides=overrides, progress=progress,
+            on_read_error=on_read_error, progress=progress,
         )
     common: dict[str, Any] = {
         **model.attrs(),

@@ -3,9 +3,9 @@ for the 5x patch; both scales then get the backbone's resize.
 
 Reading the parent once instead of reading the 5x patch and each 20x child separately saves the parent's second
 decode (OpenSlide's tile cache makes sixteen small reads of an area cost about one large read). Each DataLoader
-worker opens its own slide handle on first use; a handle is reopened after a decode error, since OpenSlide may
-leave it unusable. Corrupt pixels fail the slide by default (`on_read_error="fail"`), or are replaced by white
-tiles (`"blank"`), counted per scale.
+worker opens its own slide handle on first use, with the mpp recorded in the patch grid (resolved at patching);
+a handle is reopened after a decode error, since OpenSlide may leave it unusable. Corrupt pixels fail the slide
+by default (`on_read_error="fail"`), or are replaced by white tiles (`"blank"`), counted per scale.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipeline.errors import SlideError
 from pipeline.features.architectures.base import Preprocess
 from pipeline.features.registry import ON_READ_ERROR
 from pipeline.formats import CHILDREN_PER_PARENT, CHILDREN_PER_SIDE, PatchGrid
-from pipeline.slide import MppOverride, Slide, open_slide
+from pipeline.slide import Slide, open_slide, recorded_mpp
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,13 @@ class ParentDataset(Dataset):
         slide_id: str,
         grid: PatchGrid,
         preprocess: Preprocess,
-        overrides: dict[str, MppOverride] | None = None,
         on_read_error: str = "fail",
     ):
         if on_read_error not in ON_READ_ERROR:
             raise ValueError(f"on_read_error must be one of {ON_READ_ERROR}, got {on_read_error!r}")
         self.slide_path = str(slide_path)
         self.slide_id = slide_id
-        self.overrides = overrides or {}
+        self.mpp = recorded_mpp(grid.attrs, slide_id)  # resolved at patching; workers open the slide with it
         self.preprocess = preprocess
         self.on_read_error = on_read_error
         self.geometry = GridGeometry.from_grid(grid, slide_id)
@@ -131,7 +130,7 @@ class ParentDataset(Dataset):
 
     def _handle(self) -> Slide:
         if self._slide is None or self._pid != os.getpid():
-            self._slide = open_slide(self.slide_path, self.slide_id, self.overrides)
+            self._slide = open_slide(self.slide_path, self.slide_id, mpp=self.mpp)
             self._pid = os.getpid()
         return self._slide
 

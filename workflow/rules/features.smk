@@ -23,7 +23,6 @@ rule extract:
         mem_mb=16000,
         runtime=120,
     params:
-        overrides=mpp_override_args,
         weights=FEAT["weights"],
         tokenizer=FEAT["tokenizer"],
         batch=FEAT["batch_size"],
@@ -33,7 +32,7 @@ rule extract:
         seed=FEAT["seed"],
         status=f"{OUT}/status",
     shell:
-        "python -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide} {params.overrides} "
+        "python -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide} "
         "--patches {input.patches:q} --backbone {wildcards.backbone} --weights={params.weights:q} "
         "--tokenizer={params.tokenizer:q} --device {params.device} --seed {params.seed} "
         "--batch-size {params.batch} --workers {params.workers} --on-read-error {params.on_error} "
