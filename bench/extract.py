@@ -42,7 +42,7 @@ from pipeline.patching import patch_slide
 from pipeline.tissue import segment_slide
 from pipeline.slide import Slide, open_slide
 from pipeline.tissue import TissueParams
-from pipeline.workflow_support import BUNDLED_SLIDE
+from pipeline.wiring.cohort import BUNDLED_SLIDE
 
 CACHE_BYTES = 32 << 20
 

@@ -21,7 +21,7 @@ from pipeline.demo import CLASSES, make_demo_slide
 from pipeline.patching import PatchParams, build_grid, level0_patch_sizes
 from pipeline.slide import open_slide
 from pipeline.tissue import Polygon, TissueParams, segment_tissue
-from pipeline.workflow_support import BUNDLED_SLIDE
+from pipeline.wiring.cohort import BUNDLED_SLIDE
 
 
 def clam_style_grid(polygons, slide_size, level0_mag, patch_size):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
 
+from pipeline.demo_cohort import DemoSlide, demo_slides  # noqa: F401  (re-exported)
 from pipeline.formats import atomic_path, write_text_atomic
 
 CLASSES = ("glandular", "solid")
@@ -24,23 +24,6 @@ BACKGROUND = (243, 242, 245)
 STROMA = (226, 160, 196)
 NUCLEUS = (92, 52, 130)
 LUMEN = (250, 238, 246)
-
-
-@dataclass(frozen=True)
-class DemoSlide:
-    slide_id: str
-    case_id: str
-    label: str
-
-
-def demo_slides(classes: list[str] | tuple[str, ...], slides_per_class: int) -> list[DemoSlide]:
-    """The cohort's slide ids, case ids and labels. The first two slides of a class share a patient."""
-    out: list[DemoSlide] = []
-    for label in classes:
-        for i in range(slides_per_class):
-            case = f"DEMO-{label[:3].upper()}-{max(i, 1):02d}"
-            out.append(DemoSlide(f"demo_{label}_{i:02d}", case, label))
-    return out
 
 
 def slide_seed(seed: int, slide_id: str) -> int:

@@ -14,13 +14,16 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import h5py
 import numpy as np
 
 from pipeline import __version__
 
+if TYPE_CHECKING:
+    import h5py
+
+# h5py is imported where a file is read or written, so the workflow's DAG-time imports (paths, sheets) stay light.
 PathLike = str | os.PathLike
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -87,7 +90,7 @@ def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
+def _decode_attrs(attrs: "h5py.AttributeManager") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in attrs.items():
         if isinstance(value, bytes):
@@ -101,6 +104,8 @@ def _decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
 def write_h5(dest: PathLike, datasets: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
     """Write datasets and attrs to `dest` atomically; attrs always record the package version."""
     with atomic_path(dest) as tmp:
+        import h5py
+
         with h5py.File(tmp, "w") as f:
             for name, array in datasets.items():
                 f.create_dataset(name, data=np.asarray(array))
@@ -112,6 +117,8 @@ def read_h5(path: PathLike, names: list[str] | None = None) -> tuple[dict[str, n
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    import h5py
+
     with h5py.File(path, "r") as f:
         wanted = list(f.keys()) if names is None else names
         missing = [n for n in wanted if n not in f]
@@ -196,6 +203,8 @@ def write_hierarchical(
 def read_hierarchical(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Read a hierarchical file; `mask` is None for HiVE-MIL's published files, which have none."""
     path = Path(path)
+    import h5py
+
     with h5py.File(path, "r") as f:
         has_mask = "mask" in f
     names = ["features", "coords"] + (["mask"] if has_mask else [])

@@ -19,8 +19,12 @@ from pipeline.formats import PathLike, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-N_COARSE = 4
-N_FINE_PER_COARSE = 3
+#: HiVE-MIL's prompt layout, the one home of these numbers: per class 4 coarse (5x) texts, each with 3 fine (20x)
+#: texts; a class reads 4 coarse then 12 fine entries in file order.
+COARSE_PER_CLASS = 4
+FINE_PER_COARSE = 3
+FINE_PER_CLASS = COARSE_PER_CLASS * FINE_PER_COARSE
+TEXTS_PER_CLASS = COARSE_PER_CLASS + FINE_PER_CLASS
 PROMPTS_DIR = Path(__file__).resolve().parent / "data" / "prompts"
 # A CLIP-style text tower reads 77 tokens; 16 go to the learnable context and 2 to start/end tokens. Longer
 # "term: explanation" texts are cut by the tokenizer, so warn well before that (words are ~1.3-2 tokens).
@@ -45,7 +49,7 @@ class ClassPrompts:
 
     def parent_of_fine(self) -> list[int]:
         """Index of each fine entry's coarse parent."""
-        return [j // N_FINE_PER_COARSE for j in range(len(self.fine))]
+        return [j // FINE_PER_COARSE for j in range(len(self.fine))]
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,8 @@ def parse_prompts(
     text: str,
     source: str,
     labels: Sequence[str] | None = None,
-    n_coarse: int = N_COARSE,
-    n_fine: int = N_FINE_PER_COARSE,
+    n_coarse: int = COARSE_PER_CLASS,
+    n_fine: int = FINE_PER_COARSE,
 ) -> PromptSet:
     """Validate prompt JSON text; raise PromptError listing every problem (structure, counts, class order)."""
     try:
@@ -166,7 +170,7 @@ def parse_prompts(
 
 
 def load_prompts(
-    path: PathLike, labels: Sequence[str] | None = None, n_coarse: int = N_COARSE, n_fine: int = N_FINE_PER_COARSE
+    path: PathLike, labels: Sequence[str] | None = None, n_coarse: int = COARSE_PER_CLASS, n_fine: int = FINE_PER_COARSE
 ) -> PromptSet:
     """Read and validate a prompt file (see `parse_prompts`)."""
     path = Path(path)
@@ -181,5 +185,5 @@ def check_prompts(path: PathLike, labels: Sequence[str] | None, out: PathLike | 
     if out is not None:
         write_text_atomic(out, json.dumps(prompts.to_json_obj(), indent=2, ensure_ascii=False) + "\n")
     log.info("prompt file %s: %d classes %s, %d texts each", path, len(prompts.classes), prompts.labels,
-             N_COARSE * (1 + N_FINE_PER_COARSE))
+             COARSE_PER_CLASS * (1 + FINE_PER_COARSE))
     return prompts

@@ -9,9 +9,7 @@ recorded value (`open_slide(..., mpp=read_recorded_mpp(patches))`) and never nee
 
 from __future__ import annotations
 
-import csv
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -19,6 +17,7 @@ import cv2
 import numpy as np
 import openslide
 
+from pipeline.mpp_overrides import MppOverride, read_mpp_overrides  # noqa: F401  (re-exported)
 from pipeline.errors import SlideError
 from pipeline.formats import read_patches
 
@@ -42,37 +41,6 @@ UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0, "millimeter": 1e3, "micromet
 
 #: mpp_source of a slide opened with the mpp its patch file records (see `open_slide`).
 RECORDED_MPP_SOURCE = "patches"
-
-
-@dataclass(frozen=True)
-class MppOverride:
-    mpp: float
-    force: bool = False
-    source: str = "override"
-
-
-def read_mpp_overrides(path: str | Path | None) -> dict[str, MppOverride]:
-    """Per-slide overrides from a CSV with columns slide_id,mpp[,force]. Empty path: no overrides."""
-    if not path:
-        return {}
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"mpp override file {path} does not exist")
-    out: dict[str, MppOverride] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"slide_id", "mpp"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected slide_id,mpp[,force]")
-        for row in reader:
-            slide_id = row["slide_id"].strip()
-            try:
-                mpp = float(row["mpp"])
-            except ValueError:
-                raise ValueError(f"{path}: slide '{slide_id}' has a non-numeric mpp '{row['mpp']}'") from None
-            force = str(row.get("force") or "").strip().lower() in {"1", "true", "yes"}
-            out[slide_id] = MppOverride(mpp, force, f"override ({path.name})")
-    return out
 
 
 def magnification_from_mpp(mpp: float) -> int:

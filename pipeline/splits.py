@@ -88,6 +88,20 @@ def resolve_labels(dataset: pd.DataFrame, labels: Sequence[str] | None) -> list[
     return labels
 
 
+def task_rows(dataset: pd.DataFrame, labels: Sequence[str] | None, other_labels: str) -> pd.DataFrame:
+    """The dataset rows of one task: with `other_labels="ignore"`, slides of labels the task does not have are left
+    out (a cohort with several tasks shares one dataset.csv); with "error", `resolve_labels` refuses them."""
+    if other_labels not in ("error", "ignore"):
+        raise ValueError(f"other_labels must be 'error' or 'ignore', got {other_labels!r}")
+    if other_labels == "error" or not labels:
+        return dataset
+    keep = dataset["label"].isin(list(labels))
+    if not keep.all():
+        log.info("%d slide(s) with labels %s belong to other tasks and are left out", int((~keep).sum()),
+                 sorted(set(dataset.loc[~keep, "label"])))
+    return dataset[keep].reset_index(drop=True)
+
+
 def _case_labels(dataset: pd.DataFrame, labels: Sequence[str]) -> dict[str, str]:
     """A case's stratum: its most common slide label (ties: earlier in label order)."""
     out: dict[str, str] = {}
@@ -322,11 +336,12 @@ def make_splits(
     test_frac: float = 0.2,
     seed: int = 1,
     labels: Sequence[str] | None = None,
+    other_labels: str = "error",
 ) -> list[Path]:
     """Draw k folds and write `{out_dir}/{task}_{shots}/splits_{i}.csv` for every shot count, plus a meta JSON."""
     if k < 1:
         raise SplitError(f"folds must be at least 1, got {k}")
-    dataset = read_dataset(dataset_csv)
+    dataset = task_rows(read_dataset(dataset_csv), labels, other_labels)
     labels = resolve_labels(dataset, labels)
     shots = sorted(set(int(s) for s in shots))
     check_feasible(dataset, labels, shots, val_frac, test_frac)
@@ -368,9 +383,10 @@ def import_splits(
     k: int = 5,
     labels: Sequence[str] | None = None,
     allow_case_overlap: bool = False,
+    other_labels: str = "error",
 ) -> list[Path]:
     """Check existing HiVE-MIL-format split files against the dataset and write them to our layout."""
-    dataset = read_dataset(dataset_csv)
+    dataset = task_rows(read_dataset(dataset_csv), labels, other_labels)
     labels = resolve_labels(dataset, labels)
     src = Path(src_dir)
     written: list[Path] = []

@@ -29,7 +29,7 @@ from pipeline.prompt_files import load_prompts
 from pipeline.patching import PatchParams, patch_slide
 from pipeline.slide import MppOverride, Slide, open_slide
 from pipeline.tissue import TissueParams, segment_slide
-from pipeline.workflow_support import BUNDLED_SLIDE
+from pipeline.wiring.cohort import BUNDLED_SLIDE
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data" / "slides"

@@ -37,7 +37,7 @@ from pipeline.gdc import (
 )
 from pipeline.gdc.client import parse_retry_after
 from pipeline.gdc.manifest import MANIFEST_COLUMNS
-from pipeline.gdc.wiring import client_args, cohort_slide_ids, query_args
+from pipeline.wiring.gdc import client_args, cohort_slide_ids, query_args
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -449,16 +450,36 @@ def write_cohort(root, backbone_name="tiny", dim=32, n_train=4, n_val=2, n_test=
     return root
 
 
-def run_train(root, backbone, out, **cfg):
-    from pipeline.train import TrainConfig, train_task
+def feature_files(root, backbone_name="tiny"):
+    from pipeline.training.data import pair_feature_files
+
+    feats = root / "features"
+    return pair_feature_files(sorted((feats / f"{backbone_name}_5x").glob("*.h5")),
+                              sorted((feats / f"hierarchical_{backbone_name}_5x_20x").glob("*.h5")))
+
+
+def synthetic_task(root):
+    from pipeline.training.tasks import load_task
+
+    return load_task("classification", "synthetic", root / "dataset.csv", root / "prompts.json")
+
+
+def run_train(root, backbone, out, methods=("hivemil", "abmil_5x", "abmil_20x", "zeroshot"), **cfg):
+    """Every method through the registry into out/{method}/, then the run's results.csv and comparison.md."""
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.run import train_task
 
     base = dict(epochs=3, patience=3, lr=1e-3, n_ctx=4, top_k_20x=8, abmil_hidden=32, device="cpu")
     base.update(cfg)
     return train_task(
-        dataset_csv=root / "dataset.csv", splits_dir=root / "splits" / "synthetic_4",
-        prompts_json=root / "prompts.json", features_dir=root / "features", backbone_name="tiny",
-        out_dir=out, backbone=backbone, config=TrainConfig(**base),
+        methods=list(methods), task=synthetic_task(root), split_files=sorted((root / "splits" / "synthetic_4").glob("splits_*.csv")),
+        features=feature_files(root), backbone_name="tiny", shots=4, out_dir=out, backbone=backbone,
+        config=TrainConfig(**base),
     )
+
+
+def all_predictions(out):
+    return pd.concat([pd.read_csv(p) for p in sorted(out.glob("*/predictions.csv"))], ignore_index=True)
 
 
 def test_synthetic_separable_task_trains_to_high_auc(tmp_path, backbone):
@@ -474,25 +495,31 @@ def test_same_seed_gives_identical_metrics(tmp_path, backbone):
     a = run_train(root, backbone, tmp_path / "a", methods=["hivemil", "abmil_5x"], epochs=2)
     b = run_train(root, backbone, tmp_path / "b", methods=["hivemil", "abmil_5x"], epochs=2)
     pd.testing.assert_frame_equal(a, b)
-    pa, pb = pd.read_csv(tmp_path / "a" / "predictions.csv"), pd.read_csv(tmp_path / "b" / "predictions.csv")
+    pa, pb = all_predictions(tmp_path / "a"), all_predictions(tmp_path / "b")
     pd.testing.assert_frame_equal(pa, pb)
     run_train(root, backbone, tmp_path / "c", methods=["hivemil"], epochs=2, seed=2)
-    pc = pd.read_csv(tmp_path / "c" / "predictions.csv")
+    pc = all_predictions(tmp_path / "c")
     assert not np.allclose(pc["prob_alpha"], pa[pa.method == "hivemil"]["prob_alpha"])
 
 
 def test_early_stopping_restores_the_best_epoch(tmp_path, backbone):
-    from pipeline.train import TrainConfig, build_model, evaluate, fit, load_slide, seed_everything
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.data import load_slide
+    from pipeline.training.loop import evaluate, fit, seed_everything
+    from pipeline.training.methods.base import Resources
+    from pipeline.training.registry import get_method
 
     root = write_cohort(tmp_path, n_train=3, n_val=3, n_test=1, signal=0.4)
-    feats = root / "features"
-    train = [(load_slide(feats, "tiny", f"train-{c}-{i}"), k) for k, c in enumerate(CLASSES) for i in range(3)]
-    val = [(load_slide(feats, "tiny", f"val-{c}-{i}"), k) for k, c in enumerate(CLASSES) for i in range(3)]
+    files = feature_files(root)
+    train = [(load_slide(s, files[s]), k) for k, c in enumerate(CLASSES) for s in (f"train-{c}-{i}" for i in range(3))]
+    val = [(load_slide(s, files[s]), k) for k, c in enumerate(CLASSES) for s in (f"val-{c}-{i}" for i in range(3))]
     cfg = TrainConfig(epochs=12, patience=3, lr=1e-2, n_ctx=4, top_k_20x=8, device="cpu")
-    texts = [t for cls in prompt_json().values() for t in (f"{k}: {v}" for k, v in cls.items())]
+    method = get_method("hivemil")(cfg, synthetic_task(root))
+    assert method.task.texts == [t for cls in prompt_json().values() for t in (f"{k}: {v}" for k, v in cls.items())]
     seed_everything(cfg.seed)
-    model = build_model("hivemil", 2, backbone, texts, cfg, torch.device("cpu"))
-    result = fit(model, train, val, cfg, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    model = method.build(Resources(embed_dim=backbone.embed_dim, device=cpu, backbone_factory=lambda: backbone))
+    result = fit(method, model, train, val, cfg, cpu)
     keys = [(h["val_error"], h["val_loss"]) for h in result.history]
     best = min(range(len(keys)), key=lambda i: keys[i])
     assert result.best_epoch == best
@@ -501,62 +528,97 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, backbone):
     errors = [h["val_error"] for h in result.history]
     first_lowest = errors.index(min(errors))
     assert len(result.history) == min(cfg.epochs, first_lowest + cfg.patience + 1)
-    ev = evaluate(model, [b for b, _ in val], [y for _, y in val], torch.device("cpu"))
+    ev = evaluate(method, model, [b for b, _ in val], [y for _, y in val], cpu)
     assert ev.loss == pytest.approx(result.history[best]["val_loss"], rel=1e-5)
     assert ev.loss != pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
 
 
 def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
     from pipeline.formats import read_hierarchical
-    from pipeline.train import CheckpointError, load_checkpoint, restore_model
+    from pipeline.model.prompt_learner import FixedTexts
+    from pipeline.training.checkpoints import CheckpointError, load_checkpoint, restore_model
 
     root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=3, hive_layout=True)
     assert read_hierarchical(root / "features" / "hierarchical_tiny_5x_20x" / "train-alpha-0.h5")[2] is None
     out = tmp_path / "results" / "synthetic" / "tiny" / "4shot"
     summary = run_train(root, backbone, out, epochs=2)
     assert sorted(summary["method"]) == sorted(["hivemil", "abmil_5x", "abmil_20x", "zeroshot"])
+    assert set(summary["task"]) == {"synthetic"} and set(summary["backbone"]) == {"tiny"} and set(summary["shots"]) == {4}
     results = pd.read_csv(out / "results.csv")
-    assert set(results["stat"]) == {"mean", "std"} and {"acc", "auc", "f1"} <= set(results.columns)
-    preds = pd.read_csv(out / "predictions.csv")
+    assert set(results["stat"]) == {"mean", "std"} and {"acc", "auc", "f1", "backbone", "shots"} <= set(results.columns)
+    preds = all_predictions(out)
     assert len(preds) == 4 * 6 and {"slide_id", "label", "pred", "prob_alpha", "prob_beta"} <= set(preds.columns)
     assert np.allclose(preds[["prob_alpha", "prob_beta"]].sum(axis=1), 1.0)
     assert "| hivemil |" in (out / "comparison.md").read_text()
-    for png in ("curves_hivemil_fold0.png", "curves_abmil_20x_fold0.png", "roc_hivemil.png", "roc_zeroshot.png"):
-        assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
-    ckpt = load_checkpoint(out / "checkpoints" / "hivemil_fold0.pt", backbone="tiny", classes=list(CLASSES))
+    for png in ("hivemil/plots/curves_fold0.png", "abmil_20x/plots/curves_fold0.png", "hivemil/plots/roc_hivemil.png",
+                "zeroshot/plots/roc_zeroshot.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    ckpt = load_checkpoint(out / "hivemil" / "checkpoints" / "fold0.pt", backbone="tiny", classes=list(CLASSES))
     assert not any(k.startswith("text_encoder.backbone") for k in ckpt["state_dict"])
-    model = restore_model(ckpt, backbone, torch.device("cpu"))
+    assert ckpt["text_features"].shape == (32, backbone.embed_dim) and ckpt["task_type"] == "classification"
+    model = restore_model(ckpt, torch.device("cpu"))  # no backbone: the learned prompts' features are stored
     assert isinstance(model, HiveMIL) and model.config.hier_attention == "edges"
+    assert isinstance(model.text_encoder, FixedTexts)
     with pytest.raises(CheckpointError, match="backbone 'tiny'.*not 'conch'"):
-        load_checkpoint(out / "checkpoints" / "hivemil_fold0.pt", backbone="conch")
+        load_checkpoint(out / "hivemil" / "checkpoints" / "fold0.pt", backbone="conch")
     with pytest.raises(CheckpointError, match="classes"):
-        load_checkpoint(out / "checkpoints" / "abmil_5x_fold0.pt", classes=["beta", "alpha"])
+        load_checkpoint(out / "abmil_5x" / "checkpoints" / "fold0.pt", classes=["beta", "alpha"])
     # prediction on slides without labels: ensemble of the fold checkpoints, tables, heatmaps over a real file
+    # opened with the mpp its patch file records
     from pipeline.demo import make_demo_slide
-    from pipeline.predict import predict_slides
+    from pipeline.formats import PatchGrid, write_patches
+    from pipeline.training.predict import SlideFiles, predict_slides
 
     slide_file = tmp_path / "test-beta-0.tiff"
     make_demo_slide(slide_file, "test-beta-0", "solid", seed=3, size=2048, mpp=0.5)
+    patches = tmp_path / "test-beta-0.h5"
+    _, coords, _, _ = read_hierarchical(root / "features" / "hierarchical_tiny_5x_20x" / "test-beta-0.h5")
+    write_patches(patches, PatchGrid(coords[:, 0], coords.reshape(-1, 2), np.repeat(np.arange(len(coords)), 16),
+                                     {"mpp": 0.5, "patch_size_level0_20x": 256, "patch_size_level0_5x": 1024}))
     pred_dir = tmp_path / "predict"
-    frame = predict_slides(
-        checkpoints=[out / "checkpoints" / "hivemil_fold0.pt"], features_dir=root / "features",
-        backbone_name="tiny", out_dir=pred_dir, slide_ids=["test-alpha-0", "test-beta-0"],
-        slide_files={"test-beta-0": slide_file}, backbone=backbone, top_n=3, device="cpu",
-    )
-    assert list(frame["slide_id"]) == ["test-alpha-0", "test-beta-0"]
-    trained = preds[(preds.method == "hivemil") & preds.slide_id.isin(frame.slide_id)].set_index("slide_id")
-    assert np.allclose(frame.set_index("slide_id").loc[trained.index, "prob_beta"], trained["prob_beta"], atol=1e-5)
-    table = pd.read_csv(pred_dir / "top_pairs" / "test-beta-0.csv")
+    files = feature_files(root)
+    for method in ("hivemil", "abmil_5x", "zeroshot"):
+        frame = predict_slides(
+            checkpoints=[out / method / "checkpoints" / "fold0.pt"], backbone_name="tiny", out_dir=pred_dir / method,
+            features={s: files[s] for s in ("test-alpha-0", "test-beta-0")},
+            slide_files={"test-beta-0": SlideFiles(slide_file, patches)}, top_n=3, device="cpu",
+        )
+        assert list(frame["slide_id"]) == ["test-alpha-0", "test-beta-0"]
+        trained = preds[(preds.method == method) & preds.slide_id.isin(frame.slide_id)].set_index("slide_id")
+        assert np.allclose(frame.set_index("slide_id").loc[trained.index, "prob_beta"], trained["prob_beta"], atol=1e-5)
+    table = pd.read_csv(pred_dir / "hivemil" / "top_pairs" / "test-beta-0.csv")
     assert list(table["scale"]) == ["5x"] * 3 + ["20x"] * 3
     predicted = frame.set_index("slide_id").loc["test-beta-0", "pred"]
+    hive = pd.read_csv(pred_dir / "hivemil" / "predictions.csv").set_index("slide_id")
+    predicted = hive.loc["test-beta-0", "pred"]
     assert (table["class"] == predicted).all() and table["text"].str.startswith(predicted).all()
     assert (np.diff(table[table.scale == "20x"]["similarity"]) <= 0).all()
     for scale in ("5x", "20x"):
-        assert (pred_dir / "heatmaps" / f"test-beta-0_{scale}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (pred_dir / "hivemil" / "heatmaps" / f"test-beta-0_{scale}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (pred_dir / "abmil_5x" / "top_pairs").exists()
+
+
+def test_registry_move_keeps_the_pinned_metrics(tmp_path, backbone):
+    """The metrics and test probabilities of every method equal those of the pre-registry trainer (same seed)."""
+    pinned = json.loads((Path(__file__).parent / "data" / "pinned_training_metrics.json").read_text())
+    root = write_cohort(tmp_path, n_train=3, n_val=2, n_test=4, signal=0.6, seed=5)
+    summary = run_train(root, backbone, tmp_path / "out", epochs=4, patience=3)
+    got = summary[["method", "fold", "acc", "auc", "f1", "best_epoch", "epochs_run"]].to_dict(orient="records")
+    key = lambda r: r["method"]  # noqa: E731
+    for want, row in zip(sorted(pinned["summary"], key=key), sorted(got, key=key)):
+        assert want["method"] == row["method"] and want["best_epoch"] == row["best_epoch"], (want, row)
+        assert want["epochs_run"] == row["epochs_run"]
+        for m in ("acc", "auc", "f1"):
+            assert row[m] == pytest.approx(want[m], abs=1e-9), (m, want, row)
+    preds = all_predictions(tmp_path / "out")
+    probs = {f"{r.method}/{r.slide_id}": r.prob_beta for r in preds.itertuples()}
+    assert probs.keys() == pinned["prob_beta"].keys()
+    for k, v in pinned["prob_beta"].items():
+        assert probs[k] == pytest.approx(v, abs=2e-6), k
 
 
 def test_heatmap_overlay_colours_patches_by_score():
-    from pipeline.predict import heatmap_overlay
+    from pipeline.training.predict import heatmap_overlay
 
     thumb = np.full((8, 8, 3), 200, np.uint8)
     coords = np.array([[0, 0], [16, 0], [0, 16]])  # level 0; downsample 4 -> 4x4 px cells
@@ -568,16 +630,32 @@ def test_heatmap_overlay_colours_patches_by_score():
     assert out[4, 4].tolist() == [200, 200, 200]  # no patch
 
 
-def test_cli_choices_match_the_library():
+def test_cli_choices_and_defaults_come_from_the_registry_and_config():
+    import argparse
+
     from pipeline.commands import train as train_cmd
     from pipeline.model.graph import HIER_MODES
-    from pipeline.model.hivemil import LOGIT_SCALE_MODES
-    from pipeline.train import METHODS, TrainConfig
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.registry import list_methods
 
-    assert train_cmd.METHODS == METHODS
-    assert train_cmd.HIER_MODES == HIER_MODES and train_cmd.LOGIT_SCALE_MODES == LOGIT_SCALE_MODES
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    assert list(actions["method"].choices) == list_methods()
+    assert {"hivemil", "abmil_5x", "abmil_20x", "zeroshot"} <= set(list_methods("classification"))
+    assert tuple(actions["hier_attention"].choices) == HIER_MODES
     defaults = TrainConfig().to_dict()
-    assert {k: defaults[k] for k in train_cmd.DEFAULTS} == train_cmd.DEFAULTS
+    assert {k: actions[k].default for k in defaults} == defaults
+
+
+def test_registering_a_method_twice_or_with_unknown_inputs_fails():
+    from pipeline.training.methods.base import Method
+    from pipeline.training.registry import register_method
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method("hivemil", task_types=("classification",), inputs=("5x",), summary="")(type("X", (Method,), {}))
+    with pytest.raises(ValueError, match="unknown input"):
+        register_method("new", task_types=("classification",), inputs=("pixels",), summary="")
 
 
 def test_config_train_section_round_trips_through_the_cli_flags():
@@ -588,13 +666,15 @@ def test_config_train_section_round_trips_through_the_cli_flags():
     import yaml
 
     from pipeline.commands import train as train_cmd
+    from pipeline.wiring.flags import train_flags
 
     section = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["train"]
-    section = {**section, "htcl_negatives": False, "filter_at_eval": True, "top_k": {"5x": 3, "20x": 50}}
+    section = {**section, "htcl_negatives": False, "filter_at_eval": True, "top_k_5x": 3, "top_k_20x": 50}
     parser = argparse.ArgumentParser()
     train_cmd.add_arguments(parser)
-    required = "--dataset d --splits-dir s --prompts p --features-dir f --backbone tiny --out-dir o"
-    args = parser.parse_args(shlex.split(required) + shlex.split(train_cmd.flags_from_config(section)))
-    assert args.methods == section["methods"] and args.epochs == section["epochs"] and args.lr == section["lr"]
+    required = "--task t --method hivemil --dataset d --splits s --prompts p --features-5x a --hierarchical b "
+    required += "--backbone tiny --out-dir o"
+    args = parser.parse_args(shlex.split(required) + shlex.split(train_flags(section)))
+    assert args.epochs == section["epochs"] and args.lr == section["lr"]
     assert args.htcl_negatives is False and args.filter_at_eval is True
     assert (args.top_k_5x, args.top_k_20x) == (3, 50) and args.hier_attention == section["hier_attention"]

@@ -29,16 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", nargs="*", default=[], help="label order (empty: sorted dataset labels)")
     parser.add_argument("--import-from", nargs="?", const="", default="",
                         help="folder of existing split files to check and import (empty: draw new splits)")
+    parser.add_argument("--ignore-other-labels", action="store_true",
+                        help="leave out slides whose label is not in --labels (they belong to another task)")
     parser.add_argument("--allow-case-overlap", action="store_true",
                         help="import splits even if a case has slides in two partitions (logged)")
 
 
 def run(args: argparse.Namespace) -> int:
     labels = args.labels or None
+    other = "ignore" if args.ignore_other_labels else "error"
     if args.import_from:
         import_splits(args.import_from, args.dataset, args.out_dir, args.task, args.shots, args.folds, labels,
-                      args.allow_case_overlap)
+                      args.allow_case_overlap, other_labels=other)
     else:
         make_splits(args.dataset, args.out_dir, args.task, args.shots, args.folds, args.val_frac, args.test_frac,
-                    args.seed, labels)
+                    args.seed, labels, other_labels=other)
     return 0

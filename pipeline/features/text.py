@@ -19,7 +19,7 @@ from pipeline.device import resolve_device
 from pipeline.features.extract import deterministic
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PathLike, TextEmbeddings, write_text_embeddings
-from pipeline.prompt_files import N_COARSE, N_FINE_PER_COARSE, load_prompts
+from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, load_prompts
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def embed_prompts(
         {
             **model.attrs(),
             "prompts_file": str(prompts_path),
-            "n_coarse": N_COARSE,
-            "n_fine": N_COARSE * N_FINE_PER_COARSE,
+            "n_coarse": COARSE_PER_CLASS,
+            "n_fine": FINE_PER_CLASS,
             "text_format": "term: explanation",
             "normalized": False,
             "logit_scale": model.logit_scale,

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.model.hivemil import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS, topk_class_scores
+from pipeline.model.hivemil import topk_class_scores
+from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS
 
 SCALES = ("5x", "20x")
 

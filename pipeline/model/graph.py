@@ -29,6 +29,8 @@ from torch_geometric.nn import HeteroConv, SAGEConv
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.utils import softmax, to_torch_csr_tensor
 
+from pipeline.model.options import HIER_MODES
+
 NodeType = str
 EdgeType = tuple[str, str, str]
 
@@ -50,7 +52,6 @@ HIER_RELATIONS: tuple[EdgeType, ...] = (
     (TXT20, "up", TXT5),
     (TXT5, "down", TXT20),
 )
-HIER_MODES = ("edges", "dense")
 
 
 def relation_key(edge_type: EdgeType) -> str:

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.model.graph import (
-    HIER_MODES,
     HIER_RELATIONS,
     IMG5,
     IMG20,
@@ -27,12 +26,9 @@ from pipeline.model.graph import (
     HierarchicalHeteroGNN,
     NodeType,
 )
+from pipeline.model.options import HIER_MODES, LOGIT_SCALE_MODES
+from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, FINE_PER_COARSE, TEXTS_PER_CLASS
 
-COARSE_PER_CLASS = 4
-FINE_PER_COARSE = 3
-FINE_PER_CLASS = COARSE_PER_CLASS * FINE_PER_COARSE
-TEXTS_PER_CLASS = COARSE_PER_CLASS + FINE_PER_CLASS
-LOGIT_SCALE_MODES = ("exp", "raw")
 
 
 @dataclass

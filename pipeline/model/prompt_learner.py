@@ -86,3 +86,22 @@ def freeze(backbone: Any) -> Any:
         backbone.eval()
         backbone.requires_grad_(False)
     return backbone
+
+
+class FixedTexts(nn.Module):
+    """Text features frozen after training, standing in for a `PromptLearner` at prediction (no text tower needed).
+
+    Shapes:
+        - **input:** none
+        - **output:** the stored text features :math:`(T, D)`
+    """
+
+    def __init__(self, features: Tensor):
+        super().__init__()
+        self.register_buffer("features", features.detach().clone())
+
+    def forward(self) -> Tensor:
+        return self.features
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(texts={self.features.size(0)}, dim={self.features.size(1)})"

@@ -1,14 +1,14 @@
 # Cohort: dataset.csv from the cohort sheet and the per-slide files, patient-level few-shot splits in HiVE-MIL's
-# format, and the checked text prompts. Input functions `dataset_inputs` (named inputs sheet, patches,
-# features_5x, hierarchical) and `prompt_file` are defined in common.smk.
+# format per task and shot count, and each task's checked text prompts. Input functions `dataset_inputs` (named
+# inputs sheet, patches, features_5x, hierarchical) and `prompt_file` are defined in common.smk.
 
 
 rule dataset:
     input:
         unpack(dataset_inputs),
     output:
-        dataset=f"{OUT}/cohort/dataset.csv",
-        dropped=f"{OUT}/cohort/dropped.csv",
+        dataset=out(layout.DATASET),
+        dropped=out(layout.DROPPED),
     log:
         f"{OUT}/logs/cohort/dataset.log",
     benchmark:
@@ -20,7 +20,7 @@ rule dataset:
         mem_mb=1000,
         runtime=10,
     params:
-        labels=config["cohort"]["labels"],
+        labels=ws.dataset_labels(config),
     shell:
         "python -m pipeline dataset --sheet {input.sheet:q} --patches {input.patches:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --labels {params.labels:q} "
@@ -31,23 +31,12 @@ rule splits:
     input:
         dataset=rules.dataset.output.dataset,
     output:
-        splits=expand(
-            "{out}/splits/{task}_{shots}/splits_{k}.csv",
-            out=OUT,
-            task=config["cohort"]["task"],
-            shots=config["cohort"]["shots"],
-            k=range(config["cohort"]["folds"]),
-        ),
-        meta=expand(
-            "{out}/splits/{task}_{shots}/splits_meta.json",
-            out=OUT,
-            task=config["cohort"]["task"],
-            shots=config["cohort"]["shots"],
-        ),
+        splits=expand(out(layout.SPLIT), k=range(config["cohort"]["folds"]), allow_missing=True),
+        meta=out(layout.SPLITS_META),
     log:
-        f"{OUT}/logs/cohort/splits.log",
+        f"{OUT}/logs/splits/{{task}}_{{shots}}.log",
     benchmark:
-        f"{OUT}/benchmarks/cohort/splits.tsv"
+        f"{OUT}/benchmarks/splits/{{task}}_{{shots}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
@@ -55,32 +44,30 @@ rule splits:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wildcards, output: output.splits[0].rsplit("/", 2)[0],
-        task=config["cohort"]["task"],
-        shots=config["cohort"]["shots"],
+        out_dir=f"{OUT}/splits",
         folds=config["cohort"]["folds"],
         val_frac=config["cohort"]["val_frac"],
         test_frac=config["cohort"]["test_frac"],
         seed=config["cohort"]["seed"],
-        labels=config["cohort"]["labels"],
+        labels=lambda wildcards: TASKS[wildcards.task]["labels"],
         import_from=config["cohort"]["import_splits"],
         overlap="--allow-case-overlap" if config["cohort"]["allow_case_overlap"] else "",
     shell:
         "python -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
-        "--task {params.task:q} --shots {params.shots} --folds {params.folds} --val-frac {params.val_frac} "
+        "--task {wildcards.task} --shots {wildcards.shots} --folds {params.folds} --val-frac {params.val_frac} "
         "--test-frac {params.test_frac} --seed {params.seed} --labels {params.labels:q} "
-        "--import-from {params.import_from:q} {params.overlap} > {log} 2>&1"
+        "--ignore-other-labels --import-from {params.import_from:q} {params.overlap} > {log} 2>&1"
 
 
 rule check_prompts:
     input:
         prompts=prompt_file,
     output:
-        f"{OUT}/cohort/prompts.json",
+        out(layout.PROMPTS),
     log:
-        f"{OUT}/logs/cohort/check_prompts.log",
+        f"{OUT}/logs/check_prompts/{{task}}.log",
     benchmark:
-        f"{OUT}/benchmarks/cohort/check_prompts.tsv"
+        f"{OUT}/benchmarks/check_prompts/{{task}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
@@ -88,7 +75,7 @@ rule check_prompts:
         mem_mb=500,
         runtime=5,
     params:
-        labels=config["cohort"]["labels"],
+        labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
         "python -m pipeline check-prompts --prompts {input.prompts:q} --labels {params.labels:q} "
         "--out {output:q} > {log} 2>&1"
@@ -96,6 +83,6 @@ rule check_prompts:
 
 rule splits_all:
     input:
-        rules.splits.output.splits,
-        rules.splits.output.meta,
-        rules.check_prompts.output,
+        [expand(rules.splits.output.splits, task=name, shots=t["shots"]) for name, t in TASKS.items()],
+        [expand(rules.splits.output.meta, task=name, shots=t["shots"]) for name, t in TASKS.items()],
+        expand(rules.check_prompts.output[0], task=list(TASKS)),

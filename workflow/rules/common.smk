@@ -1,18 +1,21 @@
-# Shared wiring: output roots, the slide list, and input functions. Decisions live in the pipeline package
-# (pipeline/workflow_support.py, pipeline/gdc/wiring.py), where they are tested.
+# Shared wiring: output roots, the slide list, tasks and backbones, and input functions. Decisions live in the
+# pipeline package (pipeline/wiring/: layout, flags, cohort, gdc), where they are tested; the path layout is
+# pipeline/wiring/layout.py, and every path below is built from it.
 import shlex
 from pathlib import Path
 
-from pipeline import workflow_support as ws
-from pipeline.gdc import wiring as gdc_wiring
 from pipeline.prompt_files import resolve_prompt_file
+from pipeline.wiring import cohort as ws
+from pipeline.wiring import flags
+from pipeline.wiring import gdc as gdc_wiring
+from pipeline.wiring import layout
 
 OUT = config["output_dir"]
 REPO = workflow.basedir
 COHORT = ws.cohort_slides(config)
 SLIDES = sorted(COHORT)
-BACKBONE = config["features"]["backbone"]
-TASK = config["cohort"]["task"]
+TASKS = ws.tasks(config)
+BACKBONES = ws.backbones(config)
 
 # Every job imports `pipeline` from this checkout: the conda envs (envs/*.yaml, --sdm conda) hold only the
 # dependencies, and Snakemake strips PYTHONPATH from the environment of conda jobs, so the command sets it.
@@ -21,7 +24,14 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(REPO)}:$PYTHONPATH; set -euo pipef
 
 wildcard_constraints:
     slide=ws.slide_regex(SLIDES),
-    backbone=r"[A-Za-z0-9_.-]+",
+    backbone=ws.name_regex(list(BACKBONES)),
+    task=ws.name_regex(list(TASKS)),
+    shots=r"\d+",
+
+
+def out(pattern, **values):
+    """A path of the layout under the output folder; unnamed wildcards stay wildcards."""
+    return f"{OUT}/{pattern}" if not values else expand(f"{OUT}/{pattern}", **values, allow_missing=True)
 
 
 def cohort_ids(wildcards=None):
@@ -33,7 +43,7 @@ def cohort_ids(wildcards=None):
 
 def usable_ids():
     """The cohort less the slides that failed a stage in an earlier run (see ws.failed_slides)."""
-    failed = ws.failed_slides(f"{OUT}/status")
+    failed = ws.failed_slides(f"{OUT}/{layout.STATUS_DIR}")
     return [s for s in cohort_ids() if s not in failed]
 
 
@@ -48,7 +58,12 @@ def slide_path(wildcards):
 
 
 def mpp_override_args(wildcards):
-    return ws.mpp_override_args(config["mpp_overrides"], wildcards.slide)
+    return flags.mpp_override_flags(config["mpp_overrides"], wildcards.slide)
+
+
+def backbone_param(key):
+    """A params function: the wildcard backbone's `weights` or `tokenizer` from features.backbones."""
+    return lambda wildcards: BACKBONES[wildcards.backbone][key]
 
 
 def per_slide(pattern, **fixed):
@@ -64,56 +79,84 @@ def sheet_inputs(wildcards):
     return ws.sheet_inputs(config)
 
 
+def features_of(slides, backbone):
+    """The 5x and hierarchical feature files of `slides` for `backbone`."""
+    return {
+        "features_5x": expand(out(layout.FEATURES_5X), slide=slides, backbone=backbone),
+        "hierarchical": expand(out(layout.HIERARCHICAL), slide=slides, backbone=backbone),
+    }
+
+
 def dataset_inputs(wildcards):
     ids = usable_ids()
+    # every backbone's features: a slide enters dataset.csv only when all of them exist
+    found = [features_of(ids, bb) for bb in BACKBONES]
     return {
-        "sheet": f"{OUT}/cohort/sheet.csv",
-        "patches": expand(f"{OUT}/patches/{{slide}}.h5", slide=ids),
-        "features_5x": expand(f"{OUT}/features/{BACKBONE}/{BACKBONE}_5x/{{slide}}.h5", slide=ids),
-        "hierarchical": expand(f"{OUT}/features/{BACKBONE}/hierarchical_{BACKBONE}_5x_20x/{{slide}}.h5", slide=ids),
+        "sheet": out(layout.SHEET),
+        "patches": expand(out(layout.PATCHES), slide=ids),
+        "features_5x": [f for group in found for f in group["features_5x"]],
+        "hierarchical": [f for group in found for f in group["hierarchical"]],
     }
 
 
 def prompt_file(wildcards):
-    return str(resolve_prompt_file(TASK, config["cohort"]["prompts"]))
+    return str(resolve_prompt_file(wildcards.task, TASKS[wildcards.task]["prompts"]))
 
 
 def hierarchy_reports(wildcards):
-    return expand(f"{OUT}/hierarchy/{wildcards.backbone}/{{slide}}.json", slide=usable_ids())
+    return expand(out(layout.HIERARCHY_REPORT), slide=usable_ids(), backbone=wildcards.backbone)
 
 
-def features_of(slides):
-    """The 5x and hierarchical feature files of `slides` for the configured backbone."""
-    return {
-        "features_5x": expand(f"{OUT}/features/{BACKBONE}/{BACKBONE}_5x/{{slide}}.h5", slide=slides),
-        "hierarchical": expand(f"{OUT}/features/{BACKBONE}/hierarchical_{BACKBONE}_5x_20x/{{slide}}.h5", slide=slides),
-    }
+def split_files(wildcards):
+    return expand(out(layout.SPLIT), task=wildcards.task, shots=wildcards.shots, k=range(config["cohort"]["folds"]))
 
 
 def train_inputs(wildcards):
-    found = features_of(usable_ids())
+    """Everything a method's training job reads, following its task, backbone and shot-count wildcards."""
     return {
-        "dataset": rules.dataset.output.dataset,
-        "prompts": rules.check_prompts.output[0],
-        "splits": expand(
-            f"{OUT}/splits/{wildcards.task}_{wildcards.shots}/splits_{{k}}.csv",
-            k=range(config["cohort"]["folds"]),
-        ),
-        "features": found["features_5x"] + found["hierarchical"],
+        "dataset": out(layout.DATASET),
+        "prompts": out(layout.PROMPTS, task=wildcards.task),
+        "splits": split_files(wildcards),
+        "text": out(layout.TEXT_EMBEDDINGS, task=wildcards.task, backbone=wildcards.backbone),
+        **features_of(usable_ids(), wildcards.backbone),
     }
 
 
-def predict_inputs(wildcards):
+def method_summaries(wildcards):
+    w = dict(task=wildcards.task, backbone=wildcards.backbone, shots=wildcards.shots)
+    return expand(out(layout.METHOD_SUMMARY), **w, method=TASKS[wildcards.task]["methods"])
+
+
+def task_results(wildcards):
+    task = TASKS[wildcards.task]
+    return expand(out(layout.RESULTS), task=wildcards.task, backbone=list(BACKBONES), shots=task["shots"])
+
+
+def predict_slide_ids():
     slides = config["predict"]["slides"] or usable_ids()
     unknown = sorted(set(slides) - set(cohort_ids()))
     if unknown:
         raise ValueError(f"predict.slides lists slides that are not in the cohort: {unknown}")
-    run = f"{OUT}/models/{wildcards.task}/{wildcards.backbone}/{wildcards.shots}shot"
+    return slides
+
+
+def predict_inputs(wildcards):
+    slides = predict_slide_ids()
+    w = dict(task=wildcards.task, backbone=wildcards.backbone, shots=wildcards.shots, method=wildcards.method)
     return {
-        "checkpoints": expand(f"{run}/checkpoints/hivemil_fold{{k}}.pt", k=range(config["cohort"]["folds"])),
+        "checkpoints": expand(out(layout.CHECKPOINT), **w, k=range(config["cohort"]["folds"])),
         "slides": [slide_file(s) for s in slides],
-        **features_of(slides),
+        "patches": expand(out(layout.PATCHES), slide=slides),
+        **features_of(slides, wildcards.backbone),
     }
+
+
+def every_run(pattern):
+    """`pattern` for every task x backbone x shot count x method of the config."""
+    paths = []
+    for name, task in TASKS.items():
+        paths += expand(out(pattern), task=name, backbone=list(BACKBONES), shots=task["shots"], method=task["methods"])
+    return sorted(set(paths))
 
 
 def final_outputs():
@@ -128,6 +171,6 @@ def final_outputs():
 
 
 def status_table_command():
-    status_dir = shlex.quote(f"{OUT}/status")
-    status_csv = shlex.quote(f"{OUT}/status.csv")
+    status_dir = shlex.quote(f"{OUT}/{layout.STATUS_DIR}")
+    status_csv = shlex.quote(f"{OUT}/{layout.STATUS_TABLE}")
     return f"python -m pipeline status --status-dir {status_dir} --out {status_csv} || true"

@@ -1,5 +1,5 @@
-# Features: 5x and 20x patch features per slide with the configured backbone (one region read per 5x parent),
-# and the prompt texts encoded by the same backbone. The logic is pipeline/features/.
+# Features: 5x and 20x patch features per slide for every configured backbone (one region read per 5x parent),
+# and each task's prompt texts encoded by the same backbone (zero-shot texts). The logic is pipeline/features/.
 
 FEAT = config["features"]
 
@@ -9,8 +9,8 @@ rule extract:
         slide=slide_path,
         patches=rules.patch.output.h5,
     output:
-        x5=f"{OUT}/features/{{backbone}}/{{backbone}}_5x/{{slide}}.h5",
-        x20=f"{OUT}/features/{{backbone}}/{{backbone}}_20x/{{slide}}.h5",
+        x5=out(layout.FEATURES_5X),
+        x20=out(layout.FEATURES_20X),
     log:
         f"{OUT}/logs/extract/{{backbone}}/{{slide}}.log",
     benchmark:
@@ -23,8 +23,8 @@ rule extract:
         mem_mb=16000,
         runtime=120,
     params:
-        weights=FEAT["weights"],
-        tokenizer=FEAT["tokenizer"],
+        weights=backbone_param("weights"),
+        tokenizer=backbone_param("tokenizer"),
         batch=FEAT["batch_size"],
         workers=FEAT["num_workers"],
         device=FEAT["device"],
@@ -44,11 +44,11 @@ rule text_embeddings:
     input:
         prompts=rules.check_prompts.output[0],
     output:
-        f"{OUT}/features/{{backbone}}/text_{{backbone}}.h5",
+        out(layout.TEXT_EMBEDDINGS),
     log:
-        f"{OUT}/logs/text_embeddings/{{backbone}}.log",
+        f"{OUT}/logs/text_embeddings/{{backbone}}/{{task}}.log",
     benchmark:
-        f"{OUT}/benchmarks/text_embeddings/{{backbone}}.tsv"
+        f"{OUT}/benchmarks/text_embeddings/{{backbone}}/{{task}}.tsv"
     conda:
         "../../envs/features.yaml"
     threads: 1
@@ -56,10 +56,10 @@ rule text_embeddings:
         mem_mb=8000,
         runtime=30,
     params:
-        weights=FEAT["weights"],
-        tokenizer=FEAT["tokenizer"],
+        weights=backbone_param("weights"),
+        tokenizer=backbone_param("tokenizer"),
         seed=FEAT["seed"],
-        labels=config["cohort"]["labels"],
+        labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
         "python -m pipeline text-embed --prompts {input.prompts:q} --backbone {wildcards.backbone} "
         "--weights={params.weights:q} --tokenizer={params.tokenizer:q} --seed {params.seed} --device cpu "
@@ -68,6 +68,6 @@ rule text_embeddings:
 
 rule extract_all:
     input:
-        per_slide(rules.extract.output.x5, backbone=BACKBONE),
-        per_slide(rules.extract.output.x20, backbone=BACKBONE),
-        expand(rules.text_embeddings.output[0], backbone=BACKBONE),
+        per_slide(rules.extract.output.x5, backbone=list(BACKBONES)),
+        per_slide(rules.extract.output.x20, backbone=list(BACKBONES)),
+        expand(rules.text_embeddings.output[0], backbone=list(BACKBONES), task=list(TASKS)),

@@ -1,6 +1,6 @@
 # GDC source: the query checkpoint writes manifest.tsv and the labelled cohort sheet; then one verified,
 # resumable download per slide, at most `gdc.concurrent_downloads` at once (resource gdc_conn).
-from pipeline.gdc import wiring as gdc_wiring
+from pipeline.wiring import gdc as gdc_wiring
 
 GDC = config["gdc"]
 GDC_SLIDES = GDC["slides_dir"]

@@ -4,20 +4,18 @@
 
 rule hierarchy:
     input:
-        x5=f"{OUT}/features/{{backbone}}/{{backbone}}_5x/{{slide}}.h5",
-        x20=f"{OUT}/features/{{backbone}}/{{backbone}}_20x/{{slide}}.h5",
+        x5=rules.extract.output.x5,
+        x20=rules.extract.output.x20,
     output:
-        h5=f"{OUT}/features/{{backbone}}/hierarchical_{{backbone}}_5x_20x/{{slide}}.h5",
+        h5=out(layout.HIERARCHICAL),
     log:
         main=f"{OUT}/logs/hierarchy/{{backbone}}/{{slide}}.log",
         # The consistency report is declared as a log, not an output: Snakemake deletes a failed job's outputs
         # but keeps its logs, so the report a failure message points to is still there to read.
         # check_hierarchy takes it as input like any output.
-        report=f"{OUT}/hierarchy/{{backbone}}/{{slide}}.json",
+        report=out(layout.HIERARCHY_REPORT),
     benchmark:
         f"{OUT}/benchmarks/hierarchy/{{backbone}}/{{slide}}.tsv"
-    wildcard_constraints:
-        backbone=r"[^/]+",
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
@@ -29,19 +27,19 @@ rule hierarchy:
         seed=config["hierarchy"]["seed"],
         status=f"{OUT}/status",
     shell:
-        "python -m pipeline hierarchy --features-5x {input.x5} --features-20x {input.x20} --out {output.h5} "
-        "--report {log.report} --misaligned {params.misaligned} --seed {params.seed} "
+        "python -m pipeline hierarchy --features-5x {input.x5:q} --features-20x {input.x20:q} --out {output.h5:q} "
+        "--report {log.report:q} --misaligned {params.misaligned} --seed {params.seed} "
         "--slide-id {wildcards.slide} --status-dir {params.status} --status-stage hierarchy_{wildcards.backbone} "
         "> {log.main} 2>&1"
 
 
 rule check_hierarchy:
     input:
-        # hierarchy_reports(wildcards): every slide's f"{OUT}/hierarchy/{backbone}/{slide}.json" (common.smk)
+        # hierarchy_reports(wildcards): every usable slide's report for the backbone (common.smk)
         reports=hierarchy_reports,
     output:
         report(
-            f"{OUT}/hierarchy/{{backbone}}/summary.csv",
+            out(layout.HIERARCHY_SUMMARY),
             caption="../report/hierarchy_summary.rst",
             category="Hierarchy",
             labels={"backbone": "{backbone}"},
@@ -50,8 +48,6 @@ rule check_hierarchy:
         f"{OUT}/logs/check_hierarchy/{{backbone}}.log",
     benchmark:
         f"{OUT}/benchmarks/check_hierarchy/{{backbone}}.tsv"
-    wildcard_constraints:
-        backbone=r"[^/]+",
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
@@ -64,4 +60,4 @@ rule check_hierarchy:
 
 rule hierarchy_all:
     input:
-        expand(rules.check_hierarchy.output[0], backbone=BACKBONE),
+        expand(rules.check_hierarchy.output[0], backbone=list(BACKBONES)),

@@ -1,35 +1,20 @@
-# Model: HiVE-MIL and its baselines trained and evaluated per fold (one job per task / backbone / shot count),
-# then predictions on new slides from the trained fold checkpoints. The logic is pipeline/train.py and
-# pipeline/predict.py. Input functions `train_inputs` (named inputs dataset, prompts, splits, features) and
-# `predict_inputs` (named inputs checkpoints, features_5x, hierarchical, slides) are defined in common.smk.
-from pipeline.commands import train as train_cmd
+# Model: every registered method of every task trained and evaluated per fold (one job per task / backbone / shot
+# count / method), the methods' tables summarised per run and compared across backbones and shot counts per task,
+# then predictions from each method's fold checkpoints. The logic is pipeline/training/. Input functions
+# `train_inputs`, `method_summaries`, `task_results` and `predict_inputs` are defined in common.smk.
 
 
 rule train:
     input:
         unpack(train_inputs),
     output:
-        results=report(
-            f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/results.csv",
-            caption="../report/results_comparison.rst",
-            category="Results",
-            labels={"task": "{task}", "backbone": "{backbone}", "shots": "{shots}", "table": "results"},
-        ),
-        summary=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/summary.csv",
-        predictions=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
-        comparison=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/comparison.md",
-        checkpoints=expand(
-            f"{OUT}/models/{{{{task}}}}/{{{{backbone}}}}/{{{{shots}}}}shot/checkpoints/{{method}}_fold{{k}}.pt",
-            method=config["train"]["methods"],
-            k=range(config["cohort"]["folds"]),
-        ),
+        summary=out(layout.METHOD_SUMMARY),
+        predictions=out(layout.METHOD_PREDICTIONS),
+        checkpoints=expand(out(layout.CHECKPOINT), k=range(config["cohort"]["folds"]), allow_missing=True),
     log:
-        f"{OUT}/logs/train/{{task}}/{{backbone}}/{{shots}}shot.log",
+        f"{OUT}/logs/train/{{task}}/{{backbone}}/{{shots}}shot/{{method}}.log",
     benchmark:
-        f"{OUT}/benchmarks/train/{{task}}/{{backbone}}/{{shots}}shot.tsv"
-    wildcard_constraints:
-        backbone=r"[^/]+",
-        shots=r"\d+",
+        f"{OUT}/benchmarks/train/{{task}}/{{backbone}}/{{shots}}shot/{{method}}.tsv"
     conda:
         "../../envs/model.yaml"
     threads: config["train"]["threads"]
@@ -37,18 +22,75 @@ rule train:
         mem_mb=16000,
         runtime=240,
     params:
-        splits_dir=f"{OUT}/splits/{{task}}_{{shots}}",
-        features_dir=f"{OUT}/features/{{backbone}}",
-        out_dir=f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot",
-        weights=config["features"]["weights"],
-        tokenizer=config["features"]["tokenizer"],
-        folds=list(range(config["cohort"]["folds"])),
-        flags=train_cmd.flags_from_config(config["train"]),
+        task_type=lambda wildcards: TASKS[wildcards.task]["type"],
+        out_dir=lambda wildcards, output: str(Path(output.summary).parent),
+        weights=backbone_param("weights"),
+        tokenizer=backbone_param("tokenizer"),
+        flags=flags.train_flags(config["train"]),
     shell:
-        "python -m pipeline train --dataset {input.dataset:q} --prompts {input.prompts:q} "
-        "--splits-dir {params.splits_dir:q} --features-dir {params.features_dir:q} --backbone {wildcards.backbone} "
-        "--weights={params.weights:q} --tokenizer={params.tokenizer:q} --folds {params.folds} "
-        "--out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log} 2>&1"
+        "python -m pipeline train --task {wildcards.task} --task-type {params.task_type} --method {wildcards.method} "
+        "--dataset {input.dataset:q} --prompts {input.prompts:q} --splits {input.splits:q} "
+        "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --text-embeddings {input.text:q} "
+        "--backbone {wildcards.backbone} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
+        "--shots {wildcards.shots} --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log} 2>&1"
+
+
+rule summarize:
+    input:
+        summaries=method_summaries,
+    output:
+        results=report(
+            out(layout.RESULTS),
+            caption="../report/results_comparison.rst",
+            category="Results",
+            labels={"task": "{task}", "backbone": "{backbone}", "shots": "{shots}", "table": "results"},
+        ),
+        comparison=out(layout.RUN_COMPARISON),
+    log:
+        f"{OUT}/logs/summarize/{{task}}/{{backbone}}/{{shots}}shot.log",
+    benchmark:
+        f"{OUT}/benchmarks/summarize/{{task}}/{{backbone}}/{{shots}}shot.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        task_type=lambda wildcards: TASKS[wildcards.task]["type"],
+        out_dir=lambda wildcards, output: str(Path(output.results).parent),
+    shell:
+        "python -m pipeline summarize --summaries {input.summaries:q} --task-type {params.task_type} "
+        "--title {wildcards.task}/{wildcards.backbone}/{wildcards.shots}shot --out-dir {params.out_dir:q} "
+        "> {log} 2>&1"
+
+
+rule compare:
+    input:
+        results=task_results,
+    output:
+        md=report(
+            out(layout.TASK_COMPARISON),
+            caption="../report/results_comparison.rst",
+            category="Results",
+            labels={"task": "{task}", "table": "methods x backbones x shots"},
+        ),
+        csv=out(layout.TASK_COMPARISON_CSV),
+    log:
+        f"{OUT}/logs/compare/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/compare/{{task}}.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        task_type=lambda wildcards: TASKS[wildcards.task]["type"],
+    shell:
+        "python -m pipeline compare --results {input.results:q} --task-type {params.task_type} "
+        "--title {wildcards.task:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log} 2>&1"
 
 
 rule predict:
@@ -56,18 +98,15 @@ rule predict:
         unpack(predict_inputs),
     output:
         predictions=report(
-            f"{OUT}/predictions/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
+            out(layout.PREDICTIONS),
             caption="../report/predictions.rst",
             category="Predictions",
-            labels={"task": "{task}", "backbone": "{backbone}", "shots": "{shots}"},
+            labels={"task": "{task}", "backbone": "{backbone}", "shots": "{shots}", "method": "{method}"},
         ),
     log:
-        f"{OUT}/logs/predict/{{task}}/{{backbone}}/{{shots}}shot.log",
+        f"{OUT}/logs/predict/{{task}}/{{backbone}}/{{shots}}shot/{{method}}.log",
     benchmark:
-        f"{OUT}/benchmarks/predict/{{task}}/{{backbone}}/{{shots}}shot.tsv"
-    wildcard_constraints:
-        backbone=r"[^/]+",
-        shots=r"\d+",
+        f"{OUT}/benchmarks/predict/{{task}}/{{backbone}}/{{shots}}shot/{{method}}.tsv"
     conda:
         "../../envs/model.yaml"
     threads: config["train"]["threads"]
@@ -75,35 +114,22 @@ rule predict:
         mem_mb=16000,
         runtime=60,
     params:
-        features_dir=f"{OUT}/features/{{backbone}}",
-        out_dir=f"{OUT}/predictions/{{task}}/{{backbone}}/{{shots}}shot",
-        slide_ids=lambda wildcards, input: [Path(p).stem for p in input.features_5x],
-        weights=config["features"]["weights"],
-        tokenizer=config["features"]["tokenizer"],
+        out_dir=lambda wildcards, output: str(Path(output.predictions).parent),
         top_n=config["predict"]["top_n"],
         device=config["train"]["device"],
     shell:
-        "python -m pipeline predict --checkpoints {input.checkpoints:q} --features-dir {params.features_dir:q} "
-        "--backbone {wildcards.backbone} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
-        "--slide-ids {params.slide_ids:q} --slides {input.slides:q} --top-n {params.top_n} "
-        "--device {params.device} --threads {threads} --out-dir {params.out_dir:q} > {log} 2>&1"
+        "python -m pipeline predict --checkpoints {input.checkpoints:q} --features-5x {input.features_5x:q} "
+        "--hierarchical {input.hierarchical:q} --backbone {wildcards.backbone} --slides {input.slides:q} "
+        "--patches {input.patches:q} --top-n {params.top_n} --device {params.device} --threads {threads} "
+        "--out-dir {params.out_dir:q} > {log} 2>&1"
 
 
 rule train_all:
     input:
-        expand(
-            f"{OUT}/models/{{task}}/{{backbone}}/{{shots}}shot/results.csv",
-            task=config["cohort"]["task"],
-            backbone=config["features"]["backbone"],
-            shots=config["cohort"]["shots"],
-        ),
+        every_run(layout.RESULTS),
+        expand(rules.compare.output.md, task=list(TASKS)),
 
 
 rule predict_all:
     input:
-        expand(
-            f"{OUT}/predictions/{{task}}/{{backbone}}/{{shots}}shot/predictions.csv",
-            task=config["cohort"]["task"],
-            backbone=config["features"]["backbone"],
-            shots=config["cohort"]["shots"],
-        ),
+        every_run(layout.PREDICTIONS),

@@ -73,10 +73,10 @@ rule segment:
         runtime=20,
     params:
         overrides=mpp_override_args,
-        tissue=ws.tissue_args(config["tissue"]),
+        tissue=flags.tissue_flags(config["tissue"]),
         status=f"{OUT}/status",
     shell:
-        "python -m pipeline segment --slide {input.slide} --slide-id {wildcards.slide} {params.overrides} "
+        "python -m pipeline segment --slide {input.slide:q} --slide-id {wildcards.slide} {params.overrides} "
         "--status-dir {params.status} --mask {output.mask} --geojson {output.geojson} --stats {output.stats} "
         "--qc {output.qc} {params.tissue} > {log} 2>&1"
 
@@ -87,7 +87,7 @@ rule patch:
         geojson=rules.segment.output.geojson,
         stats=rules.segment.output.stats,
     output:
-        h5=f"{OUT}/patches/{{slide}}.h5",
+        h5=f"{OUT}/{layout.PATCHES}",
         qc=report(
             f"{OUT}/qc/patches/{{slide}}.png",
             caption="../report/qc_patches.rst",
@@ -111,7 +111,7 @@ rule patch:
         frac=config["patching"]["min_tissue_fraction"],
         status=f"{OUT}/status",
     shell:
-        "python -m pipeline patch --slide {input.slide} --slide-id {wildcards.slide} {params.overrides} "
+        "python -m pipeline patch --slide {input.slide:q} --slide-id {wildcards.slide} {params.overrides} "
         "--status-dir {params.status} --geojson {input.geojson} --tissue-stats {input.stats} "
         "--out {output.h5} --qc {output.qc} --patch-size {params.size} "
         "--min-tissue-fraction {params.frac} > {log} 2>&1"

@@ -1,4 +1,4 @@
-"""What the Snakemake rules need to know about the cohort, computed here so it is tested code, not .smk logic."""
+"""What the Snakemake rules need to know about the cohort and its tasks, computed here so it is tested code."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from pipeline.demo import demo_slides
+from pipeline.demo_cohort import demo_slides
+from pipeline.mpp_overrides import MppOverride, read_mpp_overrides  # noqa: F401  (for the rules)
 
 #: the real slide bundled for the demo (see pipeline/data/slides/SOURCES.md).
-BUNDLED_SLIDE = Path(__file__).resolve().parent / "data" / "slides" / "CMU-1-Small-Region.svs"
+BUNDLED_SLIDE = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 
 def cohort_slides(config: dict[str, Any]) -> dict[str, str]:
@@ -86,27 +87,46 @@ def sheet_command(config: dict[str, Any], out: str) -> str:
     )
 
 
-def mpp_override_args(overrides_csv: str, slide_id: str) -> str:
-    """Flags carrying this slide's override only, so editing the CSV reruns just the slides it names."""
-    from pipeline.slide import read_mpp_overrides
-
-    override = read_mpp_overrides(overrides_csv).get(slide_id)
-    if override is None:
-        return ""
-    return f"--mpp-override {override.mpp}" + (" --mpp-override-force" if override.force else "")
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def tissue_args(tissue: dict[str, Any]) -> str:
-    """Command-line flags of the segment command from the config's `tissue` section."""
-    args = [
-        f"--seg-mpp {tissue['seg_mpp']}",
-        f"--saturation-threshold {tissue['saturation_threshold']}",
-        f"--median-blur {tissue['median_blur']}",
-        f"--close-px {tissue['close_px']}",
-        f"--min-tissue-area-um2 {tissue['min_tissue_area_um2']}",
-        f"--min-hole-area-um2 {tissue['min_hole_area_um2']}",
-        f"--max-holes {tissue['max_holes']}",
-    ]
-    if not tissue["use_otsu"]:
-        args.append("--no-otsu")
-    return " ".join(args)
+def _item_defaults(*keys: str) -> dict[str, Any]:
+    """Defaults of a list item's keys from the config schema (their one home; Snakemake fills none inside lists)."""
+    import yaml
+
+    node = yaml.safe_load(SCHEMA.read_text())
+    for key in keys:
+        node = node["properties"][key]
+    return {k: v["default"] for k, v in node["items"]["properties"].items() if "default" in v}
+
+
+def _by_name(items: list[dict[str, Any]], what: str, defaults: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if item["name"] in out:
+            raise ValueError(f"config: {what} '{item['name']}' is listed twice")
+        out[item["name"]] = {**defaults, **item}
+    return out
+
+
+def tasks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The training tasks of the cohort (config.yaml `tasks:`) by name, schema defaults filled in."""
+    return _by_name(config["tasks"], "task", _item_defaults("tasks"))
+
+
+def dataset_labels(config: dict[str, Any]) -> list[str]:
+    """Labels that dataset.csv keeps: every label of some task, in first-seen order (other slides are dropped)."""
+    seen: dict[str, None] = {}
+    for task in tasks(config).values():
+        seen.update(dict.fromkeys(task["labels"]))
+    return list(seen)
+
+
+def backbones(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Backbone name -> its weights and tokenizer (config.yaml `features.backbones`), schema defaults filled in."""
+    return _by_name(config["features"]["backbones"], "backbone", _item_defaults("features", "backbones"))
+
+
+def name_regex(names: list[str]) -> str:
+    """A wildcard constraint matching exactly these names (a task or backbone not in the config matches no rule)."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or r"[^/]+"

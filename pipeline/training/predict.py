@@ -1,13 +1,14 @@
 """Predict new, unlabeled slides with trained checkpoints, and show what drove each prediction.
 
-The checkpoints of one results folder (one per fold, same method, backbone and classes) form an ensemble whose
-class probabilities are averaged. Outputs in `out_dir`:
+The checkpoints of one method's results folder (one per fold, same method, backbone and classes) form an ensemble
+whose class probabilities are averaged. No backbone is built: checkpoints carry what their model needs (HiVE-MIL:
+its learned prompts' text features). Outputs in `out_dir` (predictions/{task}/{backbone}/{shots}shot/{method}/):
 
 - `predictions.csv`: slide_id, predicted class, one probability column per class, number of models;
 - `top_pairs/{slide}.csv` (HiVE-MIL): the patch-text pairs with the highest similarity after the graph, at 5x
   (coarse texts) and 20x (fine texts) for the predicted class, with level-0 coordinates and the text;
-- `heatmaps/{slide}_{5x,20x}.png` when the slide files are given: each patch's best similarity to the predicted
-  class's texts, over the slide's overview.
+- `heatmaps/{slide}_{5x,20x}.png` (HiVE-MIL) when the slide and patch files are given: each patch's best similarity
+  to the predicted class's texts, over the slide's overview, opened with the mpp recorded at patching.
 """
 
 from __future__ import annotations
@@ -15,25 +16,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.errors import PipelineError
 from pipeline.device import resolve_device
-from pipeline.formats import PathLike, read_h5, write_text_atomic
-from pipeline.model.hivemil import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS, HiveMIL
-from pipeline.model.prompt_learner import freeze
-from pipeline.train import (
-    FeatureStore,
-    SlideBag,
-    feature_paths,
-    load_checkpoint,
-    restore_model,
-    slide_logits,
-)
+from pipeline.errors import PipelineError
+from pipeline.formats import PathLike, read_patches, write_text_atomic
+from pipeline.model.hivemil import HiveMIL
+from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS
+from pipeline.training.checkpoints import load_checkpoint, method_of
+from pipeline.training.data import FeatureStore, SlideBag, SlideFeatures
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +41,15 @@ class PatchTextScores:
     sim_20x: np.ndarray
 
 
-def patch_text_scores(models: Sequence[HiveMIL], bag: SlideBag, device: torch.device) -> PatchTextScores:
+def patch_text_scores(
+    models: Sequence[HiveMIL], texts: Sequence[torch.Tensor], bag: SlideBag, device: torch.device
+) -> PatchTextScores:
     """Image-text cosine similarities of the graph's output nodes, averaged over the models (folds)."""
     n5 = bag.x5.shape[0]
     acc5, acc20, count20 = None, None, None
     with torch.no_grad():
-        for model in models:
-            out = model(bag.x5.to(device), bag.x20.to(device), bag.mask.to(device))
+        for model, model_texts in zip(models, texts):
+            out = model(*bag.on(device), model_texts)
             s5 = (out.nodes["img5"] @ out.nodes["txt5"].T).cpu().numpy()
             s20_nodes = (out.nodes["img20"] @ out.nodes["txt20"].T).cpu().numpy()
             s20 = np.zeros((n5, 16, s20_nodes.shape[1]))
@@ -138,29 +135,20 @@ def heatmap_overlay(
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _patch_size_20x(path_h: Path, coords_20x: np.ndarray, mask: np.ndarray) -> float:
-    """Level-0 side of a 20x patch: from the file's attrs, else from the spacing of sibling children."""
-    _, attrs = read_h5(path_h, [])
-    if attrs.get("patch_size_level0_20x"):
-        return float(attrs["patch_size_level0_20x"])
-    xs = coords_20x[mask][:, 0]
-    diffs = np.diff(np.unique(xs))
-    if not len(diffs):
-        raise PipelineError(f"{path_h}: cannot tell the 20x patch size (no attrs, one column of patches)")
-    return float(diffs.min())
-
-
 def write_heatmaps(
-    slide_path: PathLike, slide_id: str, bag: SlideBag, scores: PatchTextScores, cls: int, out_dir: Path,
-    path_h: Path, overview_mpp: float = 8.0,
+    slide_path: PathLike, patches_h5: PathLike, slide_id: str, bag: SlideBag, scores: PatchTextScores, cls: int,
+    out_dir: Path, overview_mpp: float = 8.0,
 ) -> None:
     """5x and 20x heatmaps of the predicted class's best text similarity over the slide's overview."""
     from pipeline.qc import write_png
     from pipeline.slide import open_slide
 
-    with open_slide(slide_path, slide_id) as slide:
+    from pipeline.slide import recorded_mpp
+
+    grid = read_patches(patches_h5)
+    with open_slide(slide_path, slide_id, mpp=recorded_mpp(grid.attrs, slide_id, patches_h5)) as slide:
         overview, downsample = slide.read_overview(overview_mpp, max_side=4096)
-    s20 = _patch_size_20x(path_h, bag.coords_20x, bag.mask.numpy())
+    s20 = float(grid.attrs["patch_size_level0_20x"])
     best5 = scores.sim_5x[:, cls * COARSE_PER_CLASS:(cls + 1) * COARSE_PER_CLASS].max(1)
     fine = scores.sim_20x[:, :, cls * FINE_PER_CLASS:(cls + 1) * FINE_PER_CLASS]
     with np.errstate(invalid="ignore"):
@@ -170,28 +158,25 @@ def write_heatmaps(
               heatmap_overlay(overview, bag.coords_20x.reshape(-1, 2), best20.reshape(-1), s20, downsample))
 
 
-def slides_in(features_dir: PathLike, backbone: str) -> list[str]:
-    """Slide ids that have both a 5x and a hierarchical feature file."""
-    root = Path(features_dir)
-    ids = sorted(p.stem for p in (root / f"{backbone}_5x").glob("*.h5"))
-    return [s for s in ids if all(p.exists() for p in feature_paths(root, backbone, s))]
+@dataclass(frozen=True)
+class SlideFiles:
+    """A slide file and its patch file (the recorded mpp and patch sizes), for heatmaps."""
+
+    slide: Path
+    patches: Path
 
 
 def predict_slides(
     *,
     checkpoints: Sequence[PathLike],
-    features_dir: PathLike,
+    features: Mapping[str, SlideFeatures],
     backbone_name: str,
     out_dir: PathLike,
-    slide_ids: Sequence[str] | None = None,
-    slide_files: dict[str, PathLike] | None = None,
-    backbone: Any = None,
-    weights: str | None = None,
-    tokenizer: str | None = None,
+    slide_files: Mapping[str, SlideFiles] | None = None,
     top_n: int = 10,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Ensemble predictions for slides (all with features when `slide_ids` is None); tables and heatmaps."""
+    """Ensemble predictions for every slide in `features`; tables and (with `slide_files`) heatmaps."""
     if not checkpoints:
         raise PipelineError("predict: no checkpoints given")
     ckpts = [load_checkpoint(p, backbone=backbone_name) for p in checkpoints]
@@ -202,37 +187,34 @@ def predict_slides(
                 f"predict: checkpoint {path} ({ckpt['method']}, classes {ckpt['classes']}) does not match "
                 f"{checkpoints[0]} ({first['method']}, classes {first['classes']})"
             )
+    if not features:
+        raise PipelineError("predict: no slides with features given")
     classes, texts = list(first["classes"]), list(first["texts"])
     dev = resolve_device(device)
-    if backbone is None:
-        from pipeline.features import create_backbone
-
-        backbone = create_backbone(backbone_name, weights=weights, tokenizer=tokenizer)
-    backbone = freeze(backbone).to(dev)
-    models = [restore_model(c, backbone, dev) for c in ckpts]
-    ids = list(slide_ids) if slide_ids is not None else slides_in(features_dir, backbone_name)
-    if not ids:
-        raise PipelineError(f"predict: no slides with features in {features_dir}")
-    store = FeatureStore(features_dir, backbone_name, cache_bytes=0)
+    methods = [method_of(c) for c in ckpts]
+    models = [m.restore(c, dev) for m, c in zip(methods, ckpts)]
+    with torch.no_grad():
+        caches = [m.eval_cache(model) for m, model in zip(methods, models)]  # once per model, not per slide
+    store = FeatureStore(features, cache_bytes=0)
     out = Path(out_dir)
     rows = []
-    for sid in ids:
+    for sid in features:
         bag = store.get(sid)
         with torch.no_grad():
-            texts_cache = [m.encode_texts() if isinstance(m, HiveMIL) else None for m in models]
             probs = np.mean(
-                [slide_logits(m, bag, dev, t)[0].float().softmax(-1).cpu().numpy() for m, t in zip(models, texts_cache)],
+                [m.task.outputs(m.logits(model, bag, dev, cache)[0]) for m, model, cache in zip(methods, models, caches)],
                 axis=0,
             )
         cls = int(probs.argmax())
         rows.append({"slide_id": sid, "pred": classes[cls], **{f"prob_{c}": float(p) for c, p in zip(classes, probs)},
                      "n_models": len(models), "method": first["method"]})
-        if first["method"] == "hivemil":
-            scores = patch_text_scores(models, bag, dev)
+        if all(isinstance(m, HiveMIL) for m in models):
+            scores = patch_text_scores(models, caches, bag, dev)
             table = top_pairs(scores, bag, texts, classes, cls, top_n)
             write_text_atomic(out / "top_pairs" / f"{sid}.csv", table.to_csv(index=False, float_format="%.6g"))
             if slide_files and sid in slide_files:
-                write_heatmaps(slide_files[sid], sid, bag, scores, cls, out, feature_paths(features_dir, backbone_name, sid)[1])
+                files = slide_files[sid]
+                write_heatmaps(files.slide, files.patches, sid, bag, scores, cls, out)
         log.info("%s: %s (%s)", sid, classes[cls], ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, probs)))
     frame = pd.DataFrame(rows)
     write_text_atomic(out / "predictions.csv", frame.to_csv(index=False, float_format="%.6g"))

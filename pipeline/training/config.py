@@ -1,0 +1,72 @@
+"""Training hyperparameters: one dataclass, torch-free, whose defaults are the only home of every training default.
+
+The `train` command builds its flags from these fields, the workflow turns config.yaml's `train:` section into
+those flags (pipeline.wiring.flags), and a test checks that the config schema's defaults equal them. Defaults are
+HiVE-MIL's paper values (HIVEMIL.md); the switches marked "reference" reproduce the public reference code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.model.options import HIER_MODES, LOGIT_SCALE_MODES
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; stored in every checkpoint."""
+
+    epochs: int = _opt(50, "maximum epochs (one slide per step)")
+    patience: int = _opt(10, "epochs without a lower validation error before stopping")
+    lr: float = _opt(1e-4, "Adam learning rate")
+    weight_decay: float = _opt(1e-5, "Adam weight decay")
+    seed: int = _opt(1, "seed, reset before every fold and method (same seed -> same metrics on a CPU)")
+    hier_attention: str = _opt(
+        "edges", "edges: parent-child attention, linear memory (paper); dense: all pairs (reference)", choices=HIER_MODES
+    )
+    htcl_negatives: bool = _opt(True, "HTCL's other-class negative term (paper); off as the reference code")
+    logit_scale: str = _opt(
+        "exp", "exp: slide logits x exp(theta) (paper); raw: x theta (reference)", choices=LOGIT_SCALE_MODES
+    )
+    filter_at_eval: bool = _opt(False, "text-guided filtering at evaluation too (reference); default training only")
+    top_k_5x: int = _opt(2, "5x patches averaged per coarse text in the slide logits")
+    top_k_20x: int = _opt(100, "20x patches averaged per fine text in the slide logits")
+    n_ctx: int = _opt(16, "learnable prompt context vectors shared by all texts")
+    num_layers: int = _opt(2, "HiVE-MIL graph layers")
+    heads: int = _opt(2, "attention heads of the HiVE-MIL graph")
+    abmil_hidden: int = _opt(256, "ABMIL hidden size")
+    abmil_dropout: float = _opt(0.25, "ABMIL dropout")
+    device: str = _opt("auto", "auto (GPU if present), cpu, cuda or cuda:N")
+    cache_gb: float = _opt(4.0, "slide features kept in memory (GB)")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.patience < 1:
+            raise PipelineError(f"train: epochs and patience must be >= 1 (got {self.epochs}, {self.patience})")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise PipelineError(f"train config: {f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+        if self.top_k_5x < 1 or self.top_k_20x < 1:
+            raise PipelineError(f"train config: top-k must be >= 1, got 5x={self.top_k_5x}, 20x={self.top_k_20x}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PipelineError(f"train config: unknown key(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def defaults() -> dict[str, Any]:
+    """Every training default by field name (what the schema and the CLI must agree with)."""
+    return TrainConfig().to_dict()

@@ -1,0 +1,145 @@
+"""The shared fit / evaluate loop: one slide per step, Adam, early stopping on the task's stopping error.
+
+It knows a method only through `Method.logits` / `Method.eval_cache` and a task only through its loss, outputs and
+stopping error, so every registered method on every task type trains the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline.training.config import TrainConfig
+from pipeline.training.data import SlideBag
+from pipeline.training.methods.base import Method
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same run: Python, numpy and torch generators (CPU runs are then bit-identical)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def is_trainable(model: nn.Module) -> bool:
+    return any(p.requires_grad for p in model.parameters())
+
+
+@dataclass
+class Evaluation:
+    outputs: np.ndarray  # [N, C] what the task makes of the logits (class probabilities)
+    loss: float  # mean task loss
+    error: float  # the task's stopping error
+
+
+def evaluate(
+    method: Method, model: nn.Module, bags: Iterable[SlideBag], targets: Sequence[int] | None, device: torch.device
+) -> Evaluation:
+    """Outputs for each slide (and loss / stopping error when targets are given), without gradients."""
+    task = method.task
+    model.eval()
+    outputs, losses = [], []
+    with torch.no_grad():
+        cache = method.eval_cache(model)
+        for i, bag in enumerate(bags):
+            logits, _ = method.logits(model, bag, device, cache)
+            outputs.append(task.outputs(logits))
+            if targets is not None:
+                losses.append(task.loss(logits, targets[i]).item())
+    out = np.stack(outputs) if outputs else np.zeros((0, len(task.classes)))
+    if targets is None or not len(targets):
+        return Evaluation(out, float("nan"), float("nan"))
+    return Evaluation(out, float(np.mean(losses)), task.stopping_error(out, targets))
+
+
+class EarlyStopping:
+    """Stop when the validation error has not improved for `patience` epochs; keep the best weights.
+
+    Stopping follows the error alone (as HIVEMIL.md and the CLAM-derived reference code do), so a plateau of
+    equal errors ends training. Which weights are kept is decided by (error, loss): among the epochs with the
+    lowest error, the one with the lowest validation loss, rather than simply the first.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_key: tuple[float, float] | None = None
+        self.best_epoch = -1
+        self.best_state: dict[str, Tensor] | None = None
+        self.best_error: float | None = None
+        self.epochs_without_improvement = 0
+
+    def step(self, epoch: int, error: float, loss: float, model: nn.Module) -> bool:
+        """Record an epoch; return True when training should stop."""
+        if self.best_key is None or (error, loss) < self.best_key:
+            self.best_key = (error, loss)
+            self.best_epoch = epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+        if self.best_error is None or error < self.best_error:
+            self.best_error = error
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        return self.epochs_without_improvement >= self.patience
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def fit(
+    method: Method,
+    model: nn.Module,
+    train: Sequence[tuple[SlideBag, Any]],
+    val: Sequence[tuple[SlideBag, Any]],
+    cfg: TrainConfig,
+    device: torch.device,
+    name: str = "",
+) -> FitResult:
+    """Train one slide per step; restore the weights of the best validation epoch before returning."""
+    if not is_trainable(model):
+        return FitResult([], -1)
+    task = method.task
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stopper = EarlyStopping(cfg.patience)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        total = 0.0
+        for idx in torch.randperm(len(train), generator=order_gen).tolist():
+            bag, target = train[idx]
+            optimizer.zero_grad(set_to_none=True)
+            logits, aux = method.logits(model, bag, device)
+            loss = task.loss(logits, target) + aux
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        row = {"epoch": epoch, "train_loss": total / max(len(train), 1)}
+        if val:
+            ev = evaluate(method, model, [b for b, _ in val], [y for _, y in val], device)
+            row.update(val_loss=ev.loss, val_error=ev.error)
+            stop = stopper.step(epoch, ev.error, ev.loss, model)
+        else:  # no validation slides: keep the last epoch
+            row.update(val_loss=float("nan"), val_error=float("nan"))
+            stop = stopper.step(epoch, -epoch, 0.0, model)
+        history.append(row)
+        log.info("%s epoch %d: train loss %.4f, val loss %.4f, val error %.3f", name, epoch, row["train_loss"],
+                 row["val_loss"], row["val_error"])
+        if stop:
+            log.info("%s: early stop at epoch %d (best %d)", name, epoch, stopper.best_epoch)
+            break
+    assert stopper.best_state is not None  # at least one epoch ran (epochs >= 1)
+    model.load_state_dict(stopper.best_state)
+    return FitResult(history, stopper.best_epoch)

@@ -1,0 +1,107 @@
+"""The interface of a registered method, and the resources a method may ask for.
+
+A method turns a task (classes, texts) and a training config into a fresh model, says how one slide becomes
+logits (plus any auxiliary loss), and how a trained model is rebuilt from its checkpoint for prediction without
+the backbone's towers. The shared loop (pipeline.training.loop) knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.data import SlideBag
+    from pipeline.training.tasks import TaskType
+
+
+@dataclass
+class Resources:
+    """What a run offers the methods: feature size, logit scale, the class texts' embeddings, the text tower.
+
+    `text_features` are the frozen prompt embeddings `[16C, D]` in the task's text order; `backbone` builds the
+    backbone on first use (only prompt-learning methods ask for it, so a run without them never loads it).
+    """
+
+    embed_dim: int
+    device: "torch.device"
+    logit_scale: float | None = None
+    text_features: "Tensor | None" = None
+    backbone_factory: Callable[[], Any] | None = None
+    _backbone: Any = field(default=None, repr=False)
+
+    def backbone(self, method: str) -> Any:
+        if self._backbone is None:
+            if self.backbone_factory is None:
+                raise PipelineError(f"method '{method}' needs the backbone's text tower, and none was given")
+            self._backbone = self.backbone_factory()
+            if self.logit_scale is None:
+                self.logit_scale = float(self._backbone.logit_scale)
+        return self._backbone
+
+    def require_logit_scale(self, method: str) -> float:
+        if self.logit_scale is None:
+            self.backbone(method)
+        assert self.logit_scale is not None
+        return self.logit_scale
+
+    def require_text_features(self, method: str) -> "Tensor":
+        if self.text_features is None:
+            raise PipelineError(f"method '{method}' needs the prompt texts' embeddings (the text_{{task}}.h5 file)")
+        return self.text_features
+
+
+class Method:
+    """Base class of registered methods (see `pipeline.training.registry.register_method`)."""
+
+    name: ClassVar[str] = ""
+    task_types: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[frozenset[str]] = frozenset()
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: "TrainConfig", task: "TaskType"):
+        if task.type_name not in self.task_types:
+            raise PipelineError(
+                f"method '{self.name}' does not support task '{task.name}' of type '{task.type_name}' "
+                f"(it supports {list(self.task_types)})"
+            )
+        self.config = config
+        self.task = task
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.task.classes)
+
+    def build(self, resources: Resources) -> "nn.Module":
+        """A fresh model on `resources.device`, ready to train."""
+        raise NotImplementedError
+
+    def logits(self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None) -> tuple["Tensor", "Tensor"]:
+        """One slide's logits `[C]` and the method's auxiliary loss (a scalar, 0 if none)."""
+        x5, x20, mask = bag.on(device)
+        out = model(x5, x20, mask)
+        return out.logits, out.logits.new_zeros(())
+
+    def eval_cache(self, model: "nn.Module") -> Any:
+        """Computed once per evaluation pass and handed to every `logits` call (e.g. encoded texts)."""
+        return None
+
+    def inference_payload(self, model: "nn.Module") -> dict[str, Any]:
+        """Tensors the checkpoint needs so prediction can rebuild the model without the backbone."""
+        return {}
+
+    def restore(self, ckpt: dict[str, Any], device: "torch.device") -> "nn.Module":
+        """The trained model of a checkpoint, in eval mode, without building any backbone."""
+        resources = Resources(
+            embed_dim=int(ckpt["embed_dim"]), device=device, logit_scale=ckpt.get("logit_scale"),
+            text_features=ckpt.get("text_features"),
+        )
+        model = self.build(resources)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval()

@@ -1,0 +1,159 @@
+"""Result tables and plots: per-fold summaries, mean ± std per method, and comparisons across runs.
+
+`summary.csv` (one row per fold) is written by each method's training job; `summarize` turns the summaries of one
+task / backbone / shot count into `results.csv` and `comparison.md`; `compare` puts every method, backbone and
+shot count of a task side by side (`models/{task}/comparison.md`). Metric columns come from the task type.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.formats import PathLike, atomic_path, write_text_atomic
+
+#: the columns that name a run; every summary and result row carries them.
+RUN_KEYS = ("task", "backbone", "shots", "method")
+
+
+def write_csv(path: PathLike, frame: pd.DataFrame) -> None:
+    write_text_atomic(path, frame.to_csv(index=False, float_format="%.6g"))
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict[str, float]], best_epoch: int, title: str, path: Path) -> None:
+    """Training loss, validation loss and validation error per epoch, best epoch marked."""
+    plt = _pyplot()
+    frame = pd.DataFrame(history)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(frame["epoch"], frame["train_loss"], label="train loss")
+    ax.plot(frame["epoch"], frame["val_loss"], label="val loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(frame["epoch"], frame["val_error"], color="tab:red", linestyle="--", label="val error")
+    ax2.set_ylabel("val error")
+    ax2.set_ylim(-0.02, 1.02)
+    ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    _save_figure(fig, path)
+
+
+def plot_roc(predictions: pd.DataFrame, classes: list[str], title: str, path: Path) -> None:
+    """Binary: one ROC curve per fold. Multi-class: one-vs-rest per class, test slides of all folds pooled."""
+    from pipeline.metrics import binary_auc, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    y = predictions["label_index"].to_numpy()
+    if len(classes) == 2:
+        for fold, part in predictions.groupby("fold"):
+            pos = part["label_index"].to_numpy() == 1
+            score = part[f"prob_{classes[1]}"].to_numpy()
+            fpr, tpr = roc_curve(pos, score)
+            ax.plot(fpr, tpr, label=f"fold {fold} (AUC {binary_auc(pos, score):.3f})")
+    else:
+        for c, name in enumerate(classes):
+            score = predictions[f"prob_{name}"].to_numpy()
+            fpr, tpr = roc_curve(y == c, score)
+            ax.plot(fpr, tpr, label=f"{name} vs rest (AUC {binary_auc(y == c, score):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    _save_figure(fig, path)
+
+
+def aggregate(summary: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean and population std over folds per run (task, backbone, shots, method): results.csv's rows."""
+    rows = []
+    keys = [k for k in RUN_KEYS if k in summary.columns]
+    for values, part in summary.groupby(keys, sort=False):
+        run = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        rows.append({**run, "stat": "mean", "folds": len(part), **part[list(metrics)].mean().to_dict()})
+        rows.append({**run, "stat": "std", "folds": len(part), **part[list(metrics)].std(ddof=0).to_dict()})
+    return pd.DataFrame(rows)
+
+
+def comparison_table(results: pd.DataFrame, metrics: Mapping[str, str]) -> pd.DataFrame:
+    """One row per run with "mean ± std" cells, from results.csv rows."""
+    keys = [k for k in RUN_KEYS if k in results.columns]
+    mean = results[results["stat"] == "mean"].set_index(keys)
+    std = results[results["stat"] == "std"].set_index(keys)
+    table = mean[["folds"]].copy()
+    for m, header in metrics.items():
+        table[header] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(mean[m], std.loc[mean.index, m])]
+    return table.reset_index()
+
+
+def markdown(table: pd.DataFrame, title: str) -> str:
+    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+    return f"# {title}\n\n{header}{body}"
+
+
+def _read_all(paths: Iterable[PathLike], what: str) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        if not Path(path).exists():
+            raise PipelineError(f"{what}: {path} not found")
+        frames.append(pd.read_csv(path))
+    if not frames:
+        raise PipelineError(f"{what}: no input files")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _metric_names(task_type: str) -> dict[str, str]:
+    from pipeline.training.registry import get_task_type
+
+    return dict(get_task_type(task_type).metrics)
+
+
+def summarize(summary_files: Sequence[PathLike], task_type: str, out_dir: PathLike, title: str) -> pd.DataFrame:
+    """results.csv, comparison.csv and comparison.md of one task / backbone / shot count from its methods' summaries."""
+    metrics = _metric_names(task_type)
+    summary = _read_all(summary_files, "summarize")
+    results = aggregate(summary, list(metrics))
+    out = Path(out_dir)
+    table = comparison_table(results, metrics).drop(columns=["task", "backbone", "shots"], errors="ignore")
+    write_csv(out / "results.csv", results)
+    write_csv(out / "comparison.csv", table)
+    write_text_atomic(out / "comparison.md", markdown(table, title))
+    return results
+
+
+def compare(results_files: Sequence[PathLike], task_type: str, out_csv: PathLike, out_md: PathLike, title: str) -> pd.DataFrame:
+    """Every method x backbone x shot count of a task side by side (the paper's Table 1 layout), mean ± std."""
+    metrics = _metric_names(task_type)
+    results = _read_all(results_files, "compare")
+    table = comparison_table(results, metrics).sort_values(["shots", "backbone"], kind="stable")
+    table = table[["method", "backbone", "shots", "folds", *metrics.values()]]
+    write_csv(out_csv, table)
+    write_text_atomic(out_md, markdown(table, title))
+    return table

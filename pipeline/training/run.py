@@ -1,0 +1,187 @@
+"""Train and evaluate one registered method on every fold of one task / backbone / shot count.
+
+Per fold: the seed is reset, the method's model is built, trained by the shared loop with early stopping, the best
+epoch restored and the test slides scored. Outputs in `out_dir` (models/{task}/{backbone}/{shots}shot/{method}/):
+
+- `checkpoints/fold{k}.pt`: see pipeline.training.checkpoints;
+- `summary.csv`: one row per fold (task, backbone, shots, method, fold, the task's metrics, best epoch, sizes);
+- `predictions.csv`: per test slide and fold: label, prediction, class probabilities;
+- `curves/fold{k}.csv`, `plots/curves_fold{k}.png` (trainable methods), `plots/roc_{method}.png`.
+
+Every input is an explicit file: the split files, the feature files, the prompt file and the text embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from pipeline.device import resolve_device
+from pipeline.errors import PipelineError
+from pipeline.formats import PathLike, read_text_embeddings
+from pipeline.splits import read_split_csv
+from pipeline.training.checkpoints import save_checkpoint
+from pipeline.training.config import TrainConfig
+from pipeline.training.data import FeatureStore, SlideFeatures
+from pipeline.training.loop import evaluate, fit, seed_everything
+from pipeline.training.methods.base import Method, Resources
+from pipeline.training.registry import get_method
+from pipeline.training.reports import plot_curves, write_csv
+from pipeline.training.tasks import TaskType
+
+log = logging.getLogger(__name__)
+
+
+def fold_of(split_file: PathLike) -> int:
+    """The fold number of `splits_{k}.csv` (HiVE-MIL's naming)."""
+    stem = Path(split_file).stem
+    prefix, _, number = stem.partition("_")
+    if prefix != "splits" or not number.isdigit():
+        raise PipelineError(f"split file {split_file}: expected a name splits_{{k}}.csv")
+    return int(number)
+
+
+def text_features_for(task: TaskType, path: PathLike) -> tuple[torch.Tensor, float]:
+    """The task's prompt embeddings `[16C, D]` from a text-embeddings file, checked against the task's texts."""
+    emb = read_text_embeddings(path)
+    texts = [t for per_class in emb.texts for t in per_class]
+    if list(emb.classes) != list(task.classes) or texts != list(task.texts):
+        raise PipelineError(
+            f"text embeddings {path} were made from other prompts (classes {emb.classes}) than task '{task.name}' "
+            f"uses (classes {task.classes}); rerun the text_embeddings rule"
+        )
+    flat = torch.from_numpy(emb.embeddings.reshape(len(texts), -1).copy())
+    return flat, float(emb.attrs["logit_scale"])
+
+
+def make_resources(
+    embed_dim: int, device: torch.device, task: TaskType, text_embeddings: PathLike | None, backbone: Any,
+    backbone_name: str, weights: str | None, tokenizer: str | None,
+) -> Resources:
+    """What the methods may use; the backbone is built only if a method asks for its text tower."""
+    from pipeline.model.prompt_learner import freeze
+
+    def build_backbone() -> Any:
+        found = backbone
+        if found is None:
+            from pipeline.features import create_backbone
+
+            found = create_backbone(backbone_name, weights=weights, tokenizer=tokenizer)
+        found = freeze(found).to(device)
+        if int(found.embed_dim) != embed_dim:
+            raise PipelineError(f"backbone '{backbone_name}' has embed_dim {found.embed_dim}, the features {embed_dim}")
+        return found
+
+    res = Resources(embed_dim=embed_dim, device=device, backbone_factory=build_backbone)
+    if text_embeddings:
+        res.text_features, res.logit_scale = text_features_for(task, text_embeddings)
+        res.text_features = res.text_features.to(device)
+    elif backbone is not None:  # library use without the file: encode the raw prompts with the given backbone
+        bb = res.backbone("zeroshot")
+        with torch.no_grad():
+            res.text_features = bb.encode_text(bb.tokenize(list(task.texts)).to(device)).float()
+    return res
+
+
+def train_method(
+    *,
+    task: TaskType,
+    method: str,
+    split_files: Sequence[PathLike],
+    features: Mapping[str, SlideFeatures],
+    backbone_name: str,
+    out_dir: PathLike,
+    shots: int | None = None,
+    text_embeddings: PathLike | None = None,
+    backbone: Any = None,
+    weights: str | None = None,
+    tokenizer: str | None = None,
+    config: TrainConfig | None = None,
+    title: str = "",
+) -> pd.DataFrame:
+    """Train and evaluate `method` on every fold; write its outputs to `out_dir`; return the per-fold summary.
+
+    `backbone` may be passed in (tests, notebooks); otherwise it is built from the registry with `weights`, and only
+    if the method reads the text tower.
+    """
+    cfg = config or TrainConfig()
+    runner: Method = get_method(method)(cfg, task)
+    out = Path(out_dir)
+    device = resolve_device(cfg.device)
+    store = FeatureStore(features, cfg.cache_gb * 1e9)
+    title = title or f"{task.name}/{backbone_name}/{shots}shot/{method}"
+    folds = sorted(((fold_of(f), Path(f)) for f in split_files), key=lambda item: item[0])
+    if not folds:
+        raise PipelineError(f"train {title}: no split files given")
+    resources: Resources | None = None
+    summary_rows: list[dict[str, Any]] = []
+    frames: list[pd.DataFrame] = []
+    for fold, split_file in folds:
+        split = read_split_csv(split_file)
+        where = str(split_file)
+        parts = {name: list(ids) for name, ids in split.partitions().items()}
+        for name, ids in parts.items():
+            missing = [s for s in ids if s not in task.targets or s not in store]
+            if missing:
+                raise PipelineError(f"{split_file}: {name} slide(s) {missing[:5]} have no label or no feature files")
+        if not parts["train"]:
+            raise PipelineError(f"{split_file}: no training slides")
+        train = [(store.get(s), task.target(s, where)) for s in parts["train"]]
+        val = [(store.get(s), task.target(s, where)) for s in parts["val"]]
+        if resources is None:
+            resources = make_resources(train[0][0].embed_dim, device, task, text_embeddings, backbone, backbone_name,
+                                       weights, tokenizer)
+            if "text_tower" in runner.inputs:  # built before the seed reset, so model init draws the same numbers
+                resources.backbone(method)
+        seed_everything(cfg.seed)
+        model = runner.build(resources)
+        name = f"{method} fold {fold}"
+        result = fit(runner, model, train, val, cfg, device, name)
+        test_ids = parts["test"]
+        test_targets = [task.target(s, where) for s in test_ids]
+        ev = evaluate(runner, model, (store.get(s) for s in test_ids), test_targets, device)
+        metrics = task.score(test_targets, ev.outputs)
+        log.info("%s: test %s", name, {k: round(v, 4) for k, v in metrics.items()})
+        summary_rows.append(
+            {"task": task.name, "backbone": backbone_name, "shots": shots, "method": method, "fold": fold, **metrics,
+             "best_epoch": result.best_epoch, "epochs_run": len(result.history), "n_train": len(train),
+             "n_val": len(val), "n_test": len(test_ids)}
+        )
+        save_checkpoint(
+            out / "checkpoints" / f"fold{fold}.pt", runner, model, backbone_name, resources.embed_dim,
+            resources.logit_scale, {"fold": fold, "shots": shots, "best_epoch": result.best_epoch, "metrics": metrics},
+        )
+        if result.history:
+            write_csv(out / "curves" / f"fold{fold}.csv", pd.DataFrame(result.history))
+            plot_curves(result.history, result.best_epoch, f"{title}: fold {fold}", out / "plots" / f"curves_fold{fold}.png")
+        frame = task.prediction_frame(test_ids, test_targets, ev.outputs)
+        frame.insert(0, "fold", fold)
+        frame.insert(0, "method", method)
+        frames.append(frame)
+    summary = pd.DataFrame(summary_rows)
+    predictions = pd.concat(frames, ignore_index=True)
+    write_csv(out / "summary.csv", summary)
+    write_csv(out / "predictions.csv", predictions)
+    task.plots(predictions, title, out, method)
+    return summary
+
+
+def train_task(
+    *, methods: Sequence[str], out_dir: PathLike, task: TaskType, backbone_name: str, shots: int | None = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Every method into `out_dir/{method}/`, then `results.csv` and `comparison.md` in `out_dir` (library use)."""
+    from pipeline.training.reports import summarize
+
+    out = Path(out_dir)
+    summaries = [
+        train_method(task=task, method=m, out_dir=out / m, backbone_name=backbone_name, shots=shots, **kwargs)
+        for m in methods
+    ]
+    summarize([out / m / "summary.csv" for m in methods], task.type_name, out,
+              f"{task.name}/{backbone_name}/{shots}shot")
+    return pd.concat(summaries, ignore_index=True)

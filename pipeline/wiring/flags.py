@@ -1,0 +1,50 @@
+"""config.yaml sections -> command-line flags of the stage commands: the one place that translates them."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from pipeline.wiring.cohort import read_mpp_overrides
+
+#: keys of config.yaml's `train:` section that configure the job, not the training (threads of the job).
+JOB_KEYS = ("threads",)
+
+
+def _quote(flags: list[Any]) -> str:
+    return " ".join(shlex.quote(str(f)) for f in flags)
+
+
+def train_flags(section: dict[str, Any]) -> str:
+    """Flags for config.yaml's `train:` section: each key is a TrainConfig field, booleans as --x / --no-x."""
+    flags: list[Any] = []
+    for key, value in section.items():
+        if key in JOB_KEYS:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [flag, value]
+    return _quote(flags)
+
+
+def tissue_flags(tissue: dict[str, Any]) -> str:
+    """Command-line flags of the segment command from the config's `tissue` section."""
+    flags: list[Any] = [
+        "--seg-mpp", tissue["seg_mpp"], "--saturation-threshold", tissue["saturation_threshold"],
+        "--median-blur", tissue["median_blur"], "--close-px", tissue["close_px"],
+        "--min-tissue-area-um2", tissue["min_tissue_area_um2"], "--min-hole-area-um2", tissue["min_hole_area_um2"],
+        "--max-holes", tissue["max_holes"],
+    ]  # fmt: skip
+    if not tissue["use_otsu"]:
+        flags.append("--no-otsu")
+    return _quote(flags)
+
+
+def mpp_override_flags(overrides_csv: str, slide_id: str) -> str:
+    """Flags carrying this slide's override only, so editing the CSV reruns just the slides it names."""
+    override = read_mpp_overrides(overrides_csv).get(slide_id)
+    if override is None:
+        return ""
+    return f"--mpp-override {override.mpp}" + (" --mpp-override-force" if override.force else "")

@@ -1,0 +1,35 @@
+"""The results layout: every path a rule reads or writes, relative to `output_dir`, defined once here.
+
+Patterns use Snakemake wildcards ({slide}, {backbone}, {task}, {shots}, {method}, {k}); the rules prefix them with
+the output folder and hand the package explicit file lists, so no stage rebuilds a path from a folder.
+"""
+
+from __future__ import annotations
+
+PATCHES = "patches/{slide}.h5"
+FEATURES_5X = "features/{backbone}/{backbone}_5x/{slide}.h5"
+FEATURES_20X = "features/{backbone}/{backbone}_20x/{slide}.h5"
+HIERARCHICAL = "features/{backbone}/hierarchical_{backbone}_5x_20x/{slide}.h5"
+HIERARCHY_REPORT = "hierarchy/{backbone}/{slide}.json"
+HIERARCHY_SUMMARY = "hierarchy/{backbone}/summary.csv"
+TEXT_EMBEDDINGS = "features/{backbone}/text_{task}.h5"
+SHEET = "cohort/sheet.csv"
+DATASET = "cohort/dataset.csv"
+DROPPED = "cohort/dropped.csv"
+PROMPTS = "cohort/prompts/{task}.json"
+SPLITS_DIR = "splits/{task}_{shots}"
+SPLIT = SPLITS_DIR + "/splits_{k}.csv"
+SPLITS_META = SPLITS_DIR + "/splits_meta.json"
+RUN_DIR = "models/{task}/{backbone}/{shots}shot"
+METHOD_DIR = RUN_DIR + "/{method}"
+CHECKPOINT = METHOD_DIR + "/checkpoints/fold{k}.pt"
+METHOD_SUMMARY = METHOD_DIR + "/summary.csv"
+METHOD_PREDICTIONS = METHOD_DIR + "/predictions.csv"
+RESULTS = RUN_DIR + "/results.csv"
+RUN_COMPARISON = RUN_DIR + "/comparison.md"
+TASK_COMPARISON = "models/{task}/comparison.md"
+TASK_COMPARISON_CSV = "models/{task}/comparison.csv"
+PREDICT_DIR = "predictions/{task}/{backbone}/{shots}shot/{method}"
+PREDICTIONS = PREDICT_DIR + "/predictions.csv"
+STATUS_DIR = "status"
+STATUS_TABLE = "status.csv"
