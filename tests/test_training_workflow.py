@@ -1,0 +1,114 @@
+"""The training stage in the workflow: inputs follow the wildcards, several backbones and tasks in one run, the
+schema and CLI agree with the registries and the training defaults, and the DAG-time code stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, run_snakemake
+
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+TINY = {"name": "tiny", "weights": "random"}
+QUILT = {"name": "quiltnet", "weights": "random"}
+SMALL = {
+    "demo": {"slides_per_class": 4, "size_px": 2048, "include_real": False},
+    "cohort": {"folds": 2, "val_frac": 0.25, "test_frac": 0.25},
+    "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1],
+               "methods": ["hivemil", "abmil_5x", "zeroshot"]}],
+    "train": {"epochs": 2, "patience": 2, "n_ctx": 4},
+}
+
+
+def dry_run_jobs(tmp_path: Path, config: dict, *targets: str) -> str:
+    proc = run_snakemake(tmp_path, config, "-n", "-p", *targets)
+    return proc.stdout + proc.stderr
+
+
+def test_a_second_backbone_schedules_its_own_extraction_and_training_reads_its_features(tmp_path):
+    config = {**SMALL, "features": {"backbones": [TINY, {"name": "plip", "weights": "random"}]}}
+    out = dry_run_jobs(tmp_path, config, "results/models/demo/plip/1shot/results.csv")
+    assert "results/features/plip/plip_5x/demo_glandular_00.h5" in out
+    train_lines = [line for line in out.splitlines() if "python -m pipeline train " in line]
+    assert train_lines, out[-3000:]
+    for line in train_lines:
+        assert "--backbone plip" in line and "features/plip/plip_5x/" in line
+        assert "features/tiny/" not in line
+
+
+def test_a_backbone_or_task_not_in_the_config_matches_no_rule(tmp_path):
+    proc = run_snakemake(tmp_path, {**SMALL, "features": {"backbones": [TINY]}}, "-n",
+                         "results/models/demo/plip/1shot/results.csv", check=False)
+    assert proc.returncode != 0 and "MissingRuleException" in proc.stdout + proc.stderr
+
+
+def test_schema_enums_and_defaults_come_from_the_registries_and_the_training_config():
+    from pipeline.features import list_backbones
+    from pipeline.training.config import defaults
+    from pipeline.training.registry import list_methods, list_task_types
+
+    task = SCHEMA["properties"]["tasks"]["items"]["properties"]
+    assert sorted(task["methods"]["items"]["enum"]) == sorted(list_methods())
+    assert task["type"]["enum"] == list_task_types()
+    backbone = SCHEMA["properties"]["features"]["properties"]["backbones"]["items"]["properties"]["name"]
+    assert sorted(backbone["enum"]) == sorted(list_backbones())
+    train = SCHEMA["properties"]["train"]["properties"]
+    assert {k: v["default"] for k, v in train.items() if k != "threads"} == defaults()
+    config_train = yaml.safe_load((REPO / "config.yaml").read_text())["train"]
+    assert {k: v for k, v in config_train.items() if k != "threads"} == defaults()
+
+
+def test_dag_time_wiring_imports_no_slide_reader_image_library_h5py_or_torch():
+    code = (
+        "import sys\n"
+        "import pipeline.wiring.cohort, pipeline.wiring.flags, pipeline.wiring.layout, pipeline.wiring.gdc\n"
+        "import pipeline.prompt_files, pipeline.training.registry\n"
+        "from pipeline.training.registry import list_methods; list_methods()\n"
+        "heavy = ['openslide', 'cv2', 'h5py', 'tifffile', 'torch', 'PIL', 'skimage', 'matplotlib', 'imagecodecs']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_config_lists_replace_instead_of_merging(tmp_path):
+    """A user's --configfile with its own tasks and backbones drops the demo's (lists replace, dicts merge)."""
+    config = {**SMALL, "tasks": [{"name": "other", "labels": ["glandular", "solid"], "prompts": str(
+        REPO / "pipeline" / "data" / "prompts" / "demo.json")}], "features": {"backbones": [QUILT]}}
+    out = dry_run_jobs(tmp_path, config, "train_all")
+    assert "results/models/other/quiltnet/4shot/results.csv" in out
+    assert "models/demo/" not in out and "features/tiny/" not in out
+
+
+def test_duplicate_task_names_are_refused(tmp_path):
+    task = {"name": "demo", "labels": ["glandular", "solid"]}
+    proc = run_snakemake(tmp_path, {**SMALL, "tasks": [task, task]}, "-n", check=False)
+    assert proc.returncode != 0 and "task 'demo' is listed twice" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_two_backbones_train_every_method_and_write_the_cross_backbone_comparison(tmp_path):
+    config = {**SMALL, "features": {"backbones": [TINY, QUILT], "batch_size": 32}}
+    run_snakemake(tmp_path, config, "train_all", "predict_all")
+    results = tmp_path / "results"
+    for backbone in ("tiny", "quiltnet"):
+        run = results / "models" / "demo" / backbone / "1shot"
+        table = pd.read_csv(run / "results.csv")
+        assert sorted(set(table["method"])) == ["abmil_5x", "hivemil", "zeroshot"]
+        assert set(table["backbone"]) == {backbone} and set(table["shots"]) == {1}
+        for method in ("hivemil", "abmil_5x", "zeroshot"):
+            assert (run / method / "checkpoints" / "fold1.pt").exists()
+            preds = pd.read_csv(results / "predictions" / "demo" / backbone / "1shot" / method / "predictions.csv")
+            assert len(preds) == 8 and preds["n_models"].eq(2).all()
+    comparison = pd.read_csv(results / "models" / "demo" / "comparison.csv")
+    assert len(comparison) == 6 and set(comparison["backbone"]) == {"tiny", "quiltnet"}
+    assert comparison["AUC"].str.contains(" ± ").all()
+    md = (results / "models" / "demo" / "comparison.md").read_text()
+    assert "| hivemil | quiltnet | 1 |" in md and "| zeroshot | tiny | 1 |" in md
+    # zero-shot reads the text embeddings of its backbone: the checkpoint's buffers are those texts
+    heat = results / "predictions" / "demo" / "tiny" / "1shot" / "hivemil" / "heatmaps"
+    assert len(list(heat.glob("*_5x.png"))) == 8
