@@ -24,9 +24,9 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from gdc_server import FakeFile, GdcServer  # noqa: E402
-
 from pipeline.gdc import GdcClient, download_file  # noqa: E402
+
+from gdc_server import FakeFile, GdcServer  # noqa: E402
 
 CHUNK = 1 << 20
 

@@ -34,14 +34,17 @@ from pipeline.demo import render_slide, write_pyramid_tiff
 from pipeline.features import create_backbone
 from pipeline.features.extract import encode_images, extract_features
 from pipeline.features.loader import (
-    GridGeometry, ParentDataset, child_patches, collate_parents, parent_patch, read_parent,
+    GridGeometry,
+    ParentDataset,
+    child_patches,
+    collate_parents,
+    parent_patch,
+    read_parent,
 )
 from pipeline.formats import PatchGrid, read_patches
-from pipeline.patching import PatchParams
-from pipeline.patching import patch_slide
-from pipeline.tissue import segment_slide
+from pipeline.patching import PatchParams, patch_slide
 from pipeline.slide import Slide, open_slide
-from pipeline.tissue import TissueParams
+from pipeline.tissue import TissueParams, segment_slide
 from pipeline.wiring.cohort import BUNDLED_SLIDE
 
 CACHE_BYTES = 32 << 20

@@ -212,7 +212,7 @@ def read_hierarchical(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return data["features"], data["coords"], data.get("mask"), attrs
 
 
-# --- text embeddings: text_embeddings/{backbone}/{task}.h5 -----------------------------------------------
+# --- text embeddings: features/{backbone}/text_{task}.h5 (pipeline.wiring.layout) -----------------------------------------------
 
 
 @dataclass

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from pipeline.errors import SlideError
-from pipeline.formats import CHILDREN_PER_SIDE, PatchGrid
 from pipeline import qc
-from pipeline.formats import PathLike, write_patches
+from pipeline.errors import SlideError
+from pipeline.formats import CHILDREN_PER_SIDE, PatchGrid, PathLike, write_patches
 from pipeline.geometry import Polygon
 from pipeline.slide import MppOverride, open_slide
 from pipeline.tissue import polygons_from_geojson

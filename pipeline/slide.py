@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import openslide
 
-from pipeline.mpp_overrides import MppOverride, read_mpp_overrides  # noqa: F401  (re-exported)
 from pipeline.errors import SlideError
 from pipeline.formats import read_patches
+from pipeline.mpp_overrides import MppOverride, read_mpp_overrides  # noqa: F401  (re-exported)
 
 #: mpp outside this range is not a brightfield whole-slide scan (80x ~ 0.12, 1.25x ~ 8).
 PLAUSIBLE_MPP = (0.05, 4.0)

@@ -6,13 +6,12 @@ Areas are given in um^2 so the same config works at any scan resolution.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
-
-import logging
 
 from pipeline import qc
 from pipeline.formats import PathLike, write_json_atomic

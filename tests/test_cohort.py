@@ -255,7 +255,8 @@ def test_shots_per_class_exact_nested_and_val_test_shared_across_shots(tmp_path)
 
 def test_demo_cohort_works_with_the_default_config_values(tmp_path):
     ds = demo_like(tmp_path)
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())["cohort"]
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = {**config["cohort"], **config["tasks"][0], "task": config["tasks"][0]["name"]}
     make_splits(ds, tmp_path / "s", cfg["task"], cfg["shots"], cfg["folds"], cfg["val_frac"], cfg["test_frac"],
                 cfg["seed"], cfg["labels"])
     label_of = dict(zip(*pd.read_csv(ds, dtype=str)[["slide_id", "label"]].values.T))
@@ -466,7 +467,8 @@ def test_config_cohort_section_matches_its_schema():
     assert set(cfg) == set(schema["properties"])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate({**cfg, "val_frac": 0})
-    load_prompts(resolve_prompt_file(cfg["task"], cfg["prompts"]), cfg["labels"])
+    for task in yaml.safe_load((REPO / "config.yaml").read_text())["tasks"]:
+        load_prompts(resolve_prompt_file(task["name"], task["prompts"]), task["labels"])
 
 
 @pytest.mark.workflow
@@ -482,15 +484,22 @@ def test_cohort_rules_run_in_snakemake(tmp_path):
         f5, fh = _features(tmp_path / "in", s)
     (tmp_path / "Snakefile").write_text(
         "import glob\n"
-        "config.update({'output_dir': 'res', 'cohort': %r})\n"
+        "from pathlib import Path\n"
+        "from pipeline.wiring import cohort as ws\n"
+        "from pipeline.wiring import layout\n"
+        "config.update({'output_dir': 'res', 'cohort': %r, 'tasks': %r})\n"
         "OUT = config['output_dir']\n"
+        "TASKS = ws.tasks(config)\n"
+        "def out(pattern, **values):\n"
+        "    return f'{OUT}/{pattern}' if not values else expand(f'{OUT}/{pattern}', **values, allow_missing=True)\n"
         "def dataset_inputs(wildcards):\n"
         "    return {'sheet': 'sheet.csv', 'patches': sorted(glob.glob('in/patches/*.h5')),\n"
         "            'features_5x': sorted(glob.glob('in/f5/*.h5')), 'hierarchical': sorted(glob.glob('in/fh/*.h5'))}\n"
         "def prompt_file(wildcards):\n"
         "    return %r\n"
         "include: %r\n"
-        % (yaml.safe_load((REPO / "config.yaml").read_text())["cohort"], str(resolve_prompt_file("demo")),
+        % (yaml.safe_load((REPO / "config.yaml").read_text())["cohort"],
+           yaml.safe_load((REPO / "config.yaml").read_text())["tasks"], str(resolve_prompt_file("demo")),
            str(REPO / "workflow" / "rules" / "cohort.smk"))
     )
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -501,4 +510,4 @@ def test_cohort_rules_run_in_snakemake(tmp_path):
     assert len(pd.read_csv(tmp_path / "res/cohort/dataset.csv")) == 16
     assert sorted(p.name for p in (tmp_path / "res/splits/demo_4").iterdir()) == [
         f"splits_{k}.csv" for k in range(5)] + ["splits_meta.json"]
-    assert json.loads((tmp_path / "res/cohort/prompts.json").read_text()).keys() == {"glandular", "solid"}
+    assert json.loads((tmp_path / "res/cohort/prompts/demo.json").read_text()).keys() == {"glandular", "solid"}

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+
+from conftest import REPO
 
 tomllib = pytest.importorskip("tomllib")
 

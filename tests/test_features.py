@@ -25,8 +25,8 @@ from pipeline.features.registry import BackboneCfg
 from pipeline.features.text import embed_prompts
 from pipeline.features.weights import CheckpointError
 from pipeline.formats import PatchGrid, read_features, read_patches, read_text_embeddings, write_patches
-from pipeline.prompt_files import load_prompts
 from pipeline.patching import PatchParams, patch_slide
+from pipeline.prompt_files import load_prompts
 from pipeline.slide import MppOverride, Slide, open_slide
 from pipeline.tissue import TissueParams, segment_slide
 from pipeline.wiring.cohort import BUNDLED_SLIDE
@@ -539,9 +539,10 @@ def test_overrides_replace_cfg_fields_and_none_changes_nothing():
 
 def test_schema_and_cli_choices_follow_the_registry():
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert schema["properties"]["features"]["properties"]["backbone"]["enum"] == list_backbones()
+    backbones = schema["properties"]["features"]["properties"]["backbones"]
+    assert backbones["items"]["properties"]["name"]["enum"] == list_backbones()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert config["features"]["backbone"] in list_backbones()
+    assert {b["name"] for b in config["features"]["backbones"]} <= set(list_backbones())
     from pipeline.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")

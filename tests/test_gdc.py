@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gdc_server import FakeFile, Fault, GdcServer
 from pipeline.cli import main as cli_main
-from pipeline.sheet import load_sheet_schema, normalize_local_sheet, read_local_sheet
 from pipeline.errors import PipelineError
 from pipeline.gdc import (
     GdcClient,
@@ -37,7 +35,10 @@ from pipeline.gdc import (
 )
 from pipeline.gdc.client import parse_retry_after
 from pipeline.gdc.manifest import MANIFEST_COLUMNS
+from pipeline.sheet import load_sheet_schema, normalize_local_sheet, read_local_sheet
 from pipeline.wiring.gdc import client_args, cohort_slide_ids, query_args
+
+from gdc_server import FakeFile, Fault, GdcServer
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)

@@ -24,10 +24,8 @@ from pipeline.hierarchy import (
     parent_size_level0,
     summarise_reports,
 )
-from pipeline.patching import PatchParams
-from pipeline.patching import patch_slide
-from pipeline.tissue import segment_slide
-from pipeline.tissue import TissueParams
+from pipeline.patching import PatchParams, patch_slide
+from pipeline.tissue import TissueParams, segment_slide
 
 DIM = 8
 

@@ -1,5 +1,6 @@
-"""Quality gates of the workflow code: `snakemake --lint` clean, `snakefmt --check` passing (line length from
-pyproject.toml), and `snakemake --report` embedding the QC pictures of a finished run."""
+"""Quality gates: `ruff check` clean on the package, tests and benchmarks (rules in pyproject.toml),
+`snakemake --lint` clean, `snakefmt --check` passing (line length from pyproject.toml), and `snakemake --report`
+embedding the QC pictures of a finished run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, run_snakemake
 
 SMALL_DEMO = {"demo": {"slides_per_class": 1, "size_px": 2048, "include_real": False}}
@@ -19,6 +21,13 @@ def test_lint_is_clean(tmp_path):
     proc = run_snakemake(tmp_path, SMALL_DEMO, "--lint", check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Lints for" not in output, output[-6000:]
+
+
+def test_ruff_check_is_clean():
+    ruff = Path(sys.executable).parent / "ruff"
+    assert ruff.exists(), f"ruff is not installed beside {sys.executable} (test extra)"
+    proc = subprocess.run([str(ruff), "check", "pipeline", "tests", "bench"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, f"run `ruff check --fix pipeline tests bench`:\n{proc.stdout[-6000:]}"
 
 
 def test_snakefmt_check_passes():

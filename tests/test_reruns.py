@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import run_snakemake, snakemake_command, snakemake_env
 from wf_outputs import assert_same_results, mtimes, result_files, rewritten
 

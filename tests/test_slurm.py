@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, run_snakemake
 from wf_outputs import assert_same_results
 

@@ -7,14 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.formats import read_patches
-from pipeline.patching import PatchParams, build_grid, level0_patch_sizes
-from pipeline.patching import patch_slide
-from pipeline.tissue import segment_slide
-from pipeline.qc import read_png
-from pipeline.tissue import Polygon, TissueParams
-
 from pipeline.errors import SlideError
+from pipeline.formats import read_patches
+from pipeline.patching import PatchParams, build_grid, level0_patch_sizes, patch_slide
+from pipeline.qc import read_png
+from pipeline.tissue import Polygon, TissueParams, segment_slide
 
 
 def run_slide(slide, tmp_path, slide_id=None, overrides=None, params=PatchParams()):
@@ -75,6 +72,7 @@ def test_synthetic_40x_geometry(slide_40x, tmp_path):
 def test_kept_20x_patches_are_tissue(slide_40x, tmp_path):
     """Pixels of kept 20x patches are mostly stained; of dropped in-slide cells mostly background."""
     import cv2
+
     from pipeline.slide import open_slide
 
     _, _, paths = run_slide(slide_40x, tmp_path)

@@ -6,9 +6,10 @@ import csv
 
 import pytest
 
-from gdc_server import FakeFile, GdcServer
 from pipeline.demo import make_demo_slide
 from pipeline.formats import read_patches
+
+from gdc_server import FakeFile, GdcServer
 
 pytestmark = pytest.mark.workflow
 

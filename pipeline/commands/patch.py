@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
-from pipeline.patching import PatchParams
-from pipeline.patching import patch_slide
+from pipeline.patching import PatchParams, patch_slide
 
 NAME = "patch"
 HELP = "aligned 5x/20x patch coordinates and QC picture for one slide"

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
-from pipeline.tissue import segment_slide
-from pipeline.tissue import TissueParams
+from pipeline.tissue import TissueParams, segment_slide
 
 NAME = "segment"
 HELP = "tissue mask, GeoJSON contours and QC picture for one slide"

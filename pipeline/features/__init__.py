@@ -1,5 +1,6 @@
 """Patch and text features: backbone registry, one-read-per-parent loader, per-slide extraction, prompts."""
 
+from pipeline.features import backbones  # noqa: F401,E402  (registers every backbone)
 from pipeline.features.registry import (  # noqa: F401
     RANDOM,
     BackboneCfg,
@@ -8,4 +9,3 @@ from pipeline.features.registry import (  # noqa: F401
     list_backbones,
     register_backbone,
 )
-from pipeline.features import backbones  # noqa: F401,E402  (registers every backbone)

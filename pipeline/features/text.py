@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.features.architectures.base import Backbone
 from pipeline.device import resolve_device
+from pipeline.features.architectures.base import Backbone
 from pipeline.features.extract import deterministic
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PathLike, TextEmbeddings, write_text_embeddings

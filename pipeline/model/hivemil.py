@@ -30,7 +30,6 @@ from pipeline.model.options import HIER_MODES, LOGIT_SCALE_MODES
 from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, FINE_PER_COARSE, TEXTS_PER_CLASS
 
 
-
 @dataclass
 class HiveMILConfig:
     """Hyperparameters and the switches for the reference code's departures from the paper (HIVEMIL.md)."""

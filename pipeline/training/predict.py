@@ -141,9 +141,7 @@ def write_heatmaps(
 ) -> None:
     """5x and 20x heatmaps of the predicted class's best text similarity over the slide's overview."""
     from pipeline.qc import write_png
-    from pipeline.slide import open_slide
-
-    from pipeline.slide import recorded_mpp
+    from pipeline.slide import open_slide, recorded_mpp
 
     grid = read_patches(patches_h5)
     with open_slide(slide_path, slide_id, mpp=recorded_mpp(grid.attrs, slide_id, patches_h5)) as slide:

@@ -44,7 +44,7 @@ rule splits:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=f"{OUT}/splits",
+        out_dir=lambda wildcards, output: str(Path(output.meta).parent.parent),
         folds=config["cohort"]["folds"],
         val_frac=config["cohort"]["val_frac"],
         test_frac=config["cohort"]["test_frac"],
