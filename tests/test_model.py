@@ -678,3 +678,31 @@ def test_config_train_section_round_trips_through_the_cli_flags():
     assert args.epochs == section["epochs"] and args.lr == section["lr"]
     assert args.htcl_negatives is False and args.filter_at_eval is True
     assert (args.top_k_5x, args.top_k_20x) == (3, 50) and args.hier_attention == section["hier_attention"]
+
+
+def test_zeroshot_reads_the_text_embeddings_file_and_refuses_other_prompts(tmp_path, backbone):
+    """text_{task}.h5 is what zero-shot scores with: its buffers are the file's rows, and a file of other
+    prompts is refused by name."""
+    from pipeline.features.text import embed_prompts
+    from pipeline.training.checkpoints import load_checkpoint
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.run import train_method
+
+    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=2)
+    text_h5 = tmp_path / "text_synthetic.h5"
+    emb = embed_prompts(root / "prompts.json", text_h5, backbone, device="cpu")
+    kwargs = dict(task=synthetic_task(root), method="zeroshot", backbone_name="tiny", shots=2,
+                  split_files=[root / "splits" / "synthetic_4" / "splits_0.csv"], features=feature_files(root),
+                  config=TrainConfig(device="cpu", top_k_20x=8))
+    train_method(out_dir=tmp_path / "zs", text_embeddings=text_h5, **kwargs)  # no backbone given: none is built
+    ckpt = load_checkpoint(tmp_path / "zs" / "checkpoints" / "fold0.pt")
+    coarse = torch.nn.functional.normalize(torch.from_numpy(emb.embeddings[:, :4].reshape(8, -1)), dim=-1)
+    assert torch.allclose(ckpt["state_dict"]["t5"], coarse, atol=1e-6)
+    other = json.loads((root / "prompts.json").read_text())
+    other["alpha"] = {f"other {k}": v for k, v in other["alpha"].items()}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    embed_prompts(tmp_path / "other.json", tmp_path / "other.h5", backbone, device="cpu")
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="other prompts"):
+        train_method(out_dir=tmp_path / "zs2", text_embeddings=tmp_path / "other.h5", **kwargs)
