@@ -588,7 +588,6 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
         assert np.allclose(frame.set_index("slide_id").loc[trained.index, "prob_beta"], trained["prob_beta"], atol=1e-5)
     table = pd.read_csv(pred_dir / "hivemil" / "top_pairs" / "test-beta-0.csv")
     assert list(table["scale"]) == ["5x"] * 3 + ["20x"] * 3
-    predicted = frame.set_index("slide_id").loc["test-beta-0", "pred"]
     hive = pd.read_csv(pred_dir / "hivemil" / "predictions.csv").set_index("slide_id")
     predicted = hive.loc["test-beta-0", "pred"]
     assert (table["class"] == predicted).all() and table["text"].str.startswith(predicted).all()

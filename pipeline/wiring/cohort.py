@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.demo_cohort import demo_slides
-from pipeline.mpp_overrides import MppOverride, read_mpp_overrides  # noqa: F401  (for the rules)
 
 #: the real slide bundled for the demo (see pipeline/data/slides/SOURCES.md).
 BUNDLED_SLIDE = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1-Small-Region.svs"

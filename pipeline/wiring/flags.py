@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from pipeline.wiring.cohort import read_mpp_overrides
+from pipeline.mpp_overrides import read_mpp_overrides
 
 #: keys of config.yaml's `train:` section that configure the job, not the training (threads of the job).
 JOB_KEYS = ("threads",)
