@@ -1,8 +1,11 @@
 """A deterministic synthetic cohort: small pyramidal JPEG-tiled TIFFs with class-specific tissue morphology.
 
-Two classes with morphology a patch encoder can tell apart: `glandular` (rings of nuclei around pale lumens in
-pink stroma) and `solid` (dense sheets of small dark nuclei). Each slide is a few tissue pieces on a white
-background, written as a tiled pyramid with resolution tags so OpenSlide reports its mpp, like a scanner would.
+Two morphologies a patch encoder can tell apart: `glandular` (rings of nuclei around pale lumens in pink stroma)
+and `solid` (dense sheets of small dark nuclei). Each has two subtypes that share its low-power (5x) architecture
+and differ in 20x detail, for label trees (HMIL): `regular_glands` / `atypical_glands` (enlarged, crowded ring
+nuclei) and `small_cell` / `large_cell` (fewer, larger nuclei on a wider lattice). Each slide is a few tissue pieces
+on a white background, written as a tiled pyramid with resolution tags so OpenSlide reports its mpp, like a
+scanner would.
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ import tifffile
 from pipeline.demo_cohort import DemoSlide, demo_slides  # noqa: F401  (re-exported)
 from pipeline.formats import atomic_path, write_text_atomic
 
-CLASSES = ("glandular", "solid")
+#: demo class -> (morphology, nuclear radius range and nuclear spacing, both in px at 0.5 um/px).
+#: The plain morphologies draw exactly as their first subtype.
+STYLES: dict[str, tuple[str, tuple[float, float], float]] = {
+    "glandular": ("glandular", (4.0, 6.0), 13.0),
+    "solid": ("solid", (2.8, 4.2), 11.0),
+    "regular_glands": ("glandular", (4.0, 6.0), 13.0),
+    "atypical_glands": ("glandular", (6.5, 8.5), 13.0),
+    "small_cell": ("solid", (2.8, 4.2), 11.0),
+    "large_cell": ("solid", (4.4, 5.8), 14.0),
+}
+CLASSES = tuple(STYLES)
 BACKGROUND = (243, 242, 245)
 STROMA = (226, 160, 196)
 NUCLEUS = (92, 52, 130)
@@ -52,7 +65,10 @@ def _draw_nuclei(image: np.ndarray, centres: np.ndarray, radii: np.ndarray, colo
         cv2.circle(image, (int(x), int(y)), int(r), colour, -1, lineType=cv2.LINE_AA)
 
 
-def _glandular(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, scale: float) -> None:
+def _glandular(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, scale: float, radii: tuple[float, float],
+    spacing: float,
+) -> None:
     """Glands: a pale lumen ringed by one layer of evenly spaced nuclei, scattered in stroma."""
     size = image.shape[0]
     ys, xs = np.nonzero(mask[:: 8, :: 8])
@@ -63,25 +79,28 @@ def _glandular(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, sc
         radius = rng.uniform(45, 90) * scale
         cv2.ellipse(image, (int(cx), int(cy)), (int(radius), int(radius * rng.uniform(0.7, 1.0))),
                     float(rng.uniform(0, 180)), 0, 360, LUMEN, -1, lineType=cv2.LINE_AA)
-        n = int(2 * np.pi * radius / (13 * scale))
+        n = int(2 * np.pi * radius / (spacing * scale))
         angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(0, 0.3, n)
         ring = radius * 1.05
         centres = np.stack([cx + ring * np.cos(angles), cy + ring * np.sin(angles)], 1)
-        _draw_nuclei(image, centres, rng.uniform(4, 6, n) * scale, NUCLEUS)
+        _draw_nuclei(image, centres, rng.uniform(*radii, n) * scale, NUCLEUS)
     # sparse stromal nuclei
     n_sparse = int(mask.sum() / (70 * scale) ** 2)
     centres = rng.uniform(0, size, (n_sparse, 2))
     _draw_nuclei(image, centres, rng.uniform(2, 3.5, n_sparse) * scale, (150, 90, 160))
 
 
-def _solid(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, scale: float) -> None:
-    """Solid sheets: small dark nuclei packed on a jittered lattice, no lumens."""
+def _solid(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, scale: float, radii: tuple[float, float],
+    spacing: float,
+) -> None:
+    """Solid sheets: dark nuclei packed on a jittered lattice, no lumens."""
     size = image.shape[0]
-    step = 11 * scale
+    step = spacing * scale
     grid = np.arange(0, size, step)
     gx, gy = np.meshgrid(grid, grid)
     centres = np.stack([gx.ravel(), gy.ravel()], 1) + rng.normal(0, 2.5 * scale, (gx.size, 2))
-    radii = rng.uniform(2.8, 4.2, gx.size) * scale
+    radii = rng.uniform(*radii, gx.size) * scale
     _draw_nuclei(image, centres, radii, (70, 30, 110))
 
 
@@ -94,7 +113,8 @@ def render_slide(label: str, seed: int, size: int, mpp: float) -> np.ndarray:
     mask = _tissue_mask(rng, size)
     tissue = np.empty((size, size, 3), np.uint8)
     tissue[:] = STROMA
-    (_glandular if label == "glandular" else _solid)(rng, tissue, mask, scale)
+    morphology, radii, spacing = STYLES[label]
+    (_glandular if morphology == "glandular" else _solid)(rng, tissue, mask, scale, radii, spacing)
     tissue = cv2.GaussianBlur(tissue, (0, 0), 1.2 * scale)
     image = np.empty_like(tissue)
     image[:] = BACKGROUND

@@ -1,4 +1,4 @@
-"""Slide-level classification metrics (accuracy, macro-F1, AUC, ROC curves) in numpy.
+"""Slide-level classification metrics (accuracy, macro-F1, AUC, ROC curves, label-tree levels) in numpy.
 
 Definitions follow HIVEMIL.md: binary AUC from the positive-class probability; multi-class AUC is the unweighted
 mean of the one-vs-rest AUCs; macro-F1 averages the per-class F1 over the classes present in the labels or the
@@ -6,6 +6,8 @@ predictions (scikit-learn's convention), with 0 for a class that is never predic
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -75,3 +77,35 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, f
     probs = np.asarray(probs, dtype=float)
     y_pred = probs.argmax(axis=1)
     return {"acc": accuracy(y_true, y_pred), "auc": roc_auc(y_true, probs), "f1": macro_f1(y_true, y_pred)}
+
+
+def hierarchical_metrics(
+    fine_true: np.ndarray, fine_probs: np.ndarray, coarse_probs: np.ndarray, coarse_pred: np.ndarray,
+    parent: np.ndarray,
+) -> dict[str, float]:
+    """ACC / AUC / macro-F1 at the fine and the coarse level, and hierarchical consistency.
+
+    `parent[j]` is the coarse class of fine class j; coarse truth is the parent of the fine truth. The coarse AUC
+    ranks `coarse_probs`, the coarse ACC and F1 use `coarse_pred` (a flat method's is the parent of its fine
+    prediction). Consistency is the share of slides whose fine prediction lies under their coarse prediction.
+    """
+    fine_true = np.asarray(fine_true)
+    parent = np.asarray(parent)
+    fine = classification_metrics(fine_true, fine_probs)
+    coarse_true = parent[fine_true]
+    coarse_pred = np.asarray(coarse_pred)
+    fine_pred = np.asarray(fine_probs).argmax(axis=1)
+    return {
+        "acc_coarse": accuracy(coarse_true, coarse_pred),
+        "auc_coarse": roc_auc(coarse_true, np.asarray(coarse_probs, dtype=float)),
+        "f1_coarse": macro_f1(coarse_true, coarse_pred),
+        **fine,
+        "consistency": float(np.mean(parent[fine_pred] == coarse_pred)),
+    }
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """Counts `[C, C]`: rows are true classes, columns predicted ones."""
+    out = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(out, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
+    return out

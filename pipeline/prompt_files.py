@@ -78,13 +78,13 @@ def resolve_prompt_file(task: str, override: str | PathLike = "") -> Path:
     if override:
         path = Path(override)
         if not path.exists():
-            raise PromptError(f"prompt file {path} (cohort.prompts): no such file")
+            raise PromptError(f"prompt file {path} (the task's `prompts`): no such file")
         return path
     shipped = shipped_prompt_files()
     if task not in shipped:
         raise PromptError(
             f"no shipped prompt file for task '{task}' (shipped: {sorted(shipped)}); "
-            "set cohort.prompts to a JSON file in HiVE-MIL's format"
+            "set the task's `prompts:` to a JSON file in HiVE-MIL's format"
         )
     return shipped[task]
 

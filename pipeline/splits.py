@@ -28,6 +28,7 @@ from pipeline import __version__
 from pipeline.dataset import read_dataset
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, write_json_atomic, write_text_atomic
+from pipeline.labels import LabelTree
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +327,17 @@ def _write_meta(
     return path
 
 
+def task_dataset(dataset_csv: PathLike, labels: Sequence[str] | None, other_labels: str,
+                 label_tree: LabelTree | None = None) -> pd.DataFrame:
+    """dataset.csv as one task sees it: with a label tree, fine sheet labels stand for their coarse class (a
+    classification task over organs on a sheet of subtypes), then `task_rows` keeps the task's labels."""
+    dataset = read_dataset(dataset_csv)
+    if label_tree is not None:
+        dataset = dataset.copy()
+        dataset["label"] = [label_tree.coarse_of(lab) if lab in label_tree.fine else lab for lab in dataset["label"]]
+    return task_rows(dataset, labels, other_labels)
+
+
 def make_splits(
     dataset_csv: PathLike,
     out_dir: PathLike,
@@ -337,11 +349,12 @@ def make_splits(
     seed: int = 1,
     labels: Sequence[str] | None = None,
     other_labels: str = "error",
+    label_tree: LabelTree | None = None,
 ) -> list[Path]:
     """Draw k folds and write `{out_dir}/{task}_{shots}/splits_{i}.csv` for every shot count, plus a meta JSON."""
     if k < 1:
         raise SplitError(f"folds must be at least 1, got {k}")
-    dataset = task_rows(read_dataset(dataset_csv), labels, other_labels)
+    dataset = task_dataset(dataset_csv, labels, other_labels, label_tree)
     labels = resolve_labels(dataset, labels)
     shots = sorted(set(int(s) for s in shots))
     check_feasible(dataset, labels, shots, val_frac, test_frac)
@@ -384,9 +397,10 @@ def import_splits(
     labels: Sequence[str] | None = None,
     allow_case_overlap: bool = False,
     other_labels: str = "error",
+    label_tree: LabelTree | None = None,
 ) -> list[Path]:
     """Check existing HiVE-MIL-format split files against the dataset and write them to our layout."""
-    dataset = task_rows(read_dataset(dataset_csv), labels, other_labels)
+    dataset = task_dataset(dataset_csv, labels, other_labels, label_tree)
     labels = resolve_labels(dataset, labels)
     src = Path(src_dir)
     written: list[Path] = []

@@ -254,15 +254,24 @@ def test_shots_per_class_exact_nested_and_val_test_shared_across_shots(tmp_path)
 
 
 def test_demo_cohort_works_with_the_default_config_values(tmp_path):
-    ds = demo_like(tmp_path)
+    """Both demo tasks split the default demo cohort: 5 slides per fine label, the first two of one patient."""
+    from pipeline.labels import parse_tree_args
+    from pipeline.wiring.cohort import split_label_args, tasks
+
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg = {**config["cohort"], **config["tasks"][0], "task": config["tasks"][0]["name"]}
-    make_splits(ds, tmp_path / "s", cfg["task"], cfg["shots"], cfg["folds"], cfg["val_frac"], cfg["test_frac"],
-                cfg["seed"], cfg["labels"])
+    per_class = config["demo"]["slides_per_class"]
+    ds = write_cohort(tmp_path / "dataset.csv", {lab: [2] + [1] * (per_class - 2) for lab in config["demo"]["classes"]})
     label_of = dict(zip(*pd.read_csv(ds, dtype=str)[["slide_id", "label"]].values.T))
-    for split in _read_all(tmp_path / "s", cfg["task"], cfg["shots"][0], cfg["folds"]):
-        for name, want in (("train", 4), ("val", 2), ("test", 2)):
-            assert Counter(label_of[s] for s in split.partitions()[name]) == {"glandular": want, "solid": want}
+    c = config["cohort"]
+    expected = {"demo": (4, 2, 2), "demo_tree": (2, 1, 1)}  # (train, val, test) slides per class of the task
+    for name, task in tasks(config).items():
+        tree = parse_tree_args(split_label_args(task))
+        make_splits(ds, tmp_path / "s", name, task["shots"], c["folds"], c["val_frac"], c["test_frac"], c["seed"],
+                    task["labels"], label_tree=tree)
+        class_of = (lambda s: tree.coarse_of(label_of[s])) if tree else label_of.get
+        for split in _read_all(tmp_path / "s", name, task["shots"][0], c["folds"]):
+            for part, want in zip(("train", "val", "test"), expected[name]):
+                assert Counter(class_of(s) for s in split.partitions()[part]) == dict.fromkeys(task["labels"], want)
 
 
 def test_too_few_slides_for_the_shots_names_the_class_and_counts(tmp_path):
@@ -467,7 +476,9 @@ def test_config_cohort_section_matches_its_schema():
     assert set(cfg) == set(schema["properties"])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate({**cfg, "val_frac": 0})
-    for task in yaml.safe_load((REPO / "config.yaml").read_text())["tasks"]:
+    from pipeline.wiring.cohort import tasks
+
+    for task in tasks(yaml.safe_load((REPO / "config.yaml").read_text())).values():
         load_prompts(resolve_prompt_file(task["name"], task["prompts"]), task["labels"])
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, run_snakemake
 
-SMALL_DEMO = {"demo": {"slides_per_class": 1, "size_px": 2048, "include_real": False}}
+SMALL_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 1, "size_px": 2048, "include_real": False},
+              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
 WORKFLOW_FILES = [REPO / "Snakefile", REPO / "workflow" / "rules"]
 
 

@@ -17,7 +17,7 @@ SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").r
 TINY = {"name": "tiny", "weights": "random"}
 QUILT = {"name": "quiltnet", "weights": "random"}
 SMALL = {
-    "demo": {"slides_per_class": 4, "size_px": 2048, "include_real": False},
+    "demo": {"classes": ["glandular", "solid"], "slides_per_class": 4, "size_px": 2048, "include_real": False},
     "cohort": {"folds": 2, "val_frac": 0.25, "test_frac": 0.25},
     "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1],
                "methods": ["hivemil", "abmil_5x", "zeroshot"]}],

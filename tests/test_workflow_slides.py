@@ -11,7 +11,8 @@ from pipeline.formats import read_patches
 
 pytestmark = pytest.mark.workflow
 
-SMALL_DEMO = {"demo": {"slides_per_class": 2, "size_px": 2048, "include_real": True}}
+SMALL_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 2, "size_px": 2048, "include_real": True},
+              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
 
 
 def read_status(workdir):

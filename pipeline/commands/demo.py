@@ -1,7 +1,8 @@
 """Synthetic demo cohort: one slide, or the label sheet.
 
 Slides are small pyramidal JPEG-tiled TIFFs generated deterministically from the cohort seed and the slide id:
-`glandular` slides show rings of nuclei around pale lumens, `solid` slides dense sheets of small dark nuclei.
+`glandular` slides show rings of nuclei around pale lumens, `solid` slides dense sheets of small dark nuclei, and
+each has two subtypes that differ in 20x detail (see pipeline.demo).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="slide .tiff or sheet .csv to write")
     parser.add_argument("--slide-id", help="slide to generate (slide mode), e.g. demo_solid_03")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--classes", nargs="+", default=list(demo.CLASSES))
+    parser.add_argument("--classes", nargs="+", required=True, choices=demo.CLASSES,
+                        help="the cohort's classes (config.yaml demo.classes), in order")
     parser.add_argument("--slides-per-class", type=int, default=8)
     parser.add_argument("--size", type=int, default=4096, help="level-0 side in px")
     parser.add_argument("--mpp", type=float, default=0.5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.labels import parse_tree_args
 from pipeline.splits import DEFAULT_SHOTS, import_splits, make_splits
 
 NAME = "splits"
@@ -31,17 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of existing split files to check and import (empty: draw new splits)")
     parser.add_argument("--ignore-other-labels", action="store_true",
                         help="leave out slides whose label is not in --labels (they belong to another task)")
+    parser.add_argument("--label-tree", nargs="*", default=[], metavar="COARSE=FINE,FINE",
+                        help="stratify by coarse class: sheet labels are fine labels of this tree (classification "
+                        "over the coarse level)")
     parser.add_argument("--allow-case-overlap", action="store_true",
                         help="import splits even if a case has slides in two partitions (logged)")
 
 
 def run(args: argparse.Namespace) -> int:
     labels = args.labels or None
+    tree = parse_tree_args(args.label_tree)
     other = "ignore" if args.ignore_other_labels else "error"
     if args.import_from:
         import_splits(args.import_from, args.dataset, args.out_dir, args.task, args.shots, args.folds, labels,
-                      args.allow_case_overlap, other_labels=other)
+                      args.allow_case_overlap, other_labels=other, label_tree=tree)
     else:
         make_splits(args.dataset, args.out_dir, args.task, args.shots, args.folds, args.val_frac, args.test_frac,
-                    args.seed, labels, other_labels=other)
+                    args.seed, labels, other_labels=other, label_tree=tree)
     return 0

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features-5x", nargs="+", required=True, help="5x feature files, one per slide")
     parser.add_argument("--hierarchical", nargs="+", required=True, help="hierarchical 5x-20x feature files, one per slide")
     parser.add_argument("--text-embeddings", default="", help="text_{task}.h5 of the same backbone (zero-shot texts)")
+    parser.add_argument("--label-tree", nargs="*", default=[], metavar="COARSE=FINE,FINE",
+                        help="the task's label tree (hierarchical tasks; classification over the coarse level)")
     parser.add_argument("--backbone", required=True, help="backbone name (the one that made the features)")
     parser.add_argument("--weights", default=None,
                         help="backbone weights for methods that read its text tower: a file, a hub id, or 'random'")
@@ -65,13 +67,14 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from pipeline.labels import parse_tree_args
     from pipeline.training.data import pair_feature_files
     from pipeline.training.run import train_method
     from pipeline.training.tasks import load_task
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    task = load_task(args.task_type, args.task, args.dataset, args.prompts)
+    task = load_task(args.task_type, args.task, args.dataset, args.prompts, parse_tree_args(args.label_tree))
     train_method(
         task=task, method=args.method, split_files=args.splits,
         features=pair_feature_files(args.features_5x, args.hierarchical), backbone_name=args.backbone,

@@ -16,6 +16,7 @@ from torch import nn
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, atomic_path
+from pipeline.labels import LabelTree
 from pipeline.training.config import TrainConfig
 from pipeline.training.methods.base import Method
 from pipeline.training.registry import get_method, get_task_type
@@ -42,6 +43,7 @@ def save_checkpoint(
         "backbone": backbone,
         "classes": list(task.classes),
         "texts": list(task.texts),
+        "label_tree": None if task.tree is None else task.tree.as_mapping(),
         "embed_dim": int(embed_dim),
         "logit_scale": None if logit_scale is None else float(logit_scale),
         "config": method.config.to_dict(),
@@ -73,7 +75,10 @@ def load_checkpoint(path: PathLike, backbone: str | None = None, classes: Sequen
 
 def method_of(ckpt: dict[str, Any]) -> Method:
     """The registered method of a checkpoint, bound to the checkpoint's task and config."""
-    task = get_task_type(ckpt["task_type"])(ckpt["task"], list(ckpt["classes"]), {}, list(ckpt["texts"]))
+    tree = ckpt.get("label_tree")
+    task = get_task_type(ckpt["task_type"])(
+        ckpt["task"], list(ckpt["classes"]), {}, list(ckpt["texts"]), LabelTree.from_mapping(tree) if tree else None
+    )
     return get_method(ckpt["method"])(TrainConfig.from_dict(ckpt["config"]), task)
 
 

@@ -42,12 +42,23 @@ class TrainConfig:
     heads: int = _opt(2, "attention heads of the HiVE-MIL graph")
     abmil_hidden: int = _opt(256, "ABMIL hidden size")
     abmil_dropout: float = _opt(0.25, "ABMIL dropout")
+    hmil_epochs: int = _opt(200, "HMIL epochs E (also the length of its alpha and temperature schedules; paper 200)")
+    hmil_patience: int = _opt(200, "HMIL early-stopping patience (default: none within 200 epochs, as the public code)")
+    hmil_batch_size: int = _opt(64, "HMIL slides per step (paper 64; its contrastive loss compares them)")
+    hmil_hidden: int = _opt(256, "HMIL projection and coarse attention size (paper 256)")
+    hmil_fine_attention_hidden: int = _opt(64, "HMIL fine-level attention size (paper 64)")
+    hmil_attention_weight: float = _opt(1.0, "weight of HMIL's attention-matching loss (the code never adds it)")
+    hmil_lr_patience: int = _opt(5, "HMIL plateau epochs before the learning rate drops x0.1 (paper 5)")
     device: str = _opt("auto", "auto (GPU if present), cpu, cuda or cuda:N")
     cache_gb: float = _opt(4.0, "slide features kept in memory (GB)")
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.patience < 1:
-            raise PipelineError(f"train: epochs and patience must be >= 1 (got {self.epochs}, {self.patience})")
+        if min(self.epochs, self.patience, self.hmil_epochs, self.hmil_patience, self.hmil_batch_size) < 1:
+            raise PipelineError(
+                f"train: epochs, patience and batch sizes must be >= 1 (got epochs {self.epochs}, patience "
+                f"{self.patience}, hmil_epochs {self.hmil_epochs}, hmil_patience {self.hmil_patience}, "
+                f"hmil_batch_size {self.hmil_batch_size})"
+            )
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

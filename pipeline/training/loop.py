@@ -1,4 +1,5 @@
-"""The shared fit / evaluate loop: one slide per step, Adam, early stopping on the task's stopping error.
+"""The shared fit / evaluate loop: Adam, one slide (or the method's batch) per step, early stopping on the task's
+stopping error.
 
 It knows a method only through `Method.logits` / `Method.eval_cache` and a task only through its loss, outputs and
 stopping error, so every registered method on every task type trains the same way.
@@ -106,31 +107,37 @@ def fit(
     device: torch.device,
     name: str = "",
 ) -> FitResult:
-    """Train one slide per step; restore the weights of the best validation epoch before returning."""
+    """Train in steps of the method's batch (one slide for most); restore the best validation epoch's weights.
+
+    The method sets the epochs, patience, batch and any learning-rate schedule (HMIL: 64 slides, plateau decay).
+    """
     if not is_trainable(model):
         return FitResult([], -1)
-    task = method.task
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    stopper = EarlyStopping(cfg.patience)
+    scheduler = method.lr_scheduler(optimizer)
+    epochs, batch_size = method.max_epochs(), method.train_batch_size()
+    stopper = EarlyStopping(method.patience())
     order_gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         model.train()
         total = 0.0
-        for idx in torch.randperm(len(train), generator=order_gen).tolist():
-            bag, target = train[idx]
+        order = torch.randperm(len(train), generator=order_gen).tolist()
+        for start in range(0, len(order), batch_size):
+            batch = [train[i] for i in order[start : start + batch_size]]
             optimizer.zero_grad(set_to_none=True)
-            logits, aux = method.logits(model, bag, device)
-            loss = task.loss(logits, target) + aux
+            loss = method.training_loss(model, batch, device, epoch, epochs)
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total += loss.item() * len(batch)
         row = {"epoch": epoch, "train_loss": total / max(len(train), 1)}
         if val:
             ev = evaluate(method, model, [b for b, _ in val], [y for _, y in val], device)
             row.update(val_loss=ev.loss, val_error=ev.error)
             stop = stopper.step(epoch, ev.error, ev.loss, model)
+            if scheduler is not None:
+                scheduler.step(ev.loss)
         else:  # no validation slides: keep the last epoch
             row.update(val_loss=float("nan"), val_error=float("nan"))
             stop = stopper.step(epoch, -epoch, 0.0, model)

@@ -203,9 +203,9 @@ def predict_slides(
                 [m.task.outputs(m.logits(model, bag, dev, cache)[0]) for m, model, cache in zip(methods, models, caches)],
                 axis=0,
             )
-        cls = int(probs.argmax())
-        rows.append({"slide_id": sid, "pred": classes[cls], **{f"prob_{c}": float(p) for c, p in zip(classes, probs)},
-                     "n_models": len(models), "method": first["method"]})
+        row = methods[0].task.prediction_frame([sid], None, probs[None]).iloc[0].to_dict()
+        cls = classes.index(row["pred"])
+        rows.append({**row, "n_models": len(models), "method": first["method"]})
         if all(isinstance(m, HiveMIL) for m in models):
             scores = patch_text_scores(models, caches, bag, dev)
             table = top_pairs(scores, bag, texts, classes, cls, top_n)
@@ -213,7 +213,7 @@ def predict_slides(
             if slide_files and sid in slide_files:
                 files = slide_files[sid]
                 write_heatmaps(files.slide, files.patches, sid, bag, scores, cls, out)
-        log.info("%s: %s (%s)", sid, classes[cls], ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, probs)))
+        log.info("%s: %s (%s)", sid, row["pred"], ", ".join(f"{c} {row[f'prob_{c}']:.3f}" for c in classes))
     frame = pd.DataFrame(rows)
     write_text_atomic(out / "predictions.csv", frame.to_csv(index=False, float_format="%.6g"))
     return frame

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
@@ -87,6 +88,30 @@ def plot_roc(predictions: pd.DataFrame, classes: list[str], title: str, path: Pa
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
+    _save_figure(fig, path)
+
+
+def plot_confusion(true: Sequence[str], pred: Sequence[str], classes: list[str], title: str, path: Path) -> None:
+    """Confusion matrix of the pooled test slides: counts, rows true class, columns predicted, row-shaded."""
+    from pipeline.metrics import confusion_matrix
+
+    plt = _pyplot()
+    index = {c: i for i, c in enumerate(classes)}
+    counts = confusion_matrix([index[t] for t in true], [index[p] for p in pred], len(classes))
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    side = 1.2 + 0.55 * len(classes)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    ax.set_title(title, fontsize=9)
     _save_figure(fig, path)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.demo_cohort import demo_slides
+from pipeline.labels import LabelTree
 
 #: the real slide bundled for the demo (see pipeline/data/slides/SOURCES.md).
 BUNDLED_SLIDE = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -108,16 +109,70 @@ def _by_name(items: list[dict[str, Any]], what: str, defaults: dict[str, Any]) -
     return out
 
 
+#: the methods a task trains when its `methods:` is not given, per task type (a test checks they support it).
+DEFAULT_METHODS = {
+    "classification": ["hivemil", "abmil_5x", "abmil_20x", "zeroshot"],
+    "hierarchical": ["hmil", "hivemil", "abmil_5x", "abmil_20x", "zeroshot"],
+}
+
+
+def _with_tree(task: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what a task's label tree implies (see pipeline.labels).
+
+    `labels` becomes the classes the task predicts: the fine labels of a `hierarchical` task, the coarse classes of
+    a `classification` task with a tree. `sheet_labels` are the labels its slides carry in the cohort sheet, and
+    `tree_args` the tree in the commands' `--label-tree` form (empty without a tree).
+    """
+    where = f"config: task '{task['name']}'"
+    tree_map = task.get("tree") or {}
+    if task["type"] == "hierarchical" and not tree_map:
+        raise ValueError(f"{where} is hierarchical and needs a `tree: {{coarse: [fine, ...]}}`")
+    if not tree_map:
+        if not task.get("labels"):
+            raise ValueError(f"{where} needs `labels` (or a `tree`)")
+        return {**task, "sheet_labels": list(task["labels"]), "tree_args": []}
+    tree = LabelTree.from_mapping(tree_map, where)
+    classes = list(tree.fine if task["type"] == "hierarchical" else tree.coarse)
+    if task.get("labels") and list(task["labels"]) != classes:
+        raise ValueError(
+            f"{where}: `labels` {task['labels']} disagree with its tree, whose {task['type']} classes are {classes}; "
+            "leave `labels` out (the tree gives them)"
+        )
+    return {**task, "labels": classes, "sheet_labels": list(tree.fine), "tree_args": tree.to_args()}
+
+
 def tasks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The training tasks of the cohort (config.yaml `tasks:`) by name, schema defaults filled in."""
-    return _by_name(config["tasks"], "task", _item_defaults("tasks"))
+    """The training tasks of the cohort (config.yaml `tasks:`) by name, schema defaults and label trees filled in."""
+    found = _by_name(config["tasks"], "task", _item_defaults("tasks"))
+    out = {name: _with_tree({"methods": DEFAULT_METHODS[task["type"]], **task}) for name, task in found.items()}
+    for task in out.values():
+        _check_methods(task)
+    return out
+
+
+def _check_methods(task: dict[str, Any]) -> None:
+    """Refuse, before any job runs, a method listed for a task type it does not support."""
+    from pipeline.training.registry import get_method
+
+    wrong = [m for m in task["methods"] if task["type"] not in get_method(m).task_types]
+    if wrong:
+        raise ValueError(
+            f"config: task '{task['name']}' is {task['type']}, which method(s) {wrong} do not support "
+            f"(`python -m pipeline methods` lists each method's task types)"
+        )
+
+
+def split_label_args(task: dict[str, Any]) -> list[str]:
+    """`--label-tree` items for the splits command: a classification task with a tree stratifies by coarse class
+    (the sheet's fine labels mapped up); a hierarchical one stratifies by its fine labels as they are."""
+    return task["tree_args"] if task["type"] == "classification" else []
 
 
 def dataset_labels(config: dict[str, Any]) -> list[str]:
-    """Labels that dataset.csv keeps: every label of some task, in first-seen order (other slides are dropped)."""
+    """Labels that dataset.csv keeps: every sheet label of some task, in first-seen order (other slides are dropped)."""
     seen: dict[str, None] = {}
     for task in tasks(config).values():
-        seen.update(dict.fromkeys(task["labels"]))
+        seen.update(dict.fromkeys(task["sheet_labels"]))
     return list(seen)
 
 

@@ -50,13 +50,14 @@ rule splits:
         test_frac=config["cohort"]["test_frac"],
         seed=config["cohort"]["seed"],
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
+        tree=lambda wildcards: ws.split_label_args(TASKS[wildcards.task]),
         import_from=config["cohort"]["import_splits"],
         overlap="--allow-case-overlap" if config["cohort"]["allow_case_overlap"] else "",
     shell:
         "python -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
         "--task {wildcards.task} --shots {wildcards.shots} --folds {params.folds} --val-frac {params.val_frac} "
         "--test-frac {params.test_frac} --seed {params.seed} --labels {params.labels:q} "
-        "--ignore-other-labels --import-from {params.import_from:q} {params.overlap} > {log} 2>&1"
+        "--label-tree {params.tree:q} --ignore-other-labels --import-from {params.import_from:q} {params.overlap} > {log} 2>&1"
 
 
 rule check_prompts:

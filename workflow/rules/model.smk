@@ -23,13 +23,14 @@ rule train:
         runtime=240,
     params:
         task_type=lambda wildcards: TASKS[wildcards.task]["type"],
+        tree=lambda wildcards: TASKS[wildcards.task]["tree_args"],
         out_dir=lambda wildcards, output: str(Path(output.summary).parent),
         weights=backbone_param("weights"),
         tokenizer=backbone_param("tokenizer"),
         flags=flags.train_flags(config["train"]),
     shell:
         "python -m pipeline train --task {wildcards.task} --task-type {params.task_type} --method {wildcards.method} "
-        "--dataset {input.dataset:q} --prompts {input.prompts:q} --splits {input.splits:q} "
+        "--label-tree {params.tree:q} --dataset {input.dataset:q} --prompts {input.prompts:q} --splits {input.splits:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --text-embeddings {input.text:q} "
         "--backbone {wildcards.backbone} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
         "--shots {wildcards.shots} --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log} 2>&1"

@@ -88,6 +88,35 @@ class Method:
         out = model(x5, x20, mask)
         return out.logits, out.logits.new_zeros(())
 
+    def training_loss(
+        self, model: "nn.Module", batch: "list[tuple[SlideBag, Any]]", device: "torch.device", epoch: int, epochs: int
+    ) -> "Tensor":
+        """The loss of one step: the task's loss plus the method's auxiliary loss, averaged over the batch's slides.
+
+        Methods whose losses couple slides of a batch or follow the epoch (HMIL) override it.
+        """
+        total = None
+        for bag, target in batch:
+            logits, aux = self.logits(model, bag, device)
+            loss = self.task.loss(logits, target) + aux
+            total = loss if total is None else total + loss
+        assert total is not None
+        return total / len(batch) if len(batch) > 1 else total
+
+    def train_batch_size(self) -> int:
+        """Slides per optimiser step."""
+        return 1
+
+    def max_epochs(self) -> int:
+        return self.config.epochs
+
+    def patience(self) -> int:
+        return self.config.patience
+
+    def lr_scheduler(self, optimizer: "torch.optim.Optimizer") -> Any:
+        """A scheduler stepped with the validation loss after every epoch, or None."""
+        return None
+
     def eval_cache(self, model: "nn.Module") -> Any:
         """Computed once per evaluation pass and handed to every `logits` call (e.g. encoded texts)."""
         return None

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pipeline.training.data import SlideBag
 
 
-@register_method("hivemil", task_types=("classification",), inputs=("5x", "20x", "text_tower"),
+@register_method("hivemil", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_tower"),
                  summary="HiVE-MIL: hierarchical 5x/20x + text graph with prompt learning (few-shot)")
 class HiveMILMethod(Method):
     def hivemil_config(self) -> Any:

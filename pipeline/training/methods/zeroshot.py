@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-@register_method("zeroshot", task_types=("classification",), inputs=("5x", "20x", "text_embeddings"),
+@register_method("zeroshot", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_embeddings"),
                  summary="top-k patch-text similarity with the frozen prompt embeddings, no training")
 class ZeroShot(Method):
     def build(self, resources: Resources) -> "nn.Module":

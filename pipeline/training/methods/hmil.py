@@ -1,0 +1,97 @@
+"""HMIL on a label tree (pipeline.model.hmil): both levels from the 20x instances, trained in batches of slides.
+
+Instances are a slide's valid 20x patches (the fine task needs their detail; a slide without any falls back to
+its 5x patches). One step takes `hmil_batch_size` slides because the supervised contrastive loss compares them;
+the loss is alpha L_coarse + L_fine + L_align + (1 - alpha) L_supcon + w L_attention, alpha = 1 - (e/E)^2, and the
+learning rate drops x0.1 after `hmil_lr_patience` epochs without a lower validation loss (the paper's schedule).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipeline.training.methods.base import Method, Resources
+from pipeline.training.registry import register_method
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from pipeline.training.data import SlideBag
+    from pipeline.training.tasks import Hierarchical
+
+
+def instances(bag: "SlideBag", device: "torch.device") -> "Tensor":
+    """The slide's valid 20x children `[M, D]` (its 5x patches if it has none)."""
+    x5, x20, mask = bag.on(device)
+    children = x20[mask]
+    return children if len(children) else x5
+
+
+@register_method("hmil", task_types=("hierarchical",), inputs=("20x",),
+                 summary="HMIL: class-wise attention at coarse and fine level of a label tree, coupled by 4 losses")
+class HMILMethod(Method):
+    task: "Hierarchical"
+
+    def build(self, resources: Resources) -> "nn.Module":
+        from pipeline.model.hmil import HMIL
+
+        cfg = self.config
+        model = HMIL(resources.embed_dim, self.task.n_coarse, len(self.task.classes), hidden=cfg.hmil_hidden,
+                     fine_attention_hidden=cfg.hmil_fine_attention_hidden)
+        return model.to(resources.device)
+
+    def logits(self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None) -> tuple["Tensor", "Tensor"]:
+        """Coarse and fine logits `[C_c + C_f]` (the hierarchical task splits them)."""
+        import torch
+
+        out = model(instances(bag, device))
+        return torch.cat([out.coarse_logits, out.fine_logits]), out.fine_logits.new_zeros(())
+
+    def training_loss(
+        self, model: "nn.Module", batch: "list[tuple[SlideBag, Any]]", device: "torch.device", epoch: int, epochs: int
+    ) -> "Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        from pipeline.model.hmil import (
+            attention_matching_loss,
+            bag_alignment_loss,
+            curriculum_alpha,
+            supcon_temperature,
+            supervised_contrastive_loss,
+        )
+
+        parent = self.task.label_tree.parent
+        outs = [model(instances(bag, device)) for bag, _ in batch]
+        fine_t = torch.tensor([t for _, t in batch], device=device)
+        coarse_t = torch.tensor([parent[t] for _, t in batch], device=device)
+        coarse_logits = torch.stack([o.coarse_logits for o in outs])
+        fine_logits = torch.stack([o.fine_logits for o in outs])
+        alpha = curriculum_alpha(epoch, epochs)
+        loss = (
+            alpha * F.cross_entropy(coarse_logits, coarse_t)
+            + F.cross_entropy(fine_logits, fine_t)
+            + bag_alignment_loss(fine_logits, coarse_t, parent, self.task.n_coarse)
+            + (1.0 - alpha) * supervised_contrastive_loss(
+                torch.stack([o.fine_bags for o in outs]), fine_t, supcon_temperature(epoch, epochs)
+            )
+        )
+        if self.config.hmil_attention_weight:
+            matching = torch.stack([attention_matching_loss(o.coarse_attention, o.fine_attention, parent) for o in outs])
+            loss = loss + self.config.hmil_attention_weight * matching.mean()
+        return loss
+
+    def train_batch_size(self) -> int:
+        return self.config.hmil_batch_size
+
+    def max_epochs(self) -> int:
+        return self.config.hmil_epochs
+
+    def patience(self) -> int:
+        return self.config.hmil_patience
+
+    def lr_scheduler(self, optimizer: "torch.optim.Optimizer") -> Any:
+        import torch
+
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=self.config.hmil_lr_patience)
