@@ -18,9 +18,28 @@ from pipeline.formats import PathLike, write_json_atomic, write_text_atomic
 FIELDS = ["slide", "stage", "status", "reason", "time"]
 
 
+def name_problem(value: str) -> str:
+    """Why `value` cannot be a slide id or stage name (a file name inside an output folder); '' if it can."""
+    if not value or not value.strip():
+        return "it is empty"
+    if "/" in value or "\\" in value:
+        return "it contains a path separator"
+    if ".." in value:
+        return "it contains '..'"
+    if value.startswith("."):
+        return "it starts with '.'"
+    if "\0" in value:
+        return "it contains a NUL character"
+    return ""
+
+
 def record(status_dir: PathLike | None, stage: str, slide: str, ok: bool, reason: str = "") -> None:
+    """Write status_dir/stage/slide.json (ok or failed with the reason); nothing when status_dir is empty."""
     if not status_dir:
         return
+    for what, value in (("slide id", slide), ("stage", stage)):
+        if problem := name_problem(value):
+            raise ValueError(f"refusing a status record for {what} {value!r}: {problem}")
     write_json_atomic(
         Path(status_dir) / stage / f"{slide}.json",
         {"slide": slide, "stage": stage, "status": "ok" if ok else "failed", "reason": reason,
