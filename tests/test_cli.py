@@ -112,3 +112,54 @@ def test_every_error_is_printed_once(tmp_path):
     message = f"file {missing} does not exist"
     assert (proc.stdout + proc.stderr).count(message) == 1, proc.stderr
     assert "slide 's1'" in proc.stderr
+
+
+# --- extract checks the patch file against the slide it claims ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cmu_patch_file(tmp_path_factory, cmu1):
+    """patches/CMU-1-Small-Region.h5 as the segment and patch commands write it."""
+    d = tmp_path_factory.mktemp("cmu")
+    assert main(["segment", "--slide", str(cmu1), "--mask", str(d / "m.png"), "--geojson", str(d / "g.geojson"),
+                 "--stats", str(d / "s.json"), "--qc", str(d / "q.png")]) == 0  # fmt: skip
+    assert main(["patch", "--slide", str(cmu1), "--geojson", str(d / "g.geojson"), "--tissue-stats",
+                 str(d / "s.json"), "--out", str(d / "CMU-1-Small-Region.h5"), "--qc", str(d / "qp.png")]) == 0  # fmt: skip
+    return d / "CMU-1-Small-Region.h5"
+
+
+def test_patching_records_the_slide_it_was_made_from(cmu_patch_file, cmu1):
+    from pipeline.formats import read_patches
+    from pipeline.slide import open_slide
+
+    attrs = read_patches(cmu_patch_file).attrs
+    with open_slide(cmu1) as slide:
+        assert (attrs["level0_width"], attrs["level0_height"]) == tuple(slide.dimensions)
+    assert attrs["slide_id"] == "CMU-1-Small-Region"
+
+
+def test_extract_refuses_another_slides_patch_file_naming_both(tmp_path, cmu_patch_file, fixtures, capsys):
+    other = fixtures / "small.svs"
+    args = ["extract", "--slide", str(other), "--slide-id", "small", "--patches", str(cmu_patch_file),
+            "--backbone", "tiny", "--weights", "random", "--device", "cpu", "--no-progress",
+            "--out-5x", str(tmp_path / "f5.h5"), "--out-20x", str(tmp_path / "f20.h5"),
+            "--status-dir", str(tmp_path / "status")]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "slide 'small'" in err and "made for slide 'CMU-1-Small-Region'" in err and "2220x2967" in err, err
+    rec = json.loads((tmp_path / "status" / "extract" / "small.json").read_text())
+    assert rec["status"] == "failed" and "belongs to another slide" in rec["reason"]
+    assert not (tmp_path / "f5.h5").exists()
+
+
+def test_old_patch_files_without_a_recorded_size_are_accepted_with_a_warning(cmu_patch_file, cmu1, caplog):
+    from pipeline.errors import SlideError
+    from pipeline.formats import read_patches
+    from pipeline.slide import check_patches_match, open_slide
+
+    attrs = {k: v for k, v in read_patches(cmu_patch_file).attrs.items() if k not in ("level0_width", "level0_height")}
+    with open_slide(cmu1) as slide:
+        check_patches_match(slide, attrs, cmu_patch_file)
+        assert "records no level-0 size" in caplog.text
+        with pytest.raises(SlideError, match="made for slide 'other'"):
+            check_patches_match(slide, {**attrs, "slide_id": "other"}, cmu_patch_file)
