@@ -17,6 +17,10 @@ SLIDES = sorted(COHORT)
 TASKS = ws.tasks(config)
 BACKBONES = ws.backbones(config)
 
+# The interpreter of every job's `-m pipeline`: the one Snakemake runs in (so an unactivated venv's snakemake works),
+# or the conda env's `python` under --sdm conda. Its one home is flags.python_command.
+PY = flags.python_command(workflow.deployment_settings.deployment_method)
+
 # Every job imports `pipeline` from this checkout: the conda envs (envs/*.yaml, --sdm conda) hold only the
 # dependencies, and Snakemake strips PYTHONPATH from the environment of conda jobs, so the command sets it.
 shell.prefix(f"export PYTHONPATH={shlex.quote(REPO)}:$PYTHONPATH; set -euo pipefail; ")
@@ -173,4 +177,4 @@ def final_outputs():
 def status_table_command():
     status_dir = shlex.quote(f"{OUT}/{layout.STATUS_DIR}")
     status_csv = shlex.quote(f"{OUT}/{layout.STATUS_TABLE}")
-    return f"python -m pipeline status --status-dir {status_dir} --out {status_csv} || true"
+    return f"{PY} -m pipeline status --status-dir {status_dir} --out {status_csv} || true"
