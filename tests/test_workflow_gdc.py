@@ -28,6 +28,9 @@ def test_gdc_query_download_segment_patch(tmp_path, snakemake):
         }
         snakemake(tmp_path, config, "patch_all")
         assert len(server.data_requests()) == 3
+        # the default target (train_all, predict_all) builds its DAG once the query has run
+        dry = snakemake(tmp_path, config, "-n")
+        assert "predict" in dry.stdout and "train" in dry.stdout
     with open(tmp_path / "results" / "cohort" / "sheet.csv") as f:
         sheet = {r["slide_id"]: r for r in csv.DictReader(f)}
     assert {r["label"] for r in sheet.values()} == {"LUAD", "LUSC"}
