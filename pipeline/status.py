@@ -57,6 +57,25 @@ def collect(status_dir: PathLike) -> list[dict[str, str]]:
     return sorted(rows, key=lambda r: (r["slide"], r["stage"]))
 
 
+#: the start of the reason of an ok patch record whose file is valid but empty (the slide has no usable tissue).
+NO_TISSUE = "no tissue"
+
+
+def left_out(status_dir: PathLike) -> dict[str, str]:
+    """slide -> why cohort stages must leave it out, from its records: each failed stage ("<stage> failed:
+    <reason>", several joined by '; '), or an ok patch record saying the slide has no tissue."""
+    if not Path(status_dir).is_dir():
+        return {}
+    out: dict[str, list[str]] = {}
+    for row in collect(status_dir):
+        reason = row.get("reason") or ""
+        if row.get("status") != "ok":
+            out.setdefault(row["slide"], []).append(f"{row['stage']} failed: {reason or 'no reason recorded'}")
+        elif reason.startswith(NO_TISSUE):
+            out.setdefault(row["slide"], []).append(reason)
+    return {slide: "; ".join(reasons) for slide, reasons in out.items()}
+
+
 def write_table(status_dir: PathLike, dest: PathLike) -> list[dict[str, str]]:
     rows = collect(status_dir)
     buf = io.StringIO()

@@ -61,25 +61,39 @@ def test_python_command_under_conda_is_the_envs_python():
 
 
 def test_slide_file_with_spaces_and_non_ascii_characters(tmp_path, fixtures, cmu1):
-    """A work folder, slides folder and slide file with spaces and accents go through segment, patch and extract,
-    with the venv not activated (the jobs must use Snakemake's interpreter)."""
+    """A work folder, output folder, slides folder and slide files with spaces and accents go through segment, patch,
+    extract, hierarchy and dataset, with the venv not activated (the jobs must use Snakemake's interpreter). A slide
+    without tissue and an unreadable one are left out of dataset.csv, each with its real reason in dropped.csv."""
     workdir = tmp_path / "work dir é"
     slides = workdir / "my slides"
     slides.mkdir(parents=True)
     shutil.copy(cmu1, slides / "my slide é.svs")
     shutil.copy(fixtures / "small.svs", slides / "blank scan ü.svs")  # 16x16 px: no tissue
+    shutil.copy(fixtures / "unreadable.svs", slides / "broken.svs")
     (workdir / "sheet.csv").write_text(
-        "slide_id,case_id,label,file\nspaced,c1,solid,my slide é.svs\nblank,c2,glandular,blank scan ü.svs\n",
+        "slide_id,case_id,label,file\nspaced,c1,solid,my slide é.svs\nblank,c2,glandular,blank scan ü.svs\n"
+        "broken,c3,glandular,broken.svs\n",
         encoding="utf-8",
     )
     config = {"source": "local", "local": {"slides_dir": "my slides", "sheet": "sheet.csv"}, "output_dir": "my results"}
-    run(workdir, config, "extract_all")
+    first = run(workdir, config, "extract_all", "my results/cohort/dataset.csv", "--keep-going", check=False)
+    assert first.returncode != 0  # the unreadable slide fails
     results = workdir / "my results"
     assert len(read_patches(results / "patches" / "spaced.h5").coords_20x) > 0
     features, coords, attrs = read_features(results / "features" / "tiny" / "tiny_5x" / "spaced.h5")
     assert len(features) == len(coords) > 0 and attrs["slide_id"] == "spaced"
     assert read_patches(results / "patches" / "blank.h5").attrs["empty_reason"]
     status = read_status(workdir, "my results")
-    assert {status[(slide, s)]["status"] for slide in ("spaced", "blank") for s in ("segment", "patch", "extract")} == {
-        "ok"
-    }
+    assert {status[("spaced", s)]["status"] for s in ("segment", "patch", "extract")} == {"ok"}
+    assert status[("blank", "patch")]["status"] == "ok" and "no tissue" in status[("blank", "patch")]["reason"]
+    assert status[("broken", "segment")]["status"] == "failed"
+
+    # the second --keep-going run builds the dataset without the broken slide; each left-out slide has its reason
+    run(workdir, config, "my results/cohort/dataset.csv", "--keep-going", check=False)
+    with open(results / "cohort" / "dataset.csv") as f:
+        assert [r["slide_id"] for r in csv.DictReader(f)] == ["spaced"]
+    with open(results / "cohort" / "dropped.csv") as f:
+        dropped = {r["slide_id"]: r["reason"] for r in csv.DictReader(f)}
+    assert set(dropped) == {"blank", "broken"}
+    assert dropped["blank"].startswith("no tissue") and "segmentation" in dropped["blank"], dropped
+    assert dropped["broken"].startswith("segment failed:") and "cannot decode pixels" in dropped["broken"], dropped

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline import status
 from pipeline.commands._common import (
     StatusTarget,
     add_slide_arguments,
@@ -48,5 +49,7 @@ def run(args: argparse.Namespace) -> int:
         tissue = json.loads(Path(args.tissue_stats).read_text()).get("params", {}) if args.tissue_stats else {}
         return patch_slide(args.slide, slide_id(args), args.geojson, args.out, args.qc, params, overrides(args), tissue)
 
-    run_recorded("patch", args, work)
+    attrs = run_recorded("patch", args, work)
+    if attrs.get("empty_reason"):  # ok (a valid empty file), but status.csv says why the slide will be left out
+        status.record(args.status_dir, "patch", slide_id(args), True, f"{status.NO_TISSUE}: {attrs['empty_reason']}")
     return 0

@@ -77,7 +77,7 @@ def sheet_command(config: dict[str, Any], out: str, python: str = "python") -> s
     if config["source"] == "gdc":
         return (
             f"{python} -m pipeline local-sheet --sheet {shlex.quote(out + '/gdc/cohort.csv')} "
-            f"--slides-dir {shlex.quote(config['gdc']['slides_dir'])}"
+            f"--slides-dir {shlex.quote(config['gdc']['slides_dir'])} --allow-missing-files"
         )
     d = config["demo"]
     extra = f" --extra {BUNDLED_SLIDE.stem}={shlex.quote(str(BUNDLED_SLIDE))}" if d.get("include_real", True) else ""

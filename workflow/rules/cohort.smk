@@ -21,9 +21,12 @@ rule dataset:
         runtime=10,
     params:
         labels=ws.dataset_labels(config),
+        status=f"{OUT}/status",
+        min_patches=config["cohort"]["min_patches"],
     shell:
         "{PY} -m pipeline dataset --sheet {input.sheet:q} --patches {input.patches:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --labels {params.labels:q} "
+        "--status-dir {params.status:q} --min-patches {params.min_patches} "
         "--out {output.dataset:q} --dropped {output.dropped:q} > {log:q} 2>&1"
 
 

@@ -4,6 +4,7 @@
 import shlex
 from pathlib import Path
 
+from pipeline import status
 from pipeline.prompt_files import resolve_prompt_file
 from pipeline.wiring import cohort as ws
 from pipeline.wiring import flags
@@ -46,9 +47,10 @@ def cohort_ids(wildcards=None):
 
 
 def usable_ids():
-    """The cohort less the slides that failed a stage in an earlier run (see ws.failed_slides)."""
-    failed = ws.failed_slides(f"{OUT}/{layout.STATUS_DIR}")
-    return [s for s in cohort_ids() if s not in failed]
+    """The cohort less the slides that failed a stage in an earlier run (see ws.failed_slides) or were found to have
+    no tissue (pipeline.status.left_out); dataset.csv lists each one in dropped.csv with its reason."""
+    left = ws.failed_slides(f"{OUT}/{layout.STATUS_DIR}") | set(status.left_out(f"{OUT}/{layout.STATUS_DIR}"))
+    return [s for s in cohort_ids() if s not in left]
 
 
 def slide_file(slide):
@@ -76,10 +78,10 @@ def per_slide(pattern, **fixed):
 
 
 def sheet_inputs(wildcards):
+    """GDC: the query's sheet only; slides arrive by their own download jobs (a failed one is recorded and its
+    slide left out of the dataset with the reason, so the sheet never waits for a download that cannot succeed)."""
     if config["source"] == "gdc":
-        return [checkpoints.gdc_query.get().output.cohort] + expand(
-            f"{config['gdc']['slides_dir']}/{{slide}}.svs", slide=cohort_ids()
-        )
+        return [checkpoints.gdc_query.get().output.cohort]
     return ws.sheet_inputs(config)
 
 
