@@ -42,12 +42,17 @@ def read_status(workdir: Path, results: str = "results") -> dict[tuple[str, str]
 
 
 def test_jobs_run_with_the_interpreter_snakemake_runs_in(tmp_path):
+    """Every job calls the package through $HIVE_PYTHON, which the shell prefix sets to Snakemake's interpreter."""
     proc = run(tmp_path, {"demo": {"slides_per_class": 2, "size_px": 2048}}, "-n", "-p")
     commands = [line.strip() for line in proc.stdout.splitlines() if " -m pipeline " in line]
     assert len(commands) > 10
-    python = shlex.quote(sys.executable)
-    wrong = [c for c in commands if not (c.startswith(python + " -m pipeline") or f" {python} -m pipeline" in c)]
+    wrong = [c for c in commands if "$HIVE_PYTHON -m pipeline " not in c]
     assert not wrong, wrong[:3]
+    common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    assert "HIVE_PYTHON={PY};" in common and "flags.python_command(" in common
+    from pipeline.wiring.flags import python_command
+
+    assert python_command(set()) == shlex.quote(sys.executable)
 
 
 def test_python_command_under_conda_is_the_envs_python():

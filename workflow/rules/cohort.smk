@@ -24,7 +24,7 @@ rule dataset:
         status=f"{OUT}/status",
         min_patches=config["cohort"]["min_patches"],
     shell:
-        "{PY} -m pipeline dataset --sheet {input.sheet:q} --patches {input.patches:q} "
+        "$HIVE_PYTHON -m pipeline dataset --sheet {input.sheet:q} --patches {input.patches:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --labels {params.labels:q} "
         "--status-dir {params.status:q} --min-patches {params.min_patches} "
         "--out {output.dataset:q} --dropped {output.dropped:q} > {log:q} 2>&1"
@@ -56,7 +56,7 @@ rule splits:
         import_from=config["cohort"]["import_splits"],
         overlap="--allow-case-overlap" if config["cohort"]["allow_case_overlap"] else "",
     shell:
-        "{PY} -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
+        "$HIVE_PYTHON -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
         "--task {wildcards.task:q} --shots {wildcards.shots:q} --folds {params.folds} --val-frac {params.val_frac} "
         "--test-frac {params.test_frac} --seed {params.seed} --labels {params.labels:q} "
         "--ignore-other-labels --import-from {params.import_from:q} {params.overlap} > {log:q} 2>&1"
@@ -80,7 +80,7 @@ rule check_prompts:
     params:
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
-        "{PY} -m pipeline check-prompts --prompts {input.prompts:q} --labels {params.labels:q} "
+        "$HIVE_PYTHON -m pipeline check-prompts --prompts {input.prompts:q} --labels {params.labels:q} "
         "--out {output:q} > {log:q} 2>&1"
 
 

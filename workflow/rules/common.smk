@@ -18,13 +18,14 @@ SLIDES = sorted(COHORT)
 TASKS = ws.tasks(config)
 BACKBONES = ws.backbones(config)
 
-# The interpreter of every job's `-m pipeline`: the one Snakemake runs in (so an unactivated venv's snakemake works),
-# or the conda env's `python` under --sdm conda. Its one home is flags.python_command.
+# The interpreter of every job's `$HIVE_PYTHON -m pipeline` (set in the shell prefix below): the one Snakemake runs in
+# (so an unactivated venv's snakemake works), or the conda env's `python` under --sdm conda. Its one home is
+# flags.python_command. A shell variable, not a params entry, so moving the venv does not rerun every job.
 PY = flags.python_command(workflow.deployment_settings.deployment_method)
 
 # Every job imports `pipeline` from this checkout: the conda envs (envs/*.yaml, --sdm conda) hold only the
 # dependencies, and Snakemake strips PYTHONPATH from the environment of conda jobs, so the command sets it.
-shell.prefix(f"export PYTHONPATH={shlex.quote(REPO)}:$PYTHONPATH; set -euo pipefail; ")
+shell.prefix(f"export PYTHONPATH={shlex.quote(REPO)}:$PYTHONPATH; HIVE_PYTHON={PY}; set -euo pipefail; ")
 
 
 wildcard_constraints:
@@ -179,4 +180,4 @@ def final_outputs():
 def status_table_command():
     status_dir = shlex.quote(f"{OUT}/{layout.STATUS_DIR}")
     status_csv = shlex.quote(f"{OUT}/{layout.STATUS_TABLE}")
-    return f"{PY} -m pipeline status --status-dir {status_dir} --out {status_csv} || true"
+    return f"$HIVE_PYTHON -m pipeline status --status-dir {status_dir} --out {status_csv} || true"

@@ -32,7 +32,7 @@ rule extract:
         seed=FEAT["seed"],
         status=f"{OUT}/status",
     shell:
-        "{PY} -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide:q} "
+        "$HIVE_PYTHON -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide:q} "
         "--patches {input.patches:q} --backbone {wildcards.backbone:q} --weights={params.weights:q} "
         "--tokenizer={params.tokenizer:q} --device {params.device:q} --seed {params.seed} "
         "--batch-size {params.batch} --workers {params.workers} --on-read-error {params.on_error} "
@@ -61,7 +61,7 @@ rule text_embeddings:
         seed=FEAT["seed"],
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
-        "{PY} -m pipeline text-embed --prompts {input.prompts:q} --backbone {wildcards.backbone:q} "
+        "$HIVE_PYTHON -m pipeline text-embed --prompts {input.prompts:q} --backbone {wildcards.backbone:q} "
         "--weights={params.weights:q} --tokenizer={params.tokenizer:q} --seed {params.seed} --device cpu "
         "--labels {params.labels:q} --out {output:q} > {log:q} 2>&1"
 

@@ -45,7 +45,7 @@ checkpoint gdc_query:
         task=gdc_wiring.query_args(GDC),
         client=gdc_wiring.client_args(GDC),
     shell:
-        "{PY} -m pipeline gdc-query {params.task} {params.client} --out-manifest {output.manifest:q} "
+        "$HIVE_PYTHON -m pipeline gdc-query {params.task} {params.client} --out-manifest {output.manifest:q} "
         "--out-cohort {output.cohort:q} --out-summary {output.summary:q} > {log:q} 2>&1"
 
 
@@ -70,7 +70,7 @@ rule gdc_download:
         client=gdc_wiring.client_args(GDC),
         status=f"{OUT}/status",
     shell:
-        "{PY} -m pipeline gdc-download --manifest {input.manifest:q} --slide {wildcards.slide:q} --out {output:q} "
+        "$HIVE_PYTHON -m pipeline gdc-download --manifest {input.manifest:q} --slide {wildcards.slide:q} --out {output:q} "
         "--status-dir {params.status:q} {params.client} > {log:q} 2>&1"
 
 

@@ -28,7 +28,7 @@ rule train:
         tokenizer=backbone_param("tokenizer"),
         flags=flags.train_flags(config["train"]),
     shell:
-        "{PY} -m pipeline train --task {wildcards.task:q} --task-type {params.task_type} --method {wildcards.method:q} "
+        "$HIVE_PYTHON -m pipeline train --task {wildcards.task:q} --task-type {params.task_type} --method {wildcards.method:q} "
         "--dataset {input.dataset:q} --prompts {input.prompts:q} --splits {input.splits:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --text-embeddings {input.text:q} "
         "--backbone {wildcards.backbone:q} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
@@ -60,7 +60,7 @@ rule summarize:
         task_type=lambda wildcards: TASKS[wildcards.task]["type"],
         out_dir=lambda wildcards, output: str(Path(output.results).parent),
     shell:
-        "{PY} -m pipeline summarize --summaries {input.summaries:q} --task-type {params.task_type} "
+        "$HIVE_PYTHON -m pipeline summarize --summaries {input.summaries:q} --task-type {params.task_type} "
         "--title {wildcards.task:q}/{wildcards.backbone:q}/{wildcards.shots:q}shot --out-dir {params.out_dir:q} "
         "> {log:q} 2>&1"
 
@@ -89,7 +89,7 @@ rule compare:
     params:
         task_type=lambda wildcards: TASKS[wildcards.task]["type"],
     shell:
-        "{PY} -m pipeline compare --results {input.results:q} --task-type {params.task_type} "
+        "$HIVE_PYTHON -m pipeline compare --results {input.results:q} --task-type {params.task_type} "
         "--title {wildcards.task:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -118,7 +118,7 @@ rule predict:
         top_n=config["predict"]["top_n"],
         device=config["train"]["device"],
     shell:
-        "{PY} -m pipeline predict --checkpoints {input.checkpoints:q} --features-5x {input.features_5x:q} "
+        "$HIVE_PYTHON -m pipeline predict --checkpoints {input.checkpoints:q} --features-5x {input.features_5x:q} "
         "--hierarchical {input.hierarchical:q} --backbone {wildcards.backbone:q} --slides {input.slides:q} "
         "--patches {input.patches:q} --top-n {params.top_n} --device {params.device:q} --threads {threads} "
         "--out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -21,7 +21,7 @@ rule demo_slide:
         classes=" ".join(config["demo"]["classes"]),
         per_class=config["demo"]["slides_per_class"],
     shell:
-        "{PY} -m pipeline demo slide --slide-id {wildcards.slide:q} --out {output:q} --seed {params.seed} "
+        "$HIVE_PYTHON -m pipeline demo slide --slide-id {wildcards.slide:q} --out {output:q} --seed {params.seed} "
         "--size {params.size} --mpp {params.mpp} --classes {params.classes} "
         "--slides-per-class {params.per_class} > {log:q} 2>&1"
 
@@ -42,7 +42,7 @@ rule cohort_sheet:
         mem_mb=500,
         runtime=5,
     params:
-        cmd=ws.sheet_command(config, OUT, PY),
+        cmd=ws.sheet_command(config, OUT, "$HIVE_PYTHON"),
     shell:
         "{params.cmd} --out {output:q} > {log:q} 2>&1"
 
@@ -76,7 +76,7 @@ rule segment:
         tissue=flags.tissue_flags(config["tissue"]),
         status=f"{OUT}/status",
     shell:
-        "{PY} -m pipeline segment --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
+        "$HIVE_PYTHON -m pipeline segment --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
         "--status-dir {params.status:q} --mask {output.mask:q} --geojson {output.geojson:q} --stats {output.stats:q} "
         "--qc {output.qc:q} {params.tissue} > {log:q} 2>&1"
 
@@ -111,7 +111,7 @@ rule patch:
         frac=config["patching"]["min_tissue_fraction"],
         status=f"{OUT}/status",
     shell:
-        "{PY} -m pipeline patch --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
+        "$HIVE_PYTHON -m pipeline patch --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
         "--status-dir {params.status:q} --geojson {input.geojson:q} --tissue-stats {input.stats:q} "
         "--out {output.h5:q} --qc {output.qc:q} --patch-size {params.size} "
         "--min-tissue-fraction {params.frac} > {log:q} 2>&1"
