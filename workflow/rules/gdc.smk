@@ -6,6 +6,9 @@ GDC = config["gdc"]
 GDC_SLIDES = GDC["slides_dir"]
 
 
+# $HIVE_PYTHON is the interpreter common.smk's shell prefix sets; `python` where this file is included alone.
+
+
 # Both need the internet, which cluster compute nodes often lack; the query is light, downloads are I/O.
 localrules:
     gdc_query,
@@ -45,7 +48,7 @@ checkpoint gdc_query:
         task=gdc_wiring.query_args(GDC),
         client=gdc_wiring.client_args(GDC),
     shell:
-        "$HIVE_PYTHON -m pipeline gdc-query {params.task} {params.client} --out-manifest {output.manifest:q} "
+        "${{HIVE_PYTHON:-python}} -m pipeline gdc-query {params.task} {params.client} --out-manifest {output.manifest:q} "
         "--out-cohort {output.cohort:q} --out-summary {output.summary:q} > {log:q} 2>&1"
 
 
@@ -70,7 +73,7 @@ rule gdc_download:
         client=gdc_wiring.client_args(GDC),
         status=f"{OUT}/status",
     shell:
-        "$HIVE_PYTHON -m pipeline gdc-download --manifest {input.manifest:q} --slide {wildcards.slide:q} --out {output:q} "
+        "${{HIVE_PYTHON:-python}} -m pipeline gdc-download --manifest {input.manifest:q} --slide {wildcards.slide:q} --out {output:q} "
         "--status-dir {params.status:q} {params.client} > {log:q} 2>&1"
 
 
