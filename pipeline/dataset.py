@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from pipeline import status
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, read_patches, write_text_atomic
 
@@ -67,6 +68,25 @@ def read_level0_mags(patch_files: Iterable[PathLike]) -> dict[str, float | None]
     return mags
 
 
+@dataclass(frozen=True)
+class PatchCount:
+    """What a patch file says about a slide's usable tissue: its 5x patch count and, when empty, why."""
+
+    n_5x: int
+    empty_reason: str = ""
+
+
+def read_patch_counts(patch_files: Iterable[PathLike]) -> dict[str, PatchCount]:
+    """Map slide id -> its 5x patch count and the patch stage's `empty_reason` (files that exist)."""
+    counts: dict[str, PatchCount] = {}
+    for path in patch_files:
+        path = Path(path)
+        if path.exists():
+            grid = read_patches(path)
+            counts[slide_id_of(path)] = PatchCount(len(grid.coords_5x), str(grid.attrs.get("empty_reason") or ""))
+    return counts
+
+
 def _index_files(paths: Iterable[PathLike]) -> dict[str, Path]:
     """slide id -> path, for the files that exist."""
     return {slide_id_of(p): Path(p) for p in paths if Path(p).exists()}
@@ -89,13 +109,20 @@ def build_dataset(
     level0_mags: Mapping[str, float | None],
     required_files: Mapping[str, Iterable[PathLike]],
     labels: Sequence[str] | None = None,
+    *,
+    failures: Mapping[str, str] | None = None,
+    patch_counts: Mapping[str, PatchCount] | None = None,
+    min_patches: int = 1,
 ) -> Cohort:
     """Keep sheet rows that are labelled, have a case id, a level-0 magnification and a file in every group.
 
     `required_files` maps a human name ("5x features", "hierarchical features") to the paths handed in; a slide is
     dropped with "no <name> file" when none of them is its own. `labels`, when given, is the allowed label set:
-    a slide with another label is dropped, never relabelled.
+    a slide with another label is dropped, never relabelled. `failures` (slide -> "stage failed: reason", from the
+    status records) gives a failed slide its real reason; with `patch_counts`, a slide with no tissue or fewer than
+    `min_patches` 5x patches is dropped too, so no cohort stage receives a slide it cannot use.
     """
+    failures = failures or {}
     indexed = {name: _index_files(paths) for name, paths in required_files.items()}
     allowed = list(labels) if labels else None
     kept: list[dict] = []
@@ -111,10 +138,17 @@ def build_dataset(
             reason = f"label '{label}' is not one of the configured labels {allowed}"
         elif not case:
             reason = "no case_id (needed to keep a patient's slides in one partition)"
+        elif slide in failures:
+            reason = failures[slide]
         else:
             missing = [name for name, files in indexed.items() if slide not in files]
+            count = patch_counts.get(slide) if patch_counts is not None else None
             if missing:
                 reason = "no " + ", no ".join(missing) + " file"
+            elif count is not None and count.n_5x == 0:
+                reason = f"no tissue: {count.empty_reason or 'the patch file is empty'}"
+            elif count is not None and count.n_5x < min_patches:
+                reason = f"{count.n_5x} 5x patches, below the minimum of {min_patches} (cohort.min_patches)"
             elif slide not in level0_mags:
                 reason = "no patches file (level-0 magnification unknown)"
             elif level0_mags[slide] is None:
@@ -134,11 +168,17 @@ def write_dataset(
     dataset_out: PathLike,
     dropped_out: PathLike,
     labels: Sequence[str] | None = None,
+    status_dir: PathLike | None = None,
+    min_patches: int = 1,
 ) -> Cohort:
-    """Build dataset.csv and dropped.csv from the sheet and the per-slide files; fail if nothing is kept."""
+    """Build dataset.csv and dropped.csv from the sheet and the per-slide files; fail if nothing is kept.
+
+    With `status_dir`, slides whose status records hold a failure (or no tissue) are dropped with that reason."""
     sheet = read_sheet(sheet_path)
     cohort = build_dataset(
-        sheet, read_level0_mags(patch_files), {"patches": patch_files, **required_files}, labels
+        sheet, read_level0_mags(patch_files), {"patches": patch_files, **required_files}, labels,
+        failures=status.left_out(status_dir) if status_dir else None,
+        patch_counts=read_patch_counts(patch_files), min_patches=min_patches,
     )
     write_text_atomic(dropped_out, cohort.dropped.to_csv(index=False))
     for row in cohort.dropped.itertuples(index=False):

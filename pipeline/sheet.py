@@ -51,12 +51,17 @@ def read_local_sheet(
     slides_dir: PathLike,
     labels: Iterable[str] | None = None,
     schema: dict[str, Any] | None = None,
+    allow_missing: bool = False,
 ) -> list[SheetRow]:
-    """Validated rows of a user sheet, files resolved against `slides_dir`; PipelineError lists every problem."""
+    """Validated rows of a user sheet, files resolved against `slides_dir`; PipelineError lists every problem.
+
+    With `allow_missing` (the GDC source, whose slides arrive by their own download jobs), a row whose file is not
+    there yet is kept with its expected path (`file`, else slide_id.svs); its download's status says why it is absent.
+    """
     sheet, slides_dir = Path(sheet), Path(slides_dir)
     if not sheet.is_file():
         raise PipelineError(f"sheet {sheet} does not exist (local.sheet)")
-    if not slides_dir.is_dir():
+    if not slides_dir.is_dir() and not allow_missing:
         raise PipelineError(f"slides folder {slides_dir} does not exist (local.slides_dir)")
     allowed = list(dict.fromkeys(labels)) if labels else None
     validator = jsonschema.Draft202012Validator(schema or load_sheet_schema())
@@ -104,6 +109,11 @@ def read_local_sheet(
             problems.append(f"{where}: unknown label '{label}', expected one of {', '.join(allowed)}{hint}")
             continue
         path, why = _resolve_file(slides_dir, slide_id, record.get("file"))
+        if path is None and allow_missing and "several files" not in why:
+            given = record.get("file")
+            path = (Path(given) if Path(given).is_absolute() else slides_dir / given) if given else None
+            path = path or slides_dir / f"{slide_id}.svs"
+            log.info("sheet %s: slide '%s' has no file at %s yet", sheet, slide_id, path)
         if path is None:
             problems.append(f"{where}: {why}")
             continue
@@ -120,7 +130,8 @@ def read_local_sheet(
         raise PipelineError(f"sheet {sheet} has {len(problems)} problem(s):\n  " + "\n  ".join(shown))
     if not rows:
         raise PipelineError(f"sheet {sheet} lists no slides")
-    _log_unlisted(slides_dir, rows)
+    if slides_dir.is_dir():
+        _log_unlisted(slides_dir, rows)
     return sorted(rows, key=lambda r: r.slide_id)
 
 
@@ -166,10 +177,11 @@ def cohort_sheet_csv(rows: list[SheetRow]) -> str:
 
 
 def normalize_local_sheet(
-    sheet: PathLike, slides_dir: PathLike, out: PathLike, labels: Iterable[str] | None = None
+    sheet: PathLike, slides_dir: PathLike, out: PathLike, labels: Iterable[str] | None = None,
+    allow_missing: bool = False,
 ) -> list[SheetRow]:
     """Validate the user's sheet and write the normalized cohort sheet to `out` (atomically)."""
-    rows = read_local_sheet(sheet, slides_dir, labels)
+    rows = read_local_sheet(sheet, slides_dir, labels, allow_missing=allow_missing)
     write_text_atomic(out, cohort_sheet_csv(rows))
     counts: dict[str, int] = {}
     for r in rows:

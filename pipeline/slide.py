@@ -9,6 +9,7 @@ recorded value (`open_slide(..., mpp=read_recorded_mpp(patches))`) and never nee
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -20,6 +21,8 @@ import openslide
 from pipeline.errors import SlideError
 from pipeline.formats import read_patches
 from pipeline.mpp_overrides import MppOverride, read_mpp_overrides  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 #: mpp outside this range is not a brightfield whole-slide scan (80x ~ 0.12, 1.25x ~ 8).
 PLAUSIBLE_MPP = (0.05, 4.0)
@@ -275,13 +278,16 @@ def read_recorded_mpp(patches_path: str | Path, slide_id: str | None = None) -> 
 
 def check_patches_match(slide: Slide, attrs: Mapping[str, Any], patches_path: str | Path) -> None:
     """Refuse a patch file made for another slide: its recorded level-0 size (and slide id, where recorded) must
-    be this slide's, since its coordinates and mpp are only valid for the slide it was made from."""
-    try:
+    be this slide's, since its coordinates and mpp are only valid for the slide it was made from. A file from an
+    older version that records no size is accepted with a warning (its slide id, if any, is still compared)."""
+    recorded: tuple[int, int] | None = None
+    if "level0_width" in attrs and "level0_height" in attrs:
         recorded = (int(attrs["level0_width"]), int(attrs["level0_height"]))
-    except KeyError as err:
-        raise SlideError(slide.slide_id, f"{patches_path} records no {err.args[0]}; re-run patching") from None
+    else:
+        log.warning("slide '%s': %s records no level-0 size (an older patch file); its size cannot be compared "
+                    "with %s; re-run patching to have it checked", slide.slide_id, patches_path, slide.path)
     problems = []
-    if recorded != tuple(slide.dimensions):
+    if recorded is not None and recorded != tuple(slide.dimensions):
         problems.append(
             f"level-0 size {recorded[0]}x{recorded[1]} px recorded in {patches_path}, "
             f"but {slide.path} is {slide.dimensions[0]}x{slide.dimensions[1]} px"

@@ -123,7 +123,7 @@ def rule_commands() -> list[tuple[str, str, str]]:
     out = []
     for smk, rule, body in rule_blocks():
         conda = re.search(r"conda:\s*\n\s*\"([^\"]+)\"", body)
-        for cmd in sorted(set(re.findall(r"python -m pipeline ([a-z][a-z0-9_-]*)", body))):
+        for cmd in sorted(set(re.findall(r"(?:python|\$HIVE_PYTHON|\$\{\{HIVE_PYTHON:-python\}\}) -m pipeline ([a-z][a-z0-9_-]*)", body))):
             assert conda, f"{smk}: rule {rule} runs `python -m pipeline {cmd}` but has no conda: env"
             out.append((rule, str((RULES / conda.group(1)).resolve().relative_to(REPO)), cmd))
     return out

@@ -1,8 +1,9 @@
 """Build dataset.csv (case_id,slide_id,label,level0_mag; HiVE-MIL's columns) from the cohort sheet.
 
-A slide is kept only if it is labelled (with one of --labels, when given), has a case id, a patches file whose
-`level0_magnification` attribute is usable, a 5x feature file and a hierarchical 5x-20x feature file. Every other
-sheet row is written to --dropped with the reason. Per-slide files are matched to sheet rows by file name
+A slide is kept only if it is labelled (with one of --labels, when given), has a case id, no failed stage in
+--status-dir, a patches file whose `level0_magnification` attribute is usable and with at least --min-patches 5x
+patches (a slide without tissue has none), a 5x feature file and a hierarchical 5x-20x feature file. Every other
+sheet row is written to --dropped with its real reason (the failed stage and its error, no tissue, too few patches). Per-slide files are matched to sheet rows by file name
 (slide id = name without the extension). Fails if no slide is left.
 """
 
@@ -22,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features-5x", nargs="*", default=[], help="5x feature files, one per slide")
     parser.add_argument("--hierarchical", nargs="*", default=[], help="hierarchical 5x-20x feature files")
     parser.add_argument("--labels", nargs="*", default=[], help="allowed labels in label order (empty: any)")
+    parser.add_argument("--status-dir", default="",
+                        help="status records: a slide with a failed stage is dropped with that stage and reason")
+    parser.add_argument("--min-patches", type=int, default=1,
+                        help="5x patches a slide needs; a slide without tissue or with fewer is dropped (default: 1)")
     parser.add_argument("--out", required=True, help="dataset.csv to write")
     parser.add_argument("--dropped", required=True, help="dropped.csv to write (slide_id,case_id,label,reason)")
 
@@ -34,5 +39,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         args.dropped,
         labels=args.labels or None,
+        status_dir=args.status_dir or None,
+        min_patches=args.min_patches,
     )
     return 0

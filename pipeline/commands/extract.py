@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline import status
-from pipeline.commands._common import add_slide_arguments, run_recorded, slide_id
+from pipeline.commands._common import StatusTarget, add_slide_arguments, recover_status_target, run_recorded, slide_id
 from pipeline.features.registry import ON_READ_ERROR, list_backbones
 
 NAME = "extract"
@@ -31,6 +31,11 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights and of torch")
 
 
+def status_target(argv: list[str]) -> StatusTarget | None:
+    """Where a command line that does not parse records its failure."""
+    return recover_status_target(argv, "extract")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_slide_arguments(parser, mpp_overrides=False)  # the mpp recorded in --patches is used
     parser.add_argument("--patches", required=True, help="patches/{slide}.h5 from the patch stage")
@@ -46,18 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.features.extract import extract_slide
+    def work():
+        from pipeline.features.extract import extract_slide  # heavy (torch): inside, so a failed import is recorded
 
-    result = run_recorded(
-        "extract",
-        args,
-        lambda: extract_slide(
+        return extract_slide(
             args.slide, args.patches, args.out_5x, args.out_20x, args.backbone, weights=args.weights,
             tokenizer=args.tokenizer, slide_id=slide_id(args), batch_size=args.batch_size,
             num_workers=args.workers, device=args.device, on_read_error=args.on_read_error,
             seed=args.seed, progress=not args.no_progress,
-        ),
-    )
+        )
+
+    result = run_recorded("extract", args, work)
     if result.blank_5x:
         status.record(args.status_dir, "extract", result.slide_id, True,
                       f"{result.blank_5x} 5x and {result.blank_20x} 20x patches unreadable, encoded as white tiles")

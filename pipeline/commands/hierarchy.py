@@ -16,12 +16,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import status
+from pipeline.commands._common import StatusTarget, check_slide_id, recover_status_target, run_recorded
 from pipeline.errors import PipelineError
 from pipeline.hierarchy import MISALIGNED_MODES, build_hierarchical
 
 NAME = "hierarchy"
 HELP = "coordinate-linked 5x->20x hierarchical features of one slide, with a consistency report"
+
+
+def status_target(argv: list[str]) -> StatusTarget | None:
+    """Where a command line that does not parse records its failure."""
+    return recover_status_target(argv, "hierarchy", path_flag="--features-5x", stage_flag="--status-stage")
+
+
+def slide_id_of(features_5x: Path) -> str:
+    """The default slide id: the 5x feature file's name without extension, checked like --slide-id."""
+    try:
+        return check_slide_id(features_5x.stem)
+    except argparse.ArgumentTypeError as err:
+        raise PipelineError(f"{err} (the name of {features_5x}); give --slide-id") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,17 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="20x patches not at an exact slot offset: fail, or keep the nearest child per slot (default: fail)",
     )
     parser.add_argument("--seed", type=int, default=0, help="tie-break seed for --misaligned nearest (default: 0)")
-    parser.add_argument("--slide-id", default=None, help="slide id for messages (default: the 5x file's stem)")
+    parser.add_argument("--slide-id", type=check_slide_id, default=None,
+                        help="slide id for messages and the status record (default: the 5x file's stem)")
     parser.add_argument("--status-dir", default="", help="folder for ok/failed records (status/{stage}/{slide}.json)")
     parser.add_argument(
-        "--status-stage", default="hierarchy", help="stage name of the status record, e.g. hierarchy_plip per backbone"
+        "--status-stage", type=check_slide_id, default="hierarchy", help="stage name of the status record, e.g. hierarchy_plip per backbone"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    slide = args.slide_id or args.features_5x.stem
-    try:
-        report = build_hierarchical(
+    slide = args.slide_id or slide_id_of(args.features_5x)
+    report = run_recorded(
+        args.status_stage,
+        args,
+        lambda: build_hierarchical(
             args.features_5x,
             args.features_20x,
             args.out,
@@ -62,11 +78,9 @@ def run(args: argparse.Namespace) -> int:
             misaligned=args.misaligned,
             seed=args.seed,
             slide=slide,
-        )
-    except PipelineError as err:
-        status.record(args.status_dir, args.status_stage, slide, False, getattr(err, "reason", str(err)))
-        raise
-    status.record(args.status_dir, args.status_stage, slide, True)
+        ),
+        slide=slide,
+    )
     counts = report["counts"]
     print(
         f"{report['slide']}: {counts['linked']}/{counts['children']} children linked to {counts['parents']} parents, "

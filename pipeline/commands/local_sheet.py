@@ -22,8 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slides-dir", required=True, help="folder holding the slide files")
     parser.add_argument("--labels", nargs="*", default=None, help="allowed class labels (default: any)")
     parser.add_argument("--out", required=True, help="normalized cohort sheet to write (CSV)")
+    parser.add_argument("--allow-missing-files", action="store_true",
+                        help="keep rows whose slide file is not there (GDC: each download records its own status)")
 
 
 def run(args: argparse.Namespace) -> int:
-    normalize_local_sheet(args.sheet, args.slides_dir, args.out, labels=args.labels or None)
+    normalize_local_sheet(
+        args.sheet, args.slides_dir, args.out, labels=args.labels or None, allow_missing=args.allow_missing_files
+    )
     return 0

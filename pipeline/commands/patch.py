@@ -12,11 +12,24 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
+from pipeline import status
+from pipeline.commands._common import (
+    StatusTarget,
+    add_slide_arguments,
+    overrides,
+    recover_status_target,
+    run_recorded,
+    slide_id,
+)
 from pipeline.patching import PatchParams, patch_slide
 
 NAME = "patch"
 HELP = "aligned 5x/20x patch coordinates and QC picture for one slide"
+
+
+def status_target(argv: list[str]) -> StatusTarget | None:
+    """Where a command line that does not parse records its failure."""
+    return recover_status_target(argv, "patch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    params = PatchParams(args.patch_size, args.min_tissue_fraction)
-    tissue = json.loads(Path(args.tissue_stats).read_text()).get("params", {}) if args.tissue_stats else {}
-    run_recorded(
-        "patch",
-        args,
-        lambda: patch_slide(
-            args.slide, slide_id(args), args.geojson, args.out, args.qc, params, overrides(args), tissue
-        ),
-    )
+    def work() -> dict:
+        params = PatchParams(args.patch_size, args.min_tissue_fraction)
+        tissue = json.loads(Path(args.tissue_stats).read_text()).get("params", {}) if args.tissue_stats else {}
+        return patch_slide(args.slide, slide_id(args), args.geojson, args.out, args.qc, params, overrides(args), tissue)
+
+    attrs = run_recorded("patch", args, work)
+    if attrs.get("empty_reason"):  # ok (a valid empty file), but status.csv says why the slide will be left out
+        status.record(args.status_dir, "patch", slide_id(args), True, f"{status.NO_TISSUE}: {attrs['empty_reason']}")
     return 0

@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import add_slide_arguments, overrides, run_recorded, slide_id
+from pipeline.commands._common import (
+    StatusTarget,
+    add_slide_arguments,
+    overrides,
+    recover_status_target,
+    run_recorded,
+    slide_id,
+)
 from pipeline.tissue import TissueParams, segment_slide
 
 NAME = "segment"
 HELP = "tissue mask, GeoJSON contours and QC picture for one slide"
+
+
+def status_target(argv: list[str]) -> StatusTarget | None:
+    """Where a command line that does not parse records its failure."""
+    return recover_status_target(argv, "segment")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -66,23 +66,24 @@ def sheet_inputs(config: dict[str, Any]) -> list[str]:
     return []  # demo: generated from config; gdc: the query checkpoint (see common.smk)
 
 
-def sheet_command(config: dict[str, Any], out: str) -> str:
-    """The command writing {output_dir}/cohort/sheet.csv (slide_id,case_id,label,file) for the source."""
+def sheet_command(config: dict[str, Any], out: str, python: str = "python") -> str:
+    """The command writing {output_dir}/cohort/sheet.csv (slide_id,case_id,label,file) for the source, run by
+    `python` (flags.python_command)."""
     if config["source"] == "local":
         local = config["local"]
         return (
-            f"python -m pipeline local-sheet --sheet {shlex.quote(local['sheet'])} "
+            f"{python} -m pipeline local-sheet --sheet {shlex.quote(local['sheet'])} "
             f"--slides-dir {shlex.quote(local['slides_dir'])}"
         )
     if config["source"] == "gdc":
         return (
-            f"python -m pipeline local-sheet --sheet {shlex.quote(out + '/gdc/cohort.csv')} "
-            f"--slides-dir {shlex.quote(config['gdc']['slides_dir'])}"
+            f"{python} -m pipeline local-sheet --sheet {shlex.quote(out + '/gdc/cohort.csv')} "
+            f"--slides-dir {shlex.quote(config['gdc']['slides_dir'])} --allow-missing-files"
         )
     d = config["demo"]
     extra = f" --extra {BUNDLED_SLIDE.stem}={shlex.quote(str(BUNDLED_SLIDE))}" if d.get("include_real", True) else ""
     return (
-        f"python -m pipeline demo sheet --slides-dir {shlex.quote(out + '/demo/slides')} "
+        f"{python} -m pipeline demo sheet --slides-dir {shlex.quote(out + '/demo/slides')} "
         f"--classes {' '.join(d['classes'])} --slides-per-class {d['slides_per_class']}{extra}"
     )
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shlex
-from typing import Any
+import sys
+from typing import Any, Iterable
 
 from pipeline.mpp_overrides import read_mpp_overrides
 
@@ -48,3 +49,15 @@ def mpp_override_flags(overrides_csv: str, slide_id: str) -> str:
     if override is None:
         return ""
     return f"--mpp-override {override.mpp}" + (" --mpp-override-force" if override.force else "")
+
+
+def python_command(deployment_methods: Iterable[Any], executable: str = sys.executable) -> str:
+    """The interpreter the rules' shell commands run `-m pipeline` with (their one home).
+
+    The interpreter Snakemake itself runs in (quoted), so `/path/to/venv/bin/snakemake` works without activating
+    the venv; under `--software-deployment-method conda` the job's own env is activated, and its `python` is right.
+    `deployment_methods` is `workflow.deployment_settings.deployment_method` (a set of DeploymentMethod).
+    """
+    if any(str(getattr(m, "name", m)).upper() == "CONDA" for m in deployment_methods):
+        return "python"
+    return shlex.quote(executable)

@@ -21,10 +21,13 @@ rule dataset:
         runtime=10,
     params:
         labels=ws.dataset_labels(config),
+        status=f"{OUT}/status",
+        min_patches=config["cohort"]["min_patches"],
     shell:
-        "python -m pipeline dataset --sheet {input.sheet:q} --patches {input.patches:q} "
+        "$HIVE_PYTHON -m pipeline dataset --sheet {input.sheet:q} --patches {input.patches:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --labels {params.labels:q} "
-        "--out {output.dataset:q} --dropped {output.dropped:q} > {log} 2>&1"
+        "--status-dir {params.status:q} --min-patches {params.min_patches} "
+        "--out {output.dataset:q} --dropped {output.dropped:q} > {log:q} 2>&1"
 
 
 rule splits:
@@ -54,10 +57,11 @@ rule splits:
         import_from=config["cohort"]["import_splits"],
         overlap="--allow-case-overlap" if config["cohort"]["allow_case_overlap"] else "",
     shell:
-        "python -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
-        "--task {wildcards.task} --shots {wildcards.shots} --folds {params.folds} --val-frac {params.val_frac} "
+        "$HIVE_PYTHON -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
+        "--task {wildcards.task:q} --shots {wildcards.shots:q} --folds {params.folds} --val-frac {params.val_frac} "
         "--test-frac {params.test_frac} --seed {params.seed} --labels {params.labels:q} "
-        "--label-tree {params.tree:q} --ignore-other-labels --import-from {params.import_from:q} {params.overlap} > {log} 2>&1"
+        "--label-tree {params.tree:q} --ignore-other-labels --import-from {params.import_from:q} {params.overlap} "
+        "> {log:q} 2>&1"
 
 
 rule check_prompts:
@@ -78,8 +82,8 @@ rule check_prompts:
     params:
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
-        "python -m pipeline check-prompts --prompts {input.prompts:q} --labels {params.labels:q} "
-        "--out {output:q} > {log} 2>&1"
+        "$HIVE_PYTHON -m pipeline check-prompts --prompts {input.prompts:q} --labels {params.labels:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule splits_all:

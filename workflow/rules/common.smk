@@ -4,6 +4,7 @@
 import shlex
 from pathlib import Path
 
+from pipeline import status
 from pipeline.prompt_files import resolve_prompt_file
 from pipeline.wiring import cohort as ws
 from pipeline.wiring import flags
@@ -17,9 +18,14 @@ SLIDES = sorted(COHORT)
 TASKS = ws.tasks(config)
 BACKBONES = ws.backbones(config)
 
+# The interpreter of every job's `$HIVE_PYTHON -m pipeline` (set in the shell prefix below): the one Snakemake runs in
+# (so an unactivated venv's snakemake works), or the conda env's `python` under --sdm conda. Its one home is
+# flags.python_command. A shell variable, not a params entry, so moving the venv does not rerun every job.
+PY = flags.python_command(workflow.deployment_settings.deployment_method)
+
 # Every job imports `pipeline` from this checkout: the conda envs (envs/*.yaml, --sdm conda) hold only the
 # dependencies, and Snakemake strips PYTHONPATH from the environment of conda jobs, so the command sets it.
-shell.prefix(f"export PYTHONPATH={shlex.quote(REPO)}:$PYTHONPATH; set -euo pipefail; ")
+shell.prefix(f"export PYTHONPATH={shlex.quote(REPO)}:$PYTHONPATH; HIVE_PYTHON={PY}; set -euo pipefail; ")
 
 
 wildcard_constraints:
@@ -42,9 +48,10 @@ def cohort_ids(wildcards=None):
 
 
 def usable_ids():
-    """The cohort less the slides that failed a stage in an earlier run (see ws.failed_slides)."""
-    failed = ws.failed_slides(f"{OUT}/{layout.STATUS_DIR}")
-    return [s for s in cohort_ids() if s not in failed]
+    """The cohort less the slides that failed a stage in an earlier run (see ws.failed_slides) or were found to have
+    no tissue (pipeline.status.left_out); dataset.csv lists each one in dropped.csv with its reason."""
+    left = ws.failed_slides(f"{OUT}/{layout.STATUS_DIR}") | set(status.left_out(f"{OUT}/{layout.STATUS_DIR}"))
+    return [s for s in cohort_ids() if s not in left]
 
 
 def slide_file(slide):
@@ -72,10 +79,10 @@ def per_slide(pattern, **fixed):
 
 
 def sheet_inputs(wildcards):
+    """GDC: the query's sheet only; slides arrive by their own download jobs (a failed one is recorded and its
+    slide left out of the dataset with the reason, so the sheet never waits for a download that cannot succeed)."""
     if config["source"] == "gdc":
-        return [checkpoints.gdc_query.get().output.cohort] + expand(
-            f"{config['gdc']['slides_dir']}/{{slide}}.svs", slide=cohort_ids()
-        )
+        return [checkpoints.gdc_query.get().output.cohort]
     return ws.sheet_inputs(config)
 
 
@@ -173,4 +180,4 @@ def final_outputs():
 def status_table_command():
     status_dir = shlex.quote(f"{OUT}/{layout.STATUS_DIR}")
     status_csv = shlex.quote(f"{OUT}/{layout.STATUS_TABLE}")
-    return f"python -m pipeline status --status-dir {status_dir} --out {status_csv} || true"
+    return f"$HIVE_PYTHON -m pipeline status --status-dir {status_dir} --out {status_csv} || true"

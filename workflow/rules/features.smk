@@ -32,12 +32,12 @@ rule extract:
         seed=FEAT["seed"],
         status=f"{OUT}/status",
     shell:
-        "python -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide} "
-        "--patches {input.patches:q} --backbone {wildcards.backbone} --weights={params.weights:q} "
-        "--tokenizer={params.tokenizer:q} --device {params.device} --seed {params.seed} "
+        "$HIVE_PYTHON -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide:q} "
+        "--patches {input.patches:q} --backbone {wildcards.backbone:q} --weights={params.weights:q} "
+        "--tokenizer={params.tokenizer:q} --device {params.device:q} --seed {params.seed} "
         "--batch-size {params.batch} --workers {params.workers} --on-read-error {params.on_error} "
         "--status-dir {params.status:q} --out-5x {output.x5:q} --out-20x {output.x20:q} --no-progress "
-        "> {log} 2>&1"
+        "> {log:q} 2>&1"
 
 
 rule text_embeddings:
@@ -61,9 +61,9 @@ rule text_embeddings:
         seed=FEAT["seed"],
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
-        "python -m pipeline text-embed --prompts {input.prompts:q} --backbone {wildcards.backbone} "
+        "$HIVE_PYTHON -m pipeline text-embed --prompts {input.prompts:q} --backbone {wildcards.backbone:q} "
         "--weights={params.weights:q} --tokenizer={params.tokenizer:q} --seed {params.seed} --device cpu "
-        "--labels {params.labels:q} --out {output:q} > {log} 2>&1"
+        "--labels {params.labels:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule extract_all:

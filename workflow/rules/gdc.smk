@@ -6,6 +6,9 @@ GDC = config["gdc"]
 GDC_SLIDES = GDC["slides_dir"]
 
 
+# $HIVE_PYTHON is the interpreter common.smk's shell prefix sets; `python` where this file is included alone.
+
+
 # Both need the internet, which cluster compute nodes often lack; the query is light, downloads are I/O.
 localrules:
     gdc_query,
@@ -45,8 +48,8 @@ checkpoint gdc_query:
         task=gdc_wiring.query_args(GDC),
         client=gdc_wiring.client_args(GDC),
     shell:
-        "python -m pipeline gdc-query {params.task} {params.client} --out-manifest {output.manifest} "
-        "--out-cohort {output.cohort} --out-summary {output.summary} > {log} 2>&1"
+        "${{HIVE_PYTHON:-python}} -m pipeline gdc-query {params.task} {params.client} --out-manifest {output.manifest:q} "
+        "--out-cohort {output.cohort:q} --out-summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule gdc_download:
@@ -68,9 +71,10 @@ rule gdc_download:
         gdc_conn=1,
     params:
         client=gdc_wiring.client_args(GDC),
+        status=f"{OUT}/status",
     shell:
-        "python -m pipeline gdc-download --manifest {input.manifest} --slide {wildcards.slide} --out {output} "
-        "{params.client} > {log} 2>&1"
+        "${{HIVE_PYTHON:-python}} -m pipeline gdc-download --manifest {input.manifest:q} --slide {wildcards.slide:q} --out {output:q} "
+        "--status-dir {params.status:q} {params.client} > {log:q} 2>&1"
 
 
 # Every slide of the query's cohort sheet (the lambda waits for the checkpoint). Downstream rules key on the

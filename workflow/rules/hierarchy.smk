@@ -27,10 +27,10 @@ rule hierarchy:
         seed=config["hierarchy"]["seed"],
         status=f"{OUT}/status",
     shell:
-        "python -m pipeline hierarchy --features-5x {input.x5:q} --features-20x {input.x20:q} --out {output.h5:q} "
+        "$HIVE_PYTHON -m pipeline hierarchy --features-5x {input.x5:q} --features-20x {input.x20:q} --out {output.h5:q} "
         "--report {log.report:q} --misaligned {params.misaligned} --seed {params.seed} "
-        "--slide-id {wildcards.slide} --status-dir {params.status} --status-stage hierarchy_{wildcards.backbone} "
-        "> {log.main} 2>&1"
+        "--slide-id {wildcards.slide:q} --status-dir {params.status:q} --status-stage hierarchy_{wildcards.backbone:q} "
+        "> {log.main:q} 2>&1"
 
 
 rule check_hierarchy:
@@ -55,7 +55,7 @@ rule check_hierarchy:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m pipeline hierarchy-summary --reports {input.reports} --out {output} > {log} 2>&1"
+        "$HIVE_PYTHON -m pipeline hierarchy-summary --reports {input.reports:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule hierarchy_all:

@@ -29,11 +29,12 @@ rule train:
         tokenizer=backbone_param("tokenizer"),
         flags=flags.train_flags(config["train"]),
     shell:
-        "python -m pipeline train --task {wildcards.task} --task-type {params.task_type} --method {wildcards.method} "
-        "--label-tree {params.tree:q} --dataset {input.dataset:q} --prompts {input.prompts:q} --splits {input.splits:q} "
+        "$HIVE_PYTHON -m pipeline train --task {wildcards.task:q} --task-type {params.task_type} "
+        "--method {wildcards.method:q} --label-tree {params.tree:q} --dataset {input.dataset:q} "
+        "--prompts {input.prompts:q} --splits {input.splits:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --text-embeddings {input.text:q} "
-        "--backbone {wildcards.backbone} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
-        "--shots {wildcards.shots} --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log} 2>&1"
+        "--backbone {wildcards.backbone:q} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
+        "--shots {wildcards.shots:q} --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log:q} 2>&1"
 
 
 rule summarize:
@@ -61,9 +62,9 @@ rule summarize:
         task_type=lambda wildcards: TASKS[wildcards.task]["type"],
         out_dir=lambda wildcards, output: str(Path(output.results).parent),
     shell:
-        "python -m pipeline summarize --summaries {input.summaries:q} --task-type {params.task_type} "
-        "--title {wildcards.task}/{wildcards.backbone}/{wildcards.shots}shot --out-dir {params.out_dir:q} "
-        "> {log} 2>&1"
+        "$HIVE_PYTHON -m pipeline summarize --summaries {input.summaries:q} --task-type {params.task_type} "
+        "--title {wildcards.task:q}/{wildcards.backbone:q}/{wildcards.shots:q}shot --out-dir {params.out_dir:q} "
+        "> {log:q} 2>&1"
 
 
 rule compare:
@@ -90,8 +91,8 @@ rule compare:
     params:
         task_type=lambda wildcards: TASKS[wildcards.task]["type"],
     shell:
-        "python -m pipeline compare --results {input.results:q} --task-type {params.task_type} "
-        "--title {wildcards.task:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log} 2>&1"
+        "$HIVE_PYTHON -m pipeline compare --results {input.results:q} --task-type {params.task_type} "
+        "--title {wildcards.task:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 rule predict:
@@ -119,10 +120,10 @@ rule predict:
         top_n=config["predict"]["top_n"],
         device=config["train"]["device"],
     shell:
-        "python -m pipeline predict --checkpoints {input.checkpoints:q} --features-5x {input.features_5x:q} "
-        "--hierarchical {input.hierarchical:q} --backbone {wildcards.backbone} --slides {input.slides:q} "
-        "--patches {input.patches:q} --top-n {params.top_n} --device {params.device} --threads {threads} "
-        "--out-dir {params.out_dir:q} > {log} 2>&1"
+        "$HIVE_PYTHON -m pipeline predict --checkpoints {input.checkpoints:q} --features-5x {input.features_5x:q} "
+        "--hierarchical {input.hierarchical:q} --backbone {wildcards.backbone:q} --slides {input.slides:q} "
+        "--patches {input.patches:q} --top-n {params.top_n} --device {params.device:q} --threads {threads} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule train_all:

@@ -21,9 +21,9 @@ rule demo_slide:
         classes=" ".join(config["demo"]["classes"]),
         per_class=config["demo"]["slides_per_class"],
     shell:
-        "python -m pipeline demo slide --slide-id {wildcards.slide} --out {output} --seed {params.seed} "
+        "$HIVE_PYTHON -m pipeline demo slide --slide-id {wildcards.slide:q} --out {output:q} --seed {params.seed} "
         "--size {params.size} --mpp {params.mpp} --classes {params.classes} "
-        "--slides-per-class {params.per_class} > {log} 2>&1"
+        "--slides-per-class {params.per_class} > {log:q} 2>&1"
 
 
 rule cohort_sheet:
@@ -42,9 +42,9 @@ rule cohort_sheet:
         mem_mb=500,
         runtime=5,
     params:
-        cmd=ws.sheet_command(config, OUT),
+        cmd=ws.sheet_command(config, OUT, "$HIVE_PYTHON"),
     shell:
-        "{params.cmd} --out {output} > {log} 2>&1"
+        "{params.cmd} --out {output:q} > {log:q} 2>&1"
 
 
 rule segment:
@@ -76,9 +76,9 @@ rule segment:
         tissue=flags.tissue_flags(config["tissue"]),
         status=f"{OUT}/status",
     shell:
-        "python -m pipeline segment --slide {input.slide:q} --slide-id {wildcards.slide} {params.overrides} "
-        "--status-dir {params.status} --mask {output.mask} --geojson {output.geojson} --stats {output.stats} "
-        "--qc {output.qc} {params.tissue} > {log} 2>&1"
+        "$HIVE_PYTHON -m pipeline segment --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
+        "--status-dir {params.status:q} --mask {output.mask:q} --geojson {output.geojson:q} --stats {output.stats:q} "
+        "--qc {output.qc:q} {params.tissue} > {log:q} 2>&1"
 
 
 rule patch:
@@ -111,10 +111,10 @@ rule patch:
         frac=config["patching"]["min_tissue_fraction"],
         status=f"{OUT}/status",
     shell:
-        "python -m pipeline patch --slide {input.slide:q} --slide-id {wildcards.slide} {params.overrides} "
-        "--status-dir {params.status} --geojson {input.geojson} --tissue-stats {input.stats} "
-        "--out {output.h5} --qc {output.qc} --patch-size {params.size} "
-        "--min-tissue-fraction {params.frac} > {log} 2>&1"
+        "$HIVE_PYTHON -m pipeline patch --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
+        "--status-dir {params.status:q} --geojson {input.geojson:q} --tissue-stats {input.stats:q} "
+        "--out {output.h5:q} --qc {output.qc:q} --patch-size {params.size} "
+        "--min-tissue-fraction {params.frac} > {log:q} 2>&1"
 
 
 rule segment_all:
