@@ -48,6 +48,8 @@ TASK_LABELS = {
     "tcga_nsclc": ["LUAD", "LUSC"],
     "tcga_brca": ["IDC", "ILC"],
     "tcga_rcc": ["CCRCC", "CHRCC", "PRCC"],
+    "demo_tree": ["regular_glands", "atypical_glands", "small_cell", "large_cell"],
+    "tcga_organ": ["LUAD", "LUSC", "CCRCC", "CHRCC", "PRCC", "IDC", "ILC"],
 }
 
 
@@ -498,6 +500,8 @@ def test_cohort_rules_run_in_snakemake(tmp_path):
         "from pathlib import Path\n"
         "from pipeline.wiring import cohort as ws\n"
         "from pipeline.wiring import layout\n"
+        "from pipeline.wiring import flags\n"
+        "shell.prefix(f'HIVE_PYTHON={flags.python_command(workflow.deployment_settings.deployment_method)}; ')\n"
         "config.update({'output_dir': 'res', 'cohort': %r, 'tasks': %r})\n"
         "OUT = config['output_dir']\n"
         "TASKS = ws.tasks(config)\n"
@@ -510,7 +514,7 @@ def test_cohort_rules_run_in_snakemake(tmp_path):
         "    return %r\n"
         "include: %r\n"
         % (yaml.safe_load((REPO / "config.yaml").read_text())["cohort"],
-           yaml.safe_load((REPO / "config.yaml").read_text())["tasks"], str(resolve_prompt_file("demo")),
+           [{"name": "demo", "labels": ["glandular", "solid"]}], str(resolve_prompt_file("demo")),
            str(REPO / "workflow" / "rules" / "cohort.smk"))
     )
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

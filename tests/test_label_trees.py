@@ -94,3 +94,20 @@ def test_methods_command_lists_each_method_with_its_task_types(capsys):
     hmil = out[out.index("hmil\n"):].splitlines()
     assert hmil[2] == "  task types: hierarchical"
     assert out.rstrip().endswith("task types: classification, hierarchical")
+
+
+def test_a_local_sheet_label_of_no_task_is_refused_before_any_job(tmp_path, fixtures):
+    """A typo (`Large_cell`) is listed with the sheet's other problems and a hint, while the DAG is built."""
+    import shutil
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for sid in ("a", "b"):
+        shutil.copy(fixtures / "small.svs", slides / f"{sid}.svs")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("slide_id,case_id,label\na,P1,regular_glands\nb,P2,Large_cell\n")
+    config = {**REPO_CONFIG, "source": "local", "local": {"sheet": str(sheet), "slides_dir": str(slides)}}
+    with pytest.raises(PipelineError, match=r"slide 'b'\): unknown label 'Large_cell'.*did you mean 'large_cell'"):
+        ws.cohort_slides(config)
+    sheet.write_text("slide_id,case_id,label\na,P1,regular_glands\nb,P2,large_cell\n")
+    assert sorted(ws.cohort_slides(config)) == ["a", "b"]

@@ -35,7 +35,9 @@ def cohort_slides(config: dict[str, Any]) -> dict[str, str]:
         from pipeline.sheet import read_local_sheet
 
         local = config["local"]
-        rows = read_local_sheet(local["sheet"], local["slides_dir"])
+        # labels of no task are refused now, with the sheet's other problems (a typo would otherwise be processed
+        # through every per-slide stage and then dropped)
+        rows = read_local_sheet(local["sheet"], local["slides_dir"], dataset_labels(config))
         return {r.slide_id: str(r.file) for r in rows}
     return {}
 
