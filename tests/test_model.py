@@ -577,13 +577,23 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
                                      {"mpp": 0.5, "patch_size_level0_20x": 256, "patch_size_level0_5x": 1024}))
     pred_dir = tmp_path / "predict"
     files = feature_files(root)
+    # a slide without tissue (empty feature files) is listed as unscored with its reason; the others are scored
+    from pipeline.formats import write_features, write_hierarchical
+    from pipeline.training.data import SlideFeatures
+
+    blank = SlideFeatures(tmp_path / "blank" / "blank_5x.h5", tmp_path / "blank" / "blank.h5")
+    write_features(blank.x5, np.zeros((0, 32)), np.zeros((0, 2), np.int64), {})
+    write_hierarchical(blank.hierarchical, np.zeros((0, 16, 32)), np.zeros((0, 16, 2), np.int64),
+                       np.zeros((0, 16), bool), {})
     for method in ("hivemil", "abmil_5x", "zeroshot"):
         frame = predict_slides(
             checkpoints=[out / method / "checkpoints" / "fold0.pt"], backbone_name="tiny", out_dir=pred_dir / method,
-            features={s: files[s] for s in ("test-alpha-0", "test-beta-0")},
+            features={**{s: files[s] for s in ("test-alpha-0", "test-beta-0")}, "blank": blank},
             slide_files={"test-beta-0": SlideFiles(slide_file, patches)}, top_n=3, device="cpu",
         )
         assert list(frame["slide_id"]) == ["test-alpha-0", "test-beta-0"]
+        unscored = pd.read_csv(pred_dir / method / "unscored.csv")
+        assert list(unscored["slide_id"]) == ["blank"] and "no patches" in unscored["reason"][0]
         trained = preds[(preds.method == method) & preds.slide_id.isin(frame.slide_id)].set_index("slide_id")
         assert np.allclose(frame.set_index("slide_id").loc[trained.index, "prob_beta"], trained["prob_beta"], atol=1e-5)
     table = pd.read_csv(pred_dir / "hivemil" / "top_pairs" / "test-beta-0.csv")

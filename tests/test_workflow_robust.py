@@ -80,7 +80,15 @@ def test_slide_file_with_spaces_and_non_ascii_characters(tmp_path, fixtures, cmu
         "broken,c3,glandular,broken.svs\n",
         encoding="utf-8",
     )
-    config = {"source": "local", "local": {"slides_dir": "my slides", "sheet": "sheet.csv"}, "output_dir": "my results"}
+    config = {"source": "local", "local": {"slides_dir": "my slides", "sheet": "sheet.csv"}, "output_dir": "my results",
+              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+    # a label typo is refused before any job runs, with the near miss named; fixed, the run goes ahead
+    sheet = (workdir / "sheet.csv").read_text(encoding="utf-8")
+    (workdir / "sheet.csv").write_text(sheet.replace("c1,solid", "c1,Solid"), encoding="utf-8")
+    refused = run(workdir, config, "-n", check=False)
+    assert refused.returncode != 0 and "unknown label 'Solid'" in refused.stdout + refused.stderr
+    assert "did you mean 'solid'" in refused.stdout + refused.stderr and not (workdir / "my results").exists()
+    (workdir / "sheet.csv").write_text(sheet, encoding="utf-8")
     first = run(workdir, config, "extract_all", "my results/cohort/dataset.csv", "--keep-going", check=False)
     assert first.returncode != 0  # the unreadable slide fails
     results = workdir / "my results"
@@ -93,8 +101,12 @@ def test_slide_file_with_spaces_and_non_ascii_characters(tmp_path, fixtures, cmu
     assert status[("blank", "patch")]["status"] == "ok" and "no tissue" in status[("blank", "patch")]["reason"]
     assert status[("broken", "segment")]["status"] == "failed"
 
-    # the second --keep-going run builds the dataset without the broken slide; each left-out slide has its reason
+    # the second --keep-going run builds the dataset without the broken slide; each left-out slide has its reason,
+    # and nothing finished in the first run is rewritten
+    finished = {p: p.read_bytes() for p in (results / "patches").glob("*.h5")}
+    finished |= {p: p.read_bytes() for p in (results / "features").rglob("*.h5")}
     run(workdir, config, "my results/cohort/dataset.csv", "--keep-going", check=False)
+    assert all(p.read_bytes() == content for p, content in finished.items())
     with open(results / "cohort" / "dataset.csv") as f:
         assert [r["slide_id"] for r in csv.DictReader(f)] == ["spaced"]
     with open(results / "cohort" / "dropped.csv") as f:

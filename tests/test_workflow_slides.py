@@ -78,9 +78,10 @@ def _job_count(stdout: str, rule: str) -> int:
 
 def test_full_dag_dry_run(tmp_path, snakemake):
     proc = snakemake(tmp_path, {}, "-n")
-    assert _job_count(proc.stdout, "demo_slide") == 16
-    assert _job_count(proc.stdout, "segment") == 17
-    assert _job_count(proc.stdout, "patch") == 17
+    assert _job_count(proc.stdout, "demo_slide") == 20  # 4 subtypes x 5 slides
+    assert _job_count(proc.stdout, "segment") == 21
+    assert _job_count(proc.stdout, "patch") == 21
+    assert _job_count(proc.stdout, "train") == 4 + 5  # demo: 4 methods; demo_tree: HMIL and the same 4
 
 
 def test_keep_going_finishes_good_slides_and_lists_bad_ones(tmp_path, snakemake, fixtures, cmu1):
@@ -92,7 +93,8 @@ def test_keep_going_finishes_good_slides_and_lists_bad_ones(tmp_path, snakemake,
     (tmp_path / "sheet.csv").write_text(
         "slide_id,case_id,label\nCMU-1-Small-Region,c1,a\nunopenable,c2,a\nunreadable,c3,b\nboxes,c4,b\n"
     )
-    config = {"source": "local", "local": {"slides_dir": "slides", "sheet": "sheet.csv"}}
+    config = {"source": "local", "local": {"slides_dir": "slides", "sheet": "sheet.csv"},
+              "tasks": [{"name": "t", "labels": ["a", "b"], "prompts": str(tmp_path / "p.json")}]}
     proc = snakemake(tmp_path, config, "patch_all", "--keep-going", check=False)
     assert proc.returncode != 0
     assert read_patches(tmp_path / "results" / "patches" / "CMU-1-Small-Region.h5").coords_20x.shape[0] > 0

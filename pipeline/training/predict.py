@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from pipeline.device import resolve_device
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, SlideError
 from pipeline.formats import PathLike, read_patches, write_text_atomic
 from pipeline.model.hivemil import HiveMIL
 from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS
@@ -195,9 +195,14 @@ def predict_slides(
         caches = [m.eval_cache(model) for m, model in zip(methods, models)]  # once per model, not per slide
     store = FeatureStore(features, cache_bytes=0)
     out = Path(out_dir)
-    rows = []
+    rows, unscored = [], []
     for sid in features:
-        bag = store.get(sid)
+        try:
+            bag = store.get(sid)
+        except SlideError as err:  # e.g. a slide without tissue: listed with its reason, the others still scored
+            log.warning("%s", err)
+            unscored.append({"slide_id": sid, "reason": err.reason})
+            continue
         with torch.no_grad():
             probs = np.mean(
                 [m.task.outputs(m.logits(model, bag, dev, cache)[0]) for m, model, cache in zip(methods, models, caches)],
@@ -214,6 +219,7 @@ def predict_slides(
                 files = slide_files[sid]
                 write_heatmaps(files.slide, files.patches, sid, bag, scores, cls, out)
         log.info("%s: %s (%s)", sid, row["pred"], ", ".join(f"{c} {row[f'prob_{c}']:.3f}" for c in classes))
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=None if rows else ["slide_id", "pred"])
+    write_text_atomic(out / "unscored.csv", pd.DataFrame(unscored, columns=["slide_id", "reason"]).to_csv(index=False))
     write_text_atomic(out / "predictions.csv", frame.to_csv(index=False, float_format="%.6g"))
     return frame

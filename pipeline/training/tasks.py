@@ -69,6 +69,8 @@ class Classification(TaskType):
     """Slide-level classes; class order (and texts) from the prompt file, cross-entropy, ACC / AUC / macro-F1."""
 
     metrics: ClassVar[dict[str, str]] = {"acc": "ACC", "auc": "AUC", "f1": "macro-F1"}
+    #: appended to plot titles of the class level (the fine level of a tree)
+    level_note: ClassVar[str] = ""
 
     @classmethod
     def load(cls, name: str, dataset_csv: PathLike, prompts_json: PathLike, tree: LabelTree | None = None) -> "TaskType":
@@ -142,9 +144,9 @@ class Classification(TaskType):
         from pipeline.training.reports import plot_confusion, plot_roc
 
         if len(predictions) and predictions["label_index"].nunique() > 1:
-            plot_roc(predictions, self.classes, f"{title}: {method}", out_dir / "plots" / f"roc_{method}.png")
+            plot_roc(predictions, self.classes, f"{title}{self.level_note}", out_dir / "plots" / f"roc_{method}.png")
         if len(predictions):
-            plot_confusion(predictions["label"], predictions["pred"], self.classes, f"{title}: {method}",
+            plot_confusion(predictions["label"], predictions["pred"], self.classes, f"{title}{self.level_note}",
                            out_dir / "plots" / f"confusion_{method}.png")
 
 
@@ -162,6 +164,7 @@ class Hierarchical(Classification):
         "acc_coarse": "coarse ACC", "auc_coarse": "coarse AUC", "f1_coarse": "coarse macro-F1",
         "acc": "fine ACC", "auc": "fine AUC", "f1": "fine macro-F1", "consistency": "consistency",
     }  # fmt: skip
+    level_note: ClassVar[str] = " (fine level)"
 
     @staticmethod
     def _class_of(tree: LabelTree | None) -> Any:
@@ -263,7 +266,7 @@ class Hierarchical(Classification):
         super().plots(predictions, title, out_dir, method)  # fine ROC + fine confusion matrix
         if len(predictions):
             plot_confusion(predictions["label_coarse"], predictions["pred_coarse"], list(self.label_tree.coarse),
-                           f"{title}: {method} (coarse)", out_dir / "plots" / f"confusion_{method}_coarse.png")
+                           f"{title} (coarse level)", out_dir / "plots" / f"confusion_{method}_coarse.png")
 
 
 def load_task(
