@@ -56,3 +56,27 @@ def test_a_no_tissue_patch_record_leaves_the_slide_out_of_cohort_stages(tmp_path
         "lost": "download failed: md5 mismatch",
     }
     assert status.left_out(tmp_path / "absent") == {}
+
+
+def test_a_slide_fixed_by_a_newer_mpp_override_rejoins_the_cohort_stages_in_the_same_run(tmp_path):
+    """A failed slide named in an override CSV written after its failure is retried now (cohort stages wait for it);
+    once it fails again after the CSV, it is left out as usual."""
+    import os
+    import time
+
+    from pipeline import status
+    from pipeline.wiring import cohort as ws
+
+    status_dir = tmp_path / "status"
+    status.record(status_dir, "segment", "boxes", False, "mpp 352.8 is not a brightfield scan")
+    status.record(status_dir, "segment", "other", False, "cannot decode pixels")
+    overrides = tmp_path / "mpp.csv"
+    overrides.write_text("slide_id,mpp\nboxes,0.5\n")
+    later = time.time() + 5
+    os.utime(overrides, (later, later))
+    assert ws.failed_slides(status_dir) == {"boxes", "other"}
+    assert ws.retried_by_overrides(status_dir, overrides) == {"boxes"}
+    assert ws.retried_by_overrides(status_dir, "") == set()
+    earlier = time.time() - 5
+    os.utime(overrides, (earlier, earlier))  # the override predates the failure: it did not fix it
+    assert ws.retried_by_overrides(status_dir, overrides) == set()

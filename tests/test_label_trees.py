@@ -111,3 +111,4 @@ def test_a_local_sheet_label_of_no_task_is_refused_before_any_job(tmp_path, fixt
         ws.cohort_slides(config)
     sheet.write_text("slide_id,case_id,label\na,P1,regular_glands\nb,P2,large_cell\n")
     assert sorted(ws.cohort_slides(config)) == ["a", "b"]
+

@@ -55,6 +55,30 @@ def failed_slides(status_dir: str | Path) -> set[str]:
     return {row["slide"] for row in collect(status_dir) if row["status"] != "ok"}
 
 
+def retried_by_overrides(status_dir: str | Path, overrides_csv: str | Path | None) -> set[str]:
+    """Failed slides named in the mpp-override CSV, which was changed after their last failure.
+
+    This run retries their per-slide stages with the override (it changes those jobs' parameters), so the cohort
+    stages wait for them rather than leaving them out until the run after. A slide that fails again has a failure
+    newer than the CSV and is left out as usual.
+    """
+    import time
+
+    from pipeline.mpp_overrides import read_mpp_overrides
+    from pipeline.status import collect
+
+    if not overrides_csv or not Path(overrides_csv).is_file() or not Path(status_dir).is_dir():
+        return set()
+    named = set(read_mpp_overrides(overrides_csv))
+    changed = Path(overrides_csv).stat().st_mtime
+    last_failure: dict[str, float] = {}
+    for row in collect(status_dir):
+        if row["status"] != "ok" and row["slide"] in named:
+            when = time.mktime(time.strptime(row["time"], "%Y-%m-%dT%H:%M:%S"))
+            last_failure[row["slide"]] = max(when, last_failure.get(row["slide"], when))
+    return {slide for slide, when in last_failure.items() if when < changed}
+
+
 def slide_regex(slide_ids: list[str]) -> str:
     """A wildcard constraint matching exactly the cohort's slide ids (keeps other paths from matching rules)."""
     if not slide_ids:
