@@ -7,13 +7,13 @@ from collections import Counter
 import pandas as pd
 import pytest
 import yaml
+from test_cohort import write_cohort
 
 from pipeline.errors import PipelineError
 from pipeline.labels import LabelTree, parse_tree_args
 from pipeline.splits import make_splits, read_split_csv
 from pipeline.training.registry import get_method
 from pipeline.wiring import cohort as ws
-from tests.test_cohort import write_cohort
 
 TREE = LabelTree.from_mapping({"lung": ["LUAD", "LUSC"], "kidney": ["CCRCC", "CHRCC", "PRCC"]})
 REPO_CONFIG = yaml.safe_load(open(ws.SCHEMA.parents[2] / "config.yaml"))
