@@ -1,6 +1,6 @@
 """HMIL (Jin et al., IEEE TMI 2025): coarse and fine slide classes from one bag, with class-wise attention.
 
-Architecture and losses as ../shared/notes/seed-methods.md section 4 reads the paper and its public code:
+Architecture and losses from the paper and its public code (github.com/ChengJin-git/HMIL):
 per-level instance projections (h_c = MLP(x), h_f = Linear(h_c)), class-wise gated attention per level (one
 attention row per class, softmax over the instances), class-row bag embeddings scored by a head shared by the
 rows, and four couplings between the levels: the bag alignment loss, the attention-matching loss, a supervised
