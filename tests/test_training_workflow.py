@@ -93,9 +93,7 @@ def test_duplicate_task_names_are_refused(tmp_path):
 
 @pytest.mark.workflow
 def test_two_backbones_train_every_method_and_write_the_cross_backbone_comparison(tmp_path):
-    # 3 slides per class: 1 to test, 1 to val, 1 to train in each of the 2 folds
-    config = {**SMALL, "demo": {**SMALL["demo"], "slides_per_class": 3},
-              "features": {"backbones": [TINY, QUILT], "batch_size": 32}}
+    config = {**SMALL, "features": {"backbones": [TINY, QUILT], "batch_size": 32}}
     run_snakemake(tmp_path, config, "train_all", "predict_all")
     results = tmp_path / "results"
     for backbone in ("tiny", "quiltnet"):
@@ -106,7 +104,7 @@ def test_two_backbones_train_every_method_and_write_the_cross_backbone_compariso
         for method in ("hivemil", "abmil_5x", "zeroshot"):
             assert (run / method / "checkpoints" / "fold1.pt").exists()
             preds = pd.read_csv(results / "predictions" / "demo" / backbone / "1shot" / method / "predictions.csv")
-            assert len(preds) == 6 and preds["n_models"].eq(2).all()
+            assert len(preds) == 8 and preds["n_models"].eq(2).all()
     comparison = pd.read_csv(results / "models" / "demo" / "comparison.csv")
     assert len(comparison) == 6 and set(comparison["backbone"]) == {"tiny", "quiltnet"}
     assert comparison["AUC"].str.contains(" ± ").all()
@@ -114,4 +112,4 @@ def test_two_backbones_train_every_method_and_write_the_cross_backbone_compariso
     assert "| hivemil | quiltnet | 1 |" in md and "| zeroshot | tiny | 1 |" in md
     # zero-shot reads the text embeddings of its backbone: the checkpoint's buffers are those texts
     heat = results / "predictions" / "demo" / "tiny" / "1shot" / "hivemil" / "heatmaps"
-    assert len(list(heat.glob("*_5x.png"))) == 6
+    assert len(list(heat.glob("*_5x.png"))) == 8
