@@ -42,19 +42,6 @@ def cohort_slides(config: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def failed_slides(status_dir: str | Path) -> set[str]:
-    """Slides whose last record of some stage is a failure (from earlier runs).
-
-    Cohort-level rules (dataset, hierarchy summary, training, prediction) leave them out, so after a
-    `--keep-going` run that lost a few slides, the next run trains on the rest; per-slide rules still retry them.
-    """
-    from pipeline.status import collect
-
-    if not Path(status_dir).is_dir():
-        return set()
-    return {row["slide"] for row in collect(status_dir) if row["status"] != "ok"}
-
-
 def retried_by_overrides(status_dir: str | Path, overrides_csv: str | Path | None) -> set[str]:
     """Failed slides named in the mpp-override CSV, which was changed after their last failure.
 

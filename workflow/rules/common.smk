@@ -48,10 +48,13 @@ def cohort_ids(wildcards=None):
 
 
 def usable_ids():
-    """The cohort less the slides that failed a stage in an earlier run (see ws.failed_slides) or were found to have
-    no tissue (pipeline.status.left_out); dataset.csv lists each one in dropped.csv with its reason."""
+    """The cohort less the slides that failed a stage in an earlier run or were found to have no tissue
+    (pipeline.status.left_out, one scan of the status records); dataset.csv lists each in dropped.csv with its reason.
+
+    Per-slide rules still retry failed slides, so after a `--keep-going` run that lost a few, the next run trains on
+    the rest."""
     status_dir = f"{OUT}/{layout.STATUS_DIR}"
-    left = ws.failed_slides(status_dir) | set(status.left_out(status_dir))
+    left = set(status.left_out(status_dir))
     left -= ws.retried_by_overrides(status_dir, config["mpp_overrides"])  # fixed by an override: retried now
     return [s for s in cohort_ids() if s not in left]
 
