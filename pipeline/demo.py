@@ -39,6 +39,42 @@ NUCLEUS = (92, 52, 130)
 LUMEN = (250, 238, 246)
 
 
+#: demo survival: Weibull proportional hazards, h(t) = h0(t) exp(risk), shape WEIBULL_SHAPE and scale BASE_DAYS, with
+#: the risk growing with solid sheets and with nuclear size (what the slides show at 5x and 20x) plus a patient-level
+#: N(0, RISK_SD^2); censoring uniform on [0, CENSOR_MAX_DAYS], which censors about a third of the patients. The
+#: shape above 1 keeps times less dispersed than an exponential, so 16 demo patients carry a visible signal
+#: (true-risk C-index about 0.77 on average over seeds).
+SOLID_RISK = 3.0
+NUCLEAR_RISK_PER_PX = 0.5
+BASE_DAYS = 1500.0
+WEIBULL_SHAPE = 2.5
+RISK_SD = 0.3
+CENSOR_MAX_DAYS = 2200.0
+
+
+def planted_risk(label: str) -> float:
+    """The log-hazard ratio a demo class carries: +3 for solid sheets, +0.5 per px of mean nuclear radius over 5 px."""
+    morphology, (r_min, r_max), _ = STYLES[label]
+    return SOLID_RISK * (morphology == "solid") + NUCLEAR_RISK_PER_PX * ((r_min + r_max) / 2 - 5.0)
+
+
+def demo_survival(slides: list[DemoSlide], seed: int) -> dict[str, tuple[int, float]]:
+    """case_id -> (event, time_days): seeded per case, drawn from the hazard its class's morphology implies.
+
+    With random-weight backbones a method's C-index on this shows only that it finds a signal the pixels carry.
+    """
+    out: dict[str, tuple[int, float]] = {}
+    for s in slides:
+        if s.case_id in out or not s.label:
+            continue
+        rng = np.random.default_rng(slide_seed(seed, "survival:" + s.case_id))
+        risk = planted_risk(s.label) + rng.normal(0.0, RISK_SD)
+        death = BASE_DAYS * (rng.exponential() / np.exp(risk)) ** (1 / WEIBULL_SHAPE)
+        censor = rng.uniform(0.0, CENSOR_MAX_DAYS)
+        out[s.case_id] = (int(death <= censor), float(round(min(death, censor))))
+    return out
+
+
 def slide_seed(seed: int, slide_id: str) -> int:
     """A per-slide seed that depends only on the cohort seed and the slide id (stable across runs)."""
     digest = hashlib.sha256(f"{seed}:{slide_id}".encode()).digest()

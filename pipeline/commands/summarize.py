@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summaries", nargs="+", required=True, help="summary.csv files, one per method")
     parser.add_argument("--task-type", default="classification", choices=list_task_types(), help="the task's type")
     parser.add_argument("--title", default="", help="title of comparison.md")
-    parser.add_argument("--out-dir", required=True, help="models/{task}/{backbone}/{shots}shot")
+    parser.add_argument("--out-dir", required=True, help="models/{task}/{backbone}/{run}")
 
 
 def run(args: argparse.Namespace) -> int:

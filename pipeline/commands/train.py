@@ -47,15 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-embeddings", default="", help="text_{task}.h5 of the same backbone (zero-shot texts)")
     parser.add_argument("--label-tree", nargs="*", default=[], metavar="COARSE=FINE,FINE",
                         help="the task's label tree (hierarchical tasks; classification over the coarse level)")
+    parser.add_argument("--labels", nargs="*", default=[],
+                        help="survival tasks: use only slides of these labels (default: every labelled slide)")
     parser.add_argument("--backbone", required=True, help="backbone name (the one that made the features)")
     parser.add_argument("--weights", default=None,
                         help="backbone weights for methods that read its text tower: a file, a hub id, or 'random'")
     parser.add_argument("--tokenizer", default=None, help="tokenizer file (CONCH)")
-    parser.add_argument("--shots", type=int, default=None, help="training slides per class (recorded in the tables)")
-    parser.add_argument("--out-dir", required=True, help="models/{task}/{backbone}/{shots}shot/{method}")
+    parser.add_argument("--shots", type=_optional_int, default=None,
+                        help="training slides per class, recorded in the tables (empty: a cross-validated task)")
+    parser.add_argument("--out-dir", required=True, help="models/{task}/{backbone}/{run}/{method}")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0 = torch's default); 1 is fastest for small graphs on a busy CPU")
     add_config_arguments(parser)
+
+
+def _optional_int(value: str) -> int | None:
+    return int(value) if value.strip() else None
 
 
 def config_from_args(args: argparse.Namespace):
@@ -74,11 +81,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    task = load_task(args.task_type, args.task, args.dataset, args.prompts, parse_tree_args(args.label_tree))
+    config = config_from_args(args)
+    task = load_task(args.task_type, args.task, args.dataset, args.prompts, parse_tree_args(args.label_tree),
+                     config=config, labels=args.labels)
     train_method(
         task=task, method=args.method, split_files=args.splits,
         features=pair_feature_files(args.features_5x, args.hierarchical), backbone_name=args.backbone,
         out_dir=args.out_dir, shots=args.shots, text_embeddings=args.text_embeddings or None, weights=args.weights,
-        tokenizer=args.tokenizer, config=config_from_args(args),
+        tokenizer=args.tokenizer, config=config,
     )
     return 0

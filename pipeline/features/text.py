@@ -47,27 +47,36 @@ def embed_prompts(
     device: str = "auto",
     seed: int = 0,
 ) -> TextEmbeddings:
-    """Encode every text of a prompt file and write `out` (the text-embed stage's library call)."""
-    prompts = load_prompts(prompts_path, labels)
+    """Encode every text of a prompt file and write `out` (the text-embed stage's library call).
+
+    A survival task's attribute prompts (pipeline.attribute_prompts) are written with their two levels as classes.
+    """
+    from pipeline.attribute_prompts import is_attribute_file, load_attribute_prompts, read_json
+
+    if is_attribute_file(read_json(prompts_path)):
+        attributes = load_attribute_prompts(prompts_path)
+        groups, layout = attributes.labels, {"text_format": "attribute sentence", "n_attributes": attributes.k}
+        texts = attributes.group_texts()
+    else:
+        prompts = load_prompts(prompts_path, labels)
+        groups, texts = prompts.labels, [c.texts() for c in prompts.classes]
+        layout = {"n_coarse": COARSE_PER_CLASS, "n_fine": FINE_PER_CLASS, "text_format": "term: explanation"}
     dev = resolve_device(device)
     with deterministic(seed, dev):
         model = backbone
         if isinstance(backbone, str):
             model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
         model.to(dev)
-        texts = [c.texts() for c in prompts.classes]
         flat = [t for per_class in texts for t in per_class]
         emb = encode_texts(model, flat).reshape(len(texts), len(texts[0]), -1)
     result = TextEmbeddings(
         emb,
-        prompts.labels,
+        groups,
         texts,
         {
             **model.attrs(),
             "prompts_file": str(prompts_path),
-            "n_coarse": COARSE_PER_CLASS,
-            "n_fine": FINE_PER_CLASS,
-            "text_format": "term: explanation",
+            **layout,
             "normalized": False,
             "logit_scale": model.logit_scale,
         },

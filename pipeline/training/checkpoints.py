@@ -44,6 +44,7 @@ def save_checkpoint(
         "classes": list(task.classes),
         "texts": list(task.texts),
         "label_tree": None if task.tree is None else task.tree.as_mapping(),
+        "task_state": task.checkpoint_state(),
         "embed_dim": int(embed_dim),
         "logit_scale": None if logit_scale is None else float(logit_scale),
         "config": method.config.to_dict(),
@@ -77,7 +78,8 @@ def method_of(ckpt: dict[str, Any]) -> Method:
     """The registered method of a checkpoint, bound to the checkpoint's task and config."""
     tree = ckpt.get("label_tree")
     task = get_task_type(ckpt["task_type"])(
-        ckpt["task"], list(ckpt["classes"]), {}, list(ckpt["texts"]), LabelTree.from_mapping(tree) if tree else None
+        ckpt["task"], list(ckpt["classes"]), {}, list(ckpt["texts"]), LabelTree.from_mapping(tree) if tree else None,
+        **ckpt.get("task_state", {}),
     )
     return get_method(ckpt["method"])(TrainConfig.from_dict(ckpt["config"]), task)
 

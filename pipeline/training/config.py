@@ -49,16 +49,35 @@ class TrainConfig:
     hmil_fine_attention_hidden: int = _opt(64, "HMIL fine-level attention size (paper 64)")
     hmil_attention_weight: float = _opt(1.0, "weight of HMIL's attention-matching loss (the code never adds it)")
     hmil_lr_patience: int = _opt(5, "HMIL plateau epochs before the learning rate drops x0.1 (paper 5)")
+    survival_bins: int = _opt(4, "survival: time bins at the quartiles of uncensored times (MCAT 4); also the splits'")
+    survival_alpha: float = _opt(0.0, "survival: weight of the uncensored-only term of the hazard NLL (MCAT 0)")
+    survival_epochs: int = _opt(20, "survival: epochs, no early stopping (MCAT 20; the held-out fold is the test)")
+    survival_batch_size: int = _opt(1, "survival: patients per step (MCAT: 1, gradients accumulated over 32)")
+    survival_lr: float = _opt(2e-4, "survival: Adam learning rate (MCAT 2e-4)")
+    hila_hidden: int = _opt(256, "HiLa instance-token size H")
+    hila_heads: int = _opt(4, "HiLa cross-level propagation attention heads")
+    hila_clp_layers: int = _opt(1, "HiLa cross-level propagation layers (region <-> its own children)")
+    hila_dropout: float = _opt(0.25, "HiLa dropout")
+    hila_ot_eps: float = _opt(0.1, "HiLa optimal prompt learning: Sinkhorn entropic regularisation (PLOT 0.1)")
+    hila_ot_iters: int = _opt(100, "HiLa Sinkhorn iterations at most (PLOT 100)")
+    hila_ot_tol: float = _opt(1e-5, "HiLa Sinkhorn stop threshold on the marginal error")
+    hila_attr_temperature: float = _opt(0.1, "HiLa softmax temperature of the attribute weights")
+    hila_mcl_temperature: float = _opt(0.1, "HiLa mutual contrastive learning temperature")
+    hila_mcl_weight: float = _opt(0.1, "HiLa weight of the mutual contrastive loss")
     device: str = _opt("auto", "auto (GPU if present), cpu, cuda or cuda:N")
     cache_gb: float = _opt(4.0, "slide features kept in memory (GB)")
 
     def __post_init__(self) -> None:
-        if min(self.epochs, self.patience, self.hmil_epochs, self.hmil_patience, self.hmil_batch_size) < 1:
+        if min(self.epochs, self.patience, self.hmil_epochs, self.hmil_patience, self.hmil_batch_size,
+               self.survival_epochs, self.survival_batch_size) < 1:
             raise PipelineError(
                 f"train: epochs, patience and batch sizes must be >= 1 (got epochs {self.epochs}, patience "
                 f"{self.patience}, hmil_epochs {self.hmil_epochs}, hmil_patience {self.hmil_patience}, "
-                f"hmil_batch_size {self.hmil_batch_size})"
+                f"hmil_batch_size {self.hmil_batch_size}, survival_epochs {self.survival_epochs}, "
+                f"survival_batch_size {self.survival_batch_size})"
             )
+        if self.survival_bins < 2:
+            raise PipelineError(f"train config: survival_bins must be >= 2, got {self.survival_bins}")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

@@ -112,3 +112,34 @@ class FeatureStore:
             self._cache[slide_id] = bag
             self._used += bag.nbytes
         return bag
+
+
+class PatientBags:
+    """A survival task's bags: all slides of a patient as one bag (their regions concatenated, links kept).
+
+    Bags are built on demand from the slide store (which caches the slides), keyed by case id.
+    """
+
+    def __init__(self, store: FeatureStore, members: Mapping[str, list[str]]):
+        self.store = store
+        self.members = dict(members)
+
+    def __contains__(self, case_id: str) -> bool:
+        slides = self.members.get(case_id)
+        return bool(slides) and all(s in self.store for s in slides)
+
+    def get(self, case_id: str) -> SlideBag:
+        if case_id not in self.members:
+            raise PipelineError(f"case '{case_id}' is not a patient of this task")
+        bags = [self.store.get(s) for s in self.members[case_id]]
+        if len(bags) == 1:
+            only = bags[0]
+            return SlideBag(case_id, only.x5, only.x20, only.mask, only.coords_5x, only.coords_20x)
+        return SlideBag(
+            case_id,
+            torch.cat([b.x5 for b in bags]),
+            torch.cat([b.x20 for b in bags]),
+            torch.cat([b.mask for b in bags]),
+            np.concatenate([b.coords_5x for b in bags]),
+            np.concatenate([b.coords_20x for b in bags]),
+        )

@@ -114,7 +114,7 @@ def fit(
     if not is_trainable(model):
         return FitResult([], -1)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=method.learning_rate(), weight_decay=cfg.weight_decay)
     scheduler = method.lr_scheduler(optimizer)
     epochs, batch_size = method.max_epochs(), method.train_batch_size()
     stopper = EarlyStopping(method.patience())

@@ -2,9 +2,11 @@
 
 The checkpoints of one method's results folder (one per fold, same method, backbone and classes) form an ensemble
 whose class probabilities are averaged. No backbone is built: checkpoints carry what their model needs (HiVE-MIL:
-its learned prompts' text features). Outputs in `out_dir` (predictions/{task}/{backbone}/{shots}shot/{method}/):
+its learned prompts' text features). Outputs in `out_dir` (predictions/{task}/{backbone}/{run}/{method}/):
 
-- `predictions.csv`: slide_id, predicted class, one probability column per class, number of models;
+- `predictions.csv`: slide_id, predicted class, one probability column per class, number of models (survival: the
+  slide's risk and survival function, each slide a bag of its own; per-patient risks of the cohort are the
+  out-of-fold predictions in models/{task}/{backbone}/cv{k}/{method}/predictions.csv);
 - `top_pairs/{slide}.csv` (HiVE-MIL): the patch-text pairs with the highest similarity after the graph, at 5x
   (coarse texts) and 20x (fine texts) for the predicted class, with level-0 coordinates and the text;
 - `heatmaps/{slide}_{5x,20x}.png` (HiVE-MIL) when the slide and patch files are given: each patch's best similarity
@@ -208,17 +210,20 @@ def predict_slides(
                 [m.task.outputs(m.logits(model, bag, dev, cache)[0]) for m, model, cache in zip(methods, models, caches)],
                 axis=0,
             )
-        row = methods[0].task.prediction_frame([sid], None, probs[None]).iloc[0].to_dict()
-        cls = classes.index(row["pred"])
+        task = methods[0].task
+        row = task.prediction_frame([sid], None, probs[None]).iloc[0].to_dict()
+        row = {"slide_id": sid, **{k: v for k, v in row.items() if k != task.id_column}}  # survival: a slide's risk
         rows.append({**row, "n_models": len(models), "method": first["method"]})
         if all(isinstance(m, HiveMIL) for m in models):
+            cls = classes.index(row["pred"])
             scores = patch_text_scores(models, caches, bag, dev)
             table = top_pairs(scores, bag, texts, classes, cls, top_n)
             write_text_atomic(out / "top_pairs" / f"{sid}.csv", table.to_csv(index=False, float_format="%.6g"))
             if slide_files and sid in slide_files:
                 files = slide_files[sid]
                 write_heatmaps(files.slide, files.patches, sid, bag, scores, cls, out)
-        log.info("%s: %s (%s)", sid, row["pred"], ", ".join(f"{c} {row[f'prob_{c}']:.3f}" for c in classes))
+        log.info("%s: %s", sid, ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                                          if k != "slide_id"))
     frame = pd.DataFrame(rows, columns=None if rows else ["slide_id", "pred"])
     write_text_atomic(out / "unscored.csv", pd.DataFrame(unscored, columns=["slide_id", "reason"]).to_csv(index=False))
     write_text_atomic(out / "predictions.csv", frame.to_csv(index=False, float_format="%.6g"))

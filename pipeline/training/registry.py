@@ -53,6 +53,7 @@ def register_task_type(name: str) -> Callable[[T], T]:
 
 def _load() -> None:
     import pipeline.training.methods  # noqa: F401  (registers the shipped methods)
+    import pipeline.training.survival  # noqa: F401
     import pipeline.training.tasks  # noqa: F401  (registers the shipped task types)
 
 

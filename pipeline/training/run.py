@@ -1,12 +1,16 @@
 """Train and evaluate one registered method on every fold of one task / backbone / shot count.
 
 Per fold: the seed is reset, the method's model is built, trained by the shared loop with early stopping, the best
-epoch restored and the test slides scored. Outputs in `out_dir` (models/{task}/{backbone}/{shots}shot/{method}/):
+epoch restored and the test slides scored. Outputs in `out_dir` (models/{task}/{backbone}/{run}/{method}/):
 
 - `checkpoints/fold{k}.pt`: see pipeline.training.checkpoints;
 - `summary.csv`: one row per fold (task, backbone, shots, method, fold, the task's metrics, best epoch, sizes);
-- `predictions.csv`: per test slide and fold: label, prediction, class probabilities;
-- `curves/fold{k}.csv`, `plots/curves_fold{k}.png` (trainable methods), `plots/roc_{method}.png`.
+- `predictions.csv`: per test slide and fold: label, prediction, class probabilities (survival: per test patient,
+  event, time, bin, risk and the survival function);
+- `attributes.csv` (methods with attribute prompts: HiLa, prompt_risk): per test patient the top attributes per
+  level with their weights;
+- `curves/fold{k}.csv`, `plots/curves_fold{k}.png` (trainable methods), the task type's plots (`plots/roc_{method}.png`
+  and `confusion_*`, or survival's `km_{method}.png`).
 
 Every input is an explicit file: the split files, the feature files, the prompt file and the text embeddings.
 """
@@ -112,7 +116,7 @@ def train_method(
     runner: Method = get_method(method)(cfg, task)
     out = Path(out_dir)
     device = resolve_device(cfg.device)
-    store = FeatureStore(features, cfg.cache_gb * 1e9)
+    store = task.bags(FeatureStore(features, cfg.cache_gb * 1e9))  # slides, or a survival task's patients
     title = title or f"{task.name}/{backbone_name}/{shots}shot/{method}"
     folds = sorted(((fold_of(f), Path(f)) for f in split_files), key=lambda item: item[0])
     if not folds:
@@ -120,6 +124,7 @@ def train_method(
     resources: Resources | None = None
     summary_rows: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
+    attributes: list[dict[str, Any]] = []
     for fold, split_file in folds:
         split = read_split_csv(split_file)
         where = str(split_file)
@@ -127,9 +132,12 @@ def train_method(
         for name, ids in parts.items():
             missing = [s for s in ids if s not in task.targets or s not in store]
             if missing:
-                raise PipelineError(f"{split_file}: {name} slide(s) {missing[:5]} have no label or no feature files")
+                raise PipelineError(
+                    f"{split_file}: {name} {task.id_column.removesuffix('_id')}(s) {missing[:5]} have no label or no "
+                    "feature files"
+                )
         if not parts["train"]:
-            raise PipelineError(f"{split_file}: no training slides")
+            raise PipelineError(f"{split_file}: no training {task.id_column.removesuffix('_id')}s")
         train = [(store.get(s), task.target(s, where)) for s in parts["train"]]
         val = [(store.get(s), task.target(s, where)) for s in parts["val"]]
         if resources is None:
@@ -147,7 +155,7 @@ def train_method(
         metrics = task.score(test_targets, ev.outputs)
         log.info("%s: test %s", name, {k: round(v, 4) for k, v in metrics.items()})
         summary_rows.append(
-            {"task": task.name, "backbone": backbone_name, "shots": shots, "method": method, "fold": fold, **metrics,
+            {"task": task.name, "backbone": backbone_name, "shots": "cv" if task.cross_validated else shots, "method": method, "fold": fold, **metrics,
              "best_epoch": result.best_epoch, "epochs_run": len(result.history), "n_train": len(train),
              "n_val": len(val), "n_test": len(test_ids)}
         )
@@ -162,10 +170,16 @@ def train_method(
         frame.insert(0, "fold", fold)
         frame.insert(0, "method", method)
         frames.append(frame)
+        with torch.no_grad():
+            attributes += [{"method": method, "fold": fold, task.id_column: s, **row}
+                           for s in test_ids for row in runner.top_attributes(model, store.get(s), device)]
     summary = pd.DataFrame(summary_rows)
     predictions = pd.concat(frames, ignore_index=True)
     write_csv(out / "summary.csv", summary)
     write_csv(out / "predictions.csv", predictions)
+    if attributes:
+        write_csv(out / "attributes.csv", pd.DataFrame(attributes))
+    (out / "plots").mkdir(parents=True, exist_ok=True)  # the rule's report folder, even for a method without plots
     task.plots(predictions, title, out, method)
     return summary
 

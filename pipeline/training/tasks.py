@@ -2,7 +2,7 @@
 
 `classification` is slide-level labels with class texts from the prompt file (HiVE-MIL's setting); `hierarchical`
 is a coarse-to-fine label tree (HMIL's setting), predicted at both levels. Further types (survival) register here
-the same way and reuse the loop, checkpoints and reports. Torch is imported inside the functions that need it, so
+the same way (survival: pipeline.training.survival) and reuse the loop, checkpoints and reports. Torch is imported inside the functions that need it, so
 the registry stays torch-free.
 """
 
@@ -31,6 +31,10 @@ class TaskType:
     type_name: ClassVar[str] = ""
     #: metric columns of the result tables, with their table headers.
     metrics: ClassVar[dict[str, str]] = {}
+    #: what a target is, and the id column of its prediction tables (survival: one case, all its slides)
+    id_column: ClassVar[str] = "slide_id"
+    #: evaluated by k-fold cross-validation of all targets (no shots; result tables show `shots` = "cv")
+    cross_validated: ClassVar[bool] = False
 
     name: str
     classes: list[str]
@@ -38,7 +42,29 @@ class TaskType:
     texts: list[str]  # the prompt file's texts, per class in file order
     tree: LabelTree | None = field(default=None)
 
-    def target(self, slide_id: str, where: str) -> int:
+    @property
+    def n_outputs(self) -> int:
+        """Logits a flat method returns (one per class)."""
+        return len(self.classes)
+
+    def bags(self, store: Any) -> Any:
+        """Where a target's bag comes from: the slide itself (survival: all slides of a patient)."""
+        return store
+
+    def epochs(self, cfg: Any) -> int:
+        return cfg.epochs
+
+    def batch_size(self, cfg: Any) -> int:
+        return 1
+
+    def learning_rate(self, cfg: Any) -> float:
+        return cfg.lr
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What prediction needs of the task beyond its classes and texts (stored in each checkpoint)."""
+        return {}
+
+    def target(self, slide_id: str, where: str) -> Any:
         if slide_id not in self.targets:
             raise PipelineError(f"{where}: slide '{slide_id}' has no target in task '{self.name}'")
         return self.targets[slide_id]
@@ -73,7 +99,8 @@ class Classification(TaskType):
     level_note: ClassVar[str] = ""
 
     @classmethod
-    def load(cls, name: str, dataset_csv: PathLike, prompts_json: PathLike, tree: LabelTree | None = None) -> "TaskType":
+    def load(cls, name: str, dataset_csv: PathLike, prompts_json: PathLike, tree: LabelTree | None = None,
+             config: Any = None, labels: Sequence[str] = ()) -> "TaskType":
         """dataset.csv labels mapped onto the prompt file's classes; slides of other labels belong to other tasks.
 
         With a label tree, a slide's class is the coarse parent of its (fine) sheet label.
@@ -270,10 +297,13 @@ class Hierarchical(Classification):
 
 
 def load_task(
-    task_type: str, name: str, dataset_csv: PathLike, prompts_json: PathLike, tree: LabelTree | None = None
+    task_type: str, name: str, dataset_csv: PathLike, prompts_json: PathLike, tree: LabelTree | None = None,
+    config: Any = None, labels: Sequence[str] = (),
 ) -> TaskType:
-    """A task of a registered type from the cohort's dataset.csv, its prompt file and its label tree (if any)."""
+    """A task of a registered type from the cohort's dataset.csv, its prompt file and its label tree (if any).
+
+    `config` (the TrainConfig) and `labels` (slides of these labels only) are read by the survival type."""
     from pipeline.training.registry import get_task_type
 
     cls: Any = get_task_type(task_type)
-    return cls.load(name, dataset_csv, prompts_json, tree)
+    return cls.load(name, dataset_csv, prompts_json, tree, config=config, labels=labels)

@@ -127,7 +127,15 @@ def _by_name(items: list[dict[str, Any]], what: str, defaults: dict[str, Any]) -
 DEFAULT_METHODS = {
     "classification": ["hivemil", "abmil_5x", "abmil_20x", "zeroshot"],
     "hierarchical": ["hmil", "hivemil", "abmil_5x", "abmil_20x", "zeroshot"],
+    "survival": ["hila", "abmil_5x", "abmil_20x", "prompt_risk"],
 }
+
+
+def cross_validated(task: dict[str, Any]) -> bool:
+    """Whether a task's type is evaluated by k-fold cross-validation over patients instead of few-shot draws."""
+    from pipeline.training.registry import get_task_type
+
+    return bool(get_task_type(task["type"]).cross_validated)
 
 
 def _with_tree(task: dict[str, Any]) -> dict[str, Any]:
@@ -139,11 +147,14 @@ def _with_tree(task: dict[str, Any]) -> dict[str, Any]:
     """
     where = f"config: task '{task['name']}'"
     tree_map = task.get("tree") or {}
+    if cross_validated(task) and not tree_map:  # labels optional: they restrict the cohort if given
+        return {**task, "labels": list(task.get("labels") or []), "sheet_labels": list(task.get("labels") or []),
+                "tree_args": []}
     if task["type"] == "hierarchical" and not tree_map:
         raise ValueError(f"{where} is hierarchical and needs a `tree: {{coarse: [fine, ...]}}`")
     if not tree_map:
-        if not task.get("labels"):
-            raise ValueError(f"{where} needs `labels` (or a `tree`)")
+        if len(task.get("labels") or []) < 2:
+            raise ValueError(f"{where} needs `labels`, at least two classes (or a `tree`)")
         return {**task, "sheet_labels": list(task["labels"]), "tree_args": []}
     tree = LabelTree.from_mapping(tree_map, where)
     classes = list(tree.fine if task["type"] == "hierarchical" else tree.coarse)
@@ -159,9 +170,30 @@ def tasks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The training tasks of the cohort (config.yaml `tasks:`) by name, schema defaults and label trees filled in."""
     found = _by_name(config["tasks"], "task", _item_defaults("tasks"))
     out = {name: _with_tree({"methods": DEFAULT_METHODS[task["type"]], **task}) for name, task in found.items()}
+    folds = config["cohort"]["folds"]
     for task in out.values():
         _check_methods(task)
+        task["runs"] = run_names(task, folds)
+        task["splits"] = [split_of_run(run) for run in task["runs"]]
     return out
+
+
+def run_names(task: dict[str, Any], folds: int) -> list[str]:
+    """A task's run folders under models/{task}/{backbone}/: `{n}shot` per shot count, or `cv{folds}` for a
+    cross-validated (survival) task."""
+    if cross_validated(task):
+        return [f"cv{folds}"]
+    return [f"{n}shot" for n in task["shots"]]
+
+
+def split_of_run(run: str) -> str:
+    """The split folder suffix of a run: `4shot` -> `4` (HiVE-MIL's {task}_{shots}), `cv5` -> `cv5`."""
+    return run.removesuffix("shot")
+
+
+def shots_of_run(run: str) -> str:
+    """The train command's `--shots` value of a run (empty for cross-validation)."""
+    return run.removesuffix("shot") if run.endswith("shot") else ""
 
 
 def _check_methods(task: dict[str, Any]) -> None:
@@ -176,6 +208,17 @@ def _check_methods(task: dict[str, Any]) -> None:
         )
 
 
+def has_survival(config: dict[str, Any]) -> bool:
+    """Whether some task is a survival task (dataset.csv then lists the slides without usable follow-up)."""
+    return any(cross_validated(task) for task in tasks(config).values())
+
+
+def survival_labels(task: dict[str, Any]) -> list[str]:
+    """The train command's `--labels` (a survival task's label restriction; classification takes its classes
+    from the prompt file)."""
+    return list(task["labels"]) if cross_validated(task) else []
+
+
 def split_label_args(task: dict[str, Any]) -> list[str]:
     """`--label-tree` items for the splits command: a classification task with a tree stratifies by coarse class
     (the sheet's fine labels mapped up); a hierarchical one stratifies by its fine labels as they are."""
@@ -183,9 +226,13 @@ def split_label_args(task: dict[str, Any]) -> list[str]:
 
 
 def dataset_labels(config: dict[str, Any]) -> list[str]:
-    """Labels that dataset.csv keeps: every sheet label of some task, in first-seen order (other slides are dropped)."""
+    """Labels that dataset.csv keeps: every sheet label of some task, in first-seen order (other slides are dropped).
+
+    Empty (every label) when a survival task names no labels: it uses every labelled slide of the cohort."""
     seen: dict[str, None] = {}
     for task in tasks(config).values():
+        if cross_validated(task) and not task["sheet_labels"]:
+            return []
         seen.update(dict.fromkeys(task["sheet_labels"]))
     return list(seen)
 

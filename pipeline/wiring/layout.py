@@ -1,6 +1,6 @@
 """The results layout: every path a rule reads or writes, relative to `output_dir`, defined once here.
 
-Patterns use Snakemake wildcards ({slide}, {backbone}, {task}, {shots}, {method}, {k}); the rules prefix them with
+Patterns use Snakemake wildcards ({slide}, {backbone}, {task}, {split}, {run}, {method}, {k}); the rules prefix them with
 the output folder and hand the package explicit file lists, so no stage rebuilds a path from a folder.
 """
 
@@ -17,19 +17,22 @@ SHEET = "cohort/sheet.csv"
 DATASET = "cohort/dataset.csv"
 DROPPED = "cohort/dropped.csv"
 PROMPTS = "cohort/prompts/{task}.json"
-SPLITS_DIR = "splits/{task}_{shots}"
+#: {split}: the shot count of a few-shot task (HiVE-MIL's `{task}_{shots}` folders) or `cv{folds}` of a survival task
+SPLITS_DIR = "splits/{task}_{split}"
 SPLIT = SPLITS_DIR + "/splits_{k}.csv"
 SPLITS_META = SPLITS_DIR + "/splits_meta.json"
-RUN_DIR = "models/{task}/{backbone}/{shots}shot"
+#: {run}: `{shots}shot` of a few-shot task, `cv{folds}` of a survival task (pipeline.wiring.cohort.run_names)
+RUN_DIR = "models/{task}/{backbone}/{run}"
 METHOD_DIR = RUN_DIR + "/{method}"
 CHECKPOINT = METHOD_DIR + "/checkpoints/fold{k}.pt"
 METHOD_SUMMARY = METHOD_DIR + "/summary.csv"
 METHOD_PREDICTIONS = METHOD_DIR + "/predictions.csv"
+METHOD_PLOTS = METHOD_DIR + "/plots"
 RESULTS = RUN_DIR + "/results.csv"
 RUN_COMPARISON = RUN_DIR + "/comparison.md"
 TASK_COMPARISON = "models/{task}/comparison.md"
 TASK_COMPARISON_CSV = "models/{task}/comparison.csv"
-PREDICT_DIR = "predictions/{task}/{backbone}/{shots}shot/{method}"
+PREDICT_DIR = "predictions/{task}/{backbone}/{run}/{method}"
 PREDICTIONS = PREDICT_DIR + "/predictions.csv"
 STATUS_DIR = "status"
 STATUS_TABLE = "status.csv"

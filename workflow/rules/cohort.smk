@@ -1,5 +1,6 @@
 # Cohort: dataset.csv from the cohort sheet and the per-slide files, patient-level few-shot splits in HiVE-MIL's
-# format per task and shot count, and each task's checked text prompts. Input functions `dataset_inputs` (named
+# format per task and shot count, k-fold cross-validation over patients for survival tasks, and each task's checked
+# text prompts. Input functions `dataset_inputs` (named
 # inputs sheet, patches, features_5x, hierarchical) and `prompt_file` are defined in common.smk.
 
 
@@ -23,10 +24,11 @@ rule dataset:
         labels=ws.dataset_labels(config),
         status=f"{OUT}/status",
         min_patches=config["cohort"]["min_patches"],
+        survival="--survival" if ws.has_survival(config) else "",
     shell:
         "$HIVE_PYTHON -m pipeline dataset --sheet {input.sheet:q} --patches {input.patches:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --labels {params.labels:q} "
-        "--status-dir {params.status:q} --min-patches {params.min_patches} "
+        "--status-dir {params.status:q} --min-patches {params.min_patches} {params.survival} "
         "--out {output.dataset:q} --dropped {output.dropped:q} > {log:q} 2>&1"
 
 
@@ -36,10 +38,12 @@ rule splits:
     output:
         splits=expand(out(layout.SPLIT), k=range(config["cohort"]["folds"]), allow_missing=True),
         meta=out(layout.SPLITS_META),
+    wildcard_constraints:
+        split=r"\d+",
     log:
-        f"{OUT}/logs/splits/{{task}}_{{shots}}.log",
+        f"{OUT}/logs/splits/{{task}}_{{split}}.log",
     benchmark:
-        f"{OUT}/benchmarks/splits/{{task}}_{{shots}}.tsv"
+        f"{OUT}/benchmarks/splits/{{task}}_{{split}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
@@ -58,10 +62,39 @@ rule splits:
         overlap="--allow-case-overlap" if config["cohort"]["allow_case_overlap"] else "",
     shell:
         "$HIVE_PYTHON -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
-        "--task {wildcards.task:q} --shots {wildcards.shots:q} --folds {params.folds} --val-frac {params.val_frac} "
+        "--task {wildcards.task:q} --shots {wildcards.split:q} --folds {params.folds} --val-frac {params.val_frac} "
         "--test-frac {params.test_frac} --seed {params.seed} --labels {params.labels:q} "
         "--label-tree {params.tree:q} --ignore-other-labels --import-from {params.import_from:q} {params.overlap} "
         "> {log:q} 2>&1"
+
+
+rule survival_splits:
+    input:
+        dataset=rules.dataset.output.dataset,
+    output:
+        splits=expand(out(layout.SPLIT), k=range(config["cohort"]["folds"]), allow_missing=True),
+        meta=out(layout.SPLITS_META),
+    wildcard_constraints:
+        split=r"cv\d+",
+    log:
+        f"{OUT}/logs/splits/{{task}}_{{split}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/splits/{{task}}_{{split}}.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        out_dir=lambda wildcards, output: str(Path(output.meta).parent),
+        folds=config["cohort"]["folds"],
+        seed=config["cohort"]["seed"],
+        bins=config["train"]["survival_bins"],
+        labels=lambda wildcards: TASKS[wildcards.task]["labels"],
+    shell:
+        "$HIVE_PYTHON -m pipeline survival-splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
+        "--folds {params.folds} --seed {params.seed} --bins {params.bins} --labels {params.labels:q} > {log:q} 2>&1"
 
 
 rule check_prompts:
@@ -88,6 +121,6 @@ rule check_prompts:
 
 rule splits_all:
     input:
-        [expand(rules.splits.output.splits, task=name, shots=t["shots"]) for name, t in TASKS.items()],
-        [expand(rules.splits.output.meta, task=name, shots=t["shots"]) for name, t in TASKS.items()],
+        [expand(out(layout.SPLIT), task=name, split=t["splits"], k=range(config["cohort"]["folds"])) for name, t in TASKS.items()],
+        [expand(out(layout.SPLITS_META), task=name, split=t["splits"]) for name, t in TASKS.items()],
         expand(rules.check_prompts.output[0], task=list(TASKS)),

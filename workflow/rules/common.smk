@@ -32,7 +32,8 @@ wildcard_constraints:
     slide=ws.slide_regex(SLIDES),
     backbone=ws.name_regex(list(BACKBONES)),
     task=ws.name_regex(list(TASKS)),
-    shots=r"\d+",
+    split=r"\d+|cv\d+",
+    run=r"\d+shot|cv\d+",
 
 
 def out(pattern, **values):
@@ -120,11 +121,12 @@ def hierarchy_reports(wildcards):
 
 
 def split_files(wildcards):
-    return expand(out(layout.SPLIT), task=wildcards.task, shots=wildcards.shots, k=range(config["cohort"]["folds"]))
+    split = ws.split_of_run(wildcards.run)
+    return expand(out(layout.SPLIT), task=wildcards.task, split=split, k=range(config["cohort"]["folds"]))
 
 
 def train_inputs(wildcards):
-    """Everything a method's training job reads, following its task, backbone and shot-count wildcards."""
+    """Everything a method's training job reads, following its task, backbone and run (shot count or cv) wildcards."""
     return {
         "dataset": out(layout.DATASET),
         "prompts": out(layout.PROMPTS, task=wildcards.task),
@@ -135,13 +137,13 @@ def train_inputs(wildcards):
 
 
 def method_summaries(wildcards):
-    w = dict(task=wildcards.task, backbone=wildcards.backbone, shots=wildcards.shots)
+    w = dict(task=wildcards.task, backbone=wildcards.backbone, run=wildcards.run)
     return expand(out(layout.METHOD_SUMMARY), **w, method=TASKS[wildcards.task]["methods"])
 
 
 def task_results(wildcards):
     task = TASKS[wildcards.task]
-    return expand(out(layout.RESULTS), task=wildcards.task, backbone=list(BACKBONES), shots=task["shots"])
+    return expand(out(layout.RESULTS), task=wildcards.task, backbone=list(BACKBONES), run=task["runs"])
 
 
 def predict_slide_ids():
@@ -154,7 +156,7 @@ def predict_slide_ids():
 
 def predict_inputs(wildcards):
     slides = predict_slide_ids()
-    w = dict(task=wildcards.task, backbone=wildcards.backbone, shots=wildcards.shots, method=wildcards.method)
+    w = dict(task=wildcards.task, backbone=wildcards.backbone, run=wildcards.run, method=wildcards.method)
     return {
         "checkpoints": expand(out(layout.CHECKPOINT), **w, k=range(config["cohort"]["folds"])),
         "slides": [slide_file(s) for s in slides],
@@ -164,10 +166,10 @@ def predict_inputs(wildcards):
 
 
 def every_run(pattern):
-    """`pattern` for every task x backbone x shot count x method of the config."""
+    """`pattern` for every task x backbone x run (shot count or cv) x method of the config."""
     paths = []
     for name, task in TASKS.items():
-        paths += expand(out(pattern), task=name, backbone=list(BACKBONES), shots=task["shots"], method=task["methods"])
+        paths += expand(out(pattern), task=name, backbone=list(BACKBONES), run=task["runs"], method=task["methods"])
     return sorted(set(paths))
 
 

@@ -11,10 +11,18 @@ rule train:
         summary=out(layout.METHOD_SUMMARY),
         predictions=out(layout.METHOD_PREDICTIONS),
         checkpoints=expand(out(layout.CHECKPOINT), k=range(config["cohort"]["folds"]), allow_missing=True),
+        plots=report(
+            directory(out(layout.METHOD_PLOTS)),
+            patterns=["{name}.png"],
+            caption="../report/training_plots.rst",
+            category="Training",
+            subcategory="{task}",
+            labels={"backbone": "{backbone}", "run": "{run}", "method": "{method}", "plot": "{name}"},
+        ),
     log:
-        f"{OUT}/logs/train/{{task}}/{{backbone}}/{{shots}}shot/{{method}}.log",
+        f"{OUT}/logs/train/{{task}}/{{backbone}}/{{run}}/{{method}}.log",
     benchmark:
-        f"{OUT}/benchmarks/train/{{task}}/{{backbone}}/{{shots}}shot/{{method}}.tsv"
+        f"{OUT}/benchmarks/train/{{task}}/{{backbone}}/{{run}}/{{method}}.tsv"
     conda:
         "../../envs/model.yaml"
     threads: config["train"]["threads"]
@@ -24,17 +32,19 @@ rule train:
     params:
         task_type=lambda wildcards: TASKS[wildcards.task]["type"],
         tree=lambda wildcards: TASKS[wildcards.task]["tree_args"],
+        shots=lambda wildcards: ws.shots_of_run(wildcards.run),
+        labels=lambda wildcards: ws.survival_labels(TASKS[wildcards.task]),
         out_dir=lambda wildcards, output: str(Path(output.summary).parent),
         weights=backbone_param("weights"),
         tokenizer=backbone_param("tokenizer"),
         flags=flags.train_flags(config["train"]),
     shell:
         "$HIVE_PYTHON -m pipeline train --task {wildcards.task:q} --task-type {params.task_type} "
-        "--method {wildcards.method:q} --label-tree {params.tree:q} --dataset {input.dataset:q} "
+        "--method {wildcards.method:q} --label-tree {params.tree:q} --labels {params.labels:q} --dataset {input.dataset:q} "
         "--prompts {input.prompts:q} --splits {input.splits:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --text-embeddings {input.text:q} "
         "--backbone {wildcards.backbone:q} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
-        "--shots {wildcards.shots:q} --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log:q} 2>&1"
+        "--shots={params.shots:q} --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log:q} 2>&1"
 
 
 rule summarize:
@@ -45,13 +55,13 @@ rule summarize:
             out(layout.RESULTS),
             caption="../report/results_comparison.rst",
             category="Results",
-            labels={"task": "{task}", "backbone": "{backbone}", "shots": "{shots}", "table": "results"},
+            labels={"task": "{task}", "backbone": "{backbone}", "run": "{run}", "table": "results"},
         ),
         comparison=out(layout.RUN_COMPARISON),
     log:
-        f"{OUT}/logs/summarize/{{task}}/{{backbone}}/{{shots}}shot.log",
+        f"{OUT}/logs/summarize/{{task}}/{{backbone}}/{{run}}.log",
     benchmark:
-        f"{OUT}/benchmarks/summarize/{{task}}/{{backbone}}/{{shots}}shot.tsv"
+        f"{OUT}/benchmarks/summarize/{{task}}/{{backbone}}/{{run}}.tsv"
     conda:
         "../../envs/model.yaml"
     threads: 1
@@ -63,7 +73,7 @@ rule summarize:
         out_dir=lambda wildcards, output: str(Path(output.results).parent),
     shell:
         "$HIVE_PYTHON -m pipeline summarize --summaries {input.summaries:q} --task-type {params.task_type} "
-        "--title {wildcards.task:q}/{wildcards.backbone:q}/{wildcards.shots:q}shot --out-dir {params.out_dir:q} "
+        "--title {wildcards.task:q}/{wildcards.backbone:q}/{wildcards.run:q} --out-dir {params.out_dir:q} "
         "> {log:q} 2>&1"
 
 
@@ -75,7 +85,7 @@ rule compare:
             out(layout.TASK_COMPARISON),
             caption="../report/results_comparison.rst",
             category="Results",
-            labels={"task": "{task}", "table": "methods x backbones x shots"},
+            labels={"task": "{task}", "table": "methods x backbones x runs"},
         ),
         csv=out(layout.TASK_COMPARISON_CSV),
     log:
@@ -103,12 +113,12 @@ rule predict:
             out(layout.PREDICTIONS),
             caption="../report/predictions.rst",
             category="Predictions",
-            labels={"task": "{task}", "backbone": "{backbone}", "shots": "{shots}", "method": "{method}"},
+            labels={"task": "{task}", "backbone": "{backbone}", "run": "{run}", "method": "{method}"},
         ),
     log:
-        f"{OUT}/logs/predict/{{task}}/{{backbone}}/{{shots}}shot/{{method}}.log",
+        f"{OUT}/logs/predict/{{task}}/{{backbone}}/{{run}}/{{method}}.log",
     benchmark:
-        f"{OUT}/benchmarks/predict/{{task}}/{{backbone}}/{{shots}}shot/{{method}}.tsv"
+        f"{OUT}/benchmarks/predict/{{task}}/{{backbone}}/{{run}}/{{method}}.tsv"
     conda:
         "../../envs/model.yaml"
     threads: config["train"]["threads"]

@@ -23,13 +23,13 @@ class _ABMIL(Method):
         return model.to(resources.device)
 
 
-@register_method("abmil_5x", task_types=("classification", "hierarchical"), inputs=("5x",),
+@register_method("abmil_5x", task_types=("classification", "hierarchical", "survival"), inputs=("5x",),
                  summary="gated attention MIL on the 5x patch features")
 class ABMIL5x(_ABMIL):
     scale = "5x"
 
 
-@register_method("abmil_20x", task_types=("classification", "hierarchical"), inputs=("20x",),
+@register_method("abmil_20x", task_types=("classification", "hierarchical", "survival"), inputs=("20x",),
                  summary="gated attention MIL on the 20x patch features")
 class ABMIL20x(_ABMIL):
     scale = "20x"

@@ -76,7 +76,8 @@ class Method:
 
     @property
     def n_classes(self) -> int:
-        return len(self.task.classes)
+        """Logits of a flat model: one per class, or one hazard per time bin for survival."""
+        return self.task.n_outputs
 
     def build(self, resources: Resources) -> "nn.Module":
         """A fresh model on `resources.device`, ready to train."""
@@ -104,11 +105,14 @@ class Method:
         return total / len(batch) if len(batch) > 1 else total
 
     def train_batch_size(self) -> int:
-        """Slides per optimiser step."""
-        return 1
+        """Targets (slides, or patients) per optimiser step; the task's choice unless the method has its own."""
+        return self.task.batch_size(self.config)
 
     def max_epochs(self) -> int:
-        return self.config.epochs
+        return self.task.epochs(self.config)
+
+    def learning_rate(self) -> float:
+        return self.task.learning_rate(self.config)
 
     def patience(self) -> int:
         return self.config.patience
@@ -116,6 +120,10 @@ class Method:
     def lr_scheduler(self, optimizer: "torch.optim.Optimizer") -> Any:
         """A scheduler stepped with the validation loss after every epoch, or None."""
         return None
+
+    def top_attributes(self, model: "nn.Module", bag: "SlideBag", device: "torch.device") -> list[dict[str, Any]]:
+        """Rows (level, rank, attribute, weight) naming the prompts that drove one target's output; none by default."""
+        return []
 
     def eval_cache(self, model: "nn.Module") -> Any:
         """Computed once per evaluation pass and handed to every `logits` call (e.g. encoded texts)."""

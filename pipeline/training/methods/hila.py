@@ -1,0 +1,100 @@
+"""HiLa (pipeline.model.hila): survival from region (5x) and patch (20x) levels with survival-attribute prompts.
+
+Training reads the backbone's text tower: each level's attribute prompts get their own learnable context
+(PromptLearner), and the gradient reaches it through the transport-weighted prompt similarities. A checkpoint stores
+the learned prompts' text features, so prediction needs no text tower and encodes them once per model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipeline.training.methods.base import Method, Resources
+from pipeline.training.registry import register_method
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from pipeline.training.data import SlideBag
+
+#: attributes per level listed in attributes.csv for each patient
+TOP_ATTRIBUTES = 3
+
+
+def attribute_rows(names: list[str], weights: "list[Tensor]", top: int = TOP_ATTRIBUTES) -> list[dict[str, Any]]:
+    """(level, rank, attribute, weight) of the `top` heaviest attributes per level; names are region's then patch's."""
+    from pipeline.attribute_prompts import LEVELS
+
+    k = len(names) // len(LEVELS)
+    rows = []
+    for li, (level, w) in enumerate(zip(LEVELS, weights)):
+        order = w.detach().float().cpu().argsort(descending=True)[:top].tolist()
+        rows += [{"level": level, "rank": r + 1, "attribute": names[li * k + i], "weight": float(w[i])}
+                 for r, i in enumerate(order)]
+    return rows
+
+
+@register_method("hila", task_types=("survival",), inputs=("5x", "20x", "text_tower"),
+                 summary="HiLa: optimal prompt learning per level, cross-level propagation, mutual contrast")
+class HiLaMethod(Method):
+    def hila_config(self) -> Any:
+        from pipeline.errors import PipelineError
+        from pipeline.model.hila import HiLaConfig
+
+        c = self.config
+        try:
+            return HiLaConfig(hidden=c.hila_hidden, heads=c.hila_heads, clp_layers=c.hila_clp_layers,
+                              dropout=c.hila_dropout, ot_eps=c.hila_ot_eps, ot_iters=c.hila_ot_iters,
+                              ot_tol=c.hila_ot_tol, attr_temperature=c.hila_attr_temperature,
+                              mcl_temperature=c.hila_mcl_temperature, mcl_weight=c.hila_mcl_weight)
+        except ValueError as err:
+            raise PipelineError(f"train config: {err}") from err
+
+    def _model(self, resources: Resources, region: "nn.Module", patch: "nn.Module") -> "nn.Module":
+        from pipeline.model.hila import HiLa
+
+        model = HiLa(resources.embed_dim, self.n_classes, self.hila_config(), region, patch)
+        return model.to(resources.device)
+
+    def build(self, resources: Resources) -> "nn.Module":
+        from pipeline.model.prompt_learner import PromptLearner
+
+        backbone, k, texts = resources.backbone(self.name), self.task.n_attributes, self.task.texts
+        region = PromptLearner(backbone, texts[:k], n_ctx=self.config.n_ctx)
+        patch = PromptLearner(backbone, texts[k:], n_ctx=self.config.n_ctx)
+        return self._model(resources, region, patch)
+
+    def logits(self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None) -> tuple["Tensor", "Tensor"]:
+        x5, x20, mask = bag.on(device)
+        out = model(x5, x20, mask, cache)
+        return out.logits, out.aux
+
+    def eval_cache(self, model: "nn.Module") -> Any:
+        return model.encode_texts()
+
+    def top_attributes(self, model: "nn.Module", bag: "SlideBag", device: "torch.device") -> list[dict[str, Any]]:
+        out = model(*bag.on(device))
+        return attribute_rows(self.task.attributes, [out.attr_weights_region, out.attr_weights_patch])
+
+    def inference_payload(self, model: "nn.Module") -> dict[str, Any]:
+        import torch
+
+        model.eval()
+        with torch.no_grad():
+            region, patch = model.encode_texts()
+        return {"text_features": torch.cat([region, patch]).detach().cpu()}
+
+    def restore(self, ckpt: dict[str, Any], device: "torch.device") -> "nn.Module":
+        from pipeline.model.prompt_learner import FixedTexts
+
+        texts, k = ckpt["text_features"], self.task.n_attributes
+        resources = Resources(embed_dim=int(ckpt["embed_dim"]), device=device)
+        model = self._model(resources, FixedTexts(texts[:k]).to(device), FixedTexts(texts[k:]).to(device))
+        prompts = ("region_text_encoder.", "patch_text_encoder.")
+        weights = {n: v for n, v in ckpt["state_dict"].items() if not n.startswith(prompts)}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        left = [n for n in missing if not n.startswith(prompts)]
+        if left or unexpected:
+            raise RuntimeError(f"hila checkpoint does not fit the model: missing {left}, unexpected {unexpected}")
+        return model.eval()

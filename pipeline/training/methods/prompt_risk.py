@@ -1,0 +1,42 @@
+"""A training-free survival baseline: the attribute prompts' transport-weighted similarities, signed by each
+attribute's prognostic direction (pipeline.model.hila.PromptRisk)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipeline.training.methods.base import Method, Resources
+from pipeline.training.methods.hila import HiLaMethod, attribute_rows
+from pipeline.training.registry import register_method
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from pipeline.training.data import SlideBag
+
+
+@register_method("prompt_risk", task_types=("survival",), inputs=("5x", "20x", "text_embeddings"),
+                 summary="risk from the frozen attribute prompts alone (signed OPL similarity), no training")
+class PromptRiskMethod(Method):
+    def build(self, resources: Resources) -> "nn.Module":
+        import torch
+
+        from pipeline.model.hila import PromptRisk
+
+        texts = resources.require_text_features(self.name)
+        signs = torch.tensor(self.task.signs, dtype=torch.float32)
+        # the OPL settings are HiLa's (one home: its config keys)
+        model = PromptRisk(texts, signs, self.n_classes, HiLaMethod(self.config, self.task).hila_config())
+        return model.to(resources.device)
+
+    def top_attributes(self, model: "nn.Module", bag: "SlideBag", device: "torch.device") -> list[dict[str, Any]]:
+        out = model(*bag.on(device))
+        return attribute_rows(self.task.attributes, [out.scores_region, out.scores_patch])
+
+    def restore(self, ckpt: dict[str, Any], device: "torch.device") -> "nn.Module":
+        """The prompt features live in the state dict; placeholders of their shape are loaded over."""
+        import torch
+
+        placeholder = torch.zeros(len(self.task.texts), int(ckpt["embed_dim"]))
+        return super().restore({**ckpt, "text_features": placeholder}, device)
