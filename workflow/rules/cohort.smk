@@ -23,10 +23,11 @@ rule dataset:
         labels=ws.dataset_labels(config),
         status=f"{OUT}/status",
         min_patches=config["cohort"]["min_patches"],
+        survival="--survival" if ws.has_survival(config) else "",
     shell:
         "$HIVE_PYTHON -m pipeline dataset --sheet {input.sheet:q} --patches {input.patches:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --labels {params.labels:q} "
-        "--status-dir {params.status:q} --min-patches {params.min_patches} "
+        "--status-dir {params.status:q} --min-patches {params.min_patches} {params.survival} "
         "--out {output.dataset:q} --dropped {output.dropped:q} > {log:q} 2>&1"
 
 
