@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 from pathlib import Path
+from typing import Mapping
 
 import cv2
 import numpy as np
@@ -21,6 +22,8 @@ import tifffile
 
 from pipeline.demo_cohort import DemoSlide, demo_slides  # noqa: F401  (re-exported)
 from pipeline.formats import atomic_path, write_text_atomic
+from pipeline.gdc.clinical import Survival, format_days
+from pipeline.sheet import SHEET_COLUMNS
 
 #: demo class -> (morphology, nuclear radius range and nuclear spacing, both in px at 0.5 um/px).
 #: The plain morphologies draw exactly as their first subtype.
@@ -188,14 +191,24 @@ def make_demo_slide(path: str | Path, slide_id: str, label: str, seed: int, size
     write_pyramid_tiff(path, image, mpp)
 
 
-def write_demo_sheet(path: str | Path, slides: list[DemoSlide], slides_dir: str | Path, extra: list[dict] = ()) -> None:
-    """The cohort sheet: slide_id,case_id,label,file (label empty for unlabelled slides)."""
+def write_demo_sheet(
+    path: str | Path,
+    slides: list[DemoSlide],
+    slides_dir: str | Path,
+    extra: list[dict] = (),
+    survival: Mapping[str, Survival] | None = None,
+) -> None:
+    """The cohort sheet in the normalized sheet's columns (pipeline.sheet.SHEET_COLUMNS; label empty for unlabelled
+    slides). `survival` (slide id -> label) fills event/time_days; slides not in it leave them blank."""
+    survival = survival or {}
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["slide_id", "case_id", "label", "file"], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=SHEET_COLUMNS, restval="", lineterminator="\n")
     writer.writeheader()
-    for s in slides:
-        writer.writerow({"slide_id": s.slide_id, "case_id": s.case_id, "label": s.label,
-                         "file": str(Path(slides_dir) / f"{s.slide_id}.tiff")})
-    for row in extra:
+    rows = [{"slide_id": s.slide_id, "case_id": s.case_id, "label": s.label,
+             "file": str(Path(slides_dir) / f"{s.slide_id}.tiff")} for s in slides]  # fmt: skip
+    for row in [*rows, *extra]:
+        label = survival.get(row["slide_id"])
+        if label is not None:
+            row = {**row, "event": str(label.event), "time_days": format_days(label.time_days)}
         writer.writerow(row)
     write_text_atomic(path, buf.getvalue())

@@ -1,9 +1,12 @@
-"""The local source: a folder of slides plus the user's sheet (slide_id, case_id, label[, file]), checked.
+"""The local source: a folder of slides plus the user's sheet (slide_id, case_id, label[, file, survival]), checked.
 
 Every row is validated against `workflow/schemas/sheet.schema.yaml` (the same schema the workflow uses), then the
 table as a whole: duplicate slides, a file used twice, labels outside the task's classes, files that are not
 there. All problems are reported at once, each naming the line and the slide, because fixing a sheet one error
-per run is slow. The normalized sheet (`slide_id,case_id,label,file`, sorted by slide) is what later stages read.
+per run is slow. The normalized sheet (`slide_id,case_id,label,file,event,time_days,follow_up`, sorted by slide) is
+what later stages read. The survival columns are optional in the user's sheet: `event` (0/1) and `time_days` (>= 0)
+come together or not at all, and `follow_up` is a free note (the GDC source writes there why a case has no label);
+the normalized sheet always has them, blank when unknown.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, write_text_atomic
+from pipeline.gdc.clinical import Survival, format_days
 
 log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "sheet.schema.yaml"
-SHEET_COLUMNS = ("slide_id", "case_id", "label", "file")
+SHEET_COLUMNS = ("slide_id", "case_id", "label", "file", "event", "time_days", "follow_up")
 #: Extensions tried, in this order, when a row has no `file`: what openslide reads.
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
 _MAX_SHOWN = 30
@@ -37,6 +41,14 @@ class SheetRow:
     case_id: str
     label: str
     file: Path
+    survival: Survival | None = None  # None: no (usable) survival label
+    follow_up: str = ""  # the sheet's note on the follow-up
+
+    def survival_cells(self) -> list[str]:
+        """The normalized sheet's event, time_days and follow_up cells (blank when unknown)."""
+        if self.survival is None:
+            return ["", "", self.follow_up]
+        return [str(self.survival.event), format_days(self.survival.time_days), self.follow_up]
 
 
 def load_sheet_schema(path: PathLike = SCHEMA_PATH) -> dict[str, Any]:
@@ -73,7 +85,7 @@ def read_local_sheet(
         if missing:
             raise PipelineError(
                 f"sheet {sheet}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'no header'}; "
-                "expected slide_id,case_id,label[,file]"
+                "expected slide_id,case_id,label[,file][,event,time_days][,follow_up]"
             )
         raw_rows = [
             (lineno, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None})
@@ -121,7 +133,8 @@ def read_local_sheet(
         if owner != slide_id:
             problems.append(f"{where}: file {path} is already used by slide '{owner}'")
             continue
-        rows.append(SheetRow(slide_id, record["case_id"], label, path))
+        survival = Survival(int(record["event"]), float(record["time_days"])) if "event" in record else None
+        rows.append(SheetRow(slide_id, record["case_id"], label, path, survival, record.get("follow_up", "")))
 
     if problems:
         shown = problems[:_MAX_SHOWN] + (
@@ -139,6 +152,8 @@ def _describe(err: jsonschema.ValidationError, schema: dict[str, Any]) -> str:
     """A schema error as `column 'x': what is wrong (what the column must be)`."""
     if err.validator == "required":
         return err.message.replace("property", "column")
+    if err.validator == "dependentRequired":
+        return f"column {err.message}: give event and time_days together, or leave both blank"
     column = str(err.path[0]) if err.path else "?"
     description = schema.get("properties", {}).get(column, {}).get("description", "")
     return f"column '{column}': {err.message}" + (f" ({description})" if description else "")
@@ -172,7 +187,7 @@ def cohort_sheet_csv(rows: list[SheetRow]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SHEET_COLUMNS)
     for r in sorted(rows, key=lambda r: r.slide_id):
-        writer.writerow([r.slide_id, r.case_id, r.label, str(r.file)])
+        writer.writerow([r.slide_id, r.case_id, r.label, str(r.file), *r.survival_cells()])
     return buf.getvalue()
 
 

@@ -1,7 +1,8 @@
 """A loopback server that speaks the parts of the GDC API our client uses, with fault injection.
 
-`POST /files` evaluates `filters` (and/or, in, =), projects `fields`, sorts and pages with `size`/`from`, and
-reports `pagination.total`. `GET /data/{id}` serves the bytes with Content-Disposition and Content-Length,
+`POST /files` evaluates `filters` (and/or, in, =), projects `fields` (nested ones through lists of dicts, leaving
+out keys a record does not have, as the GDC does), sorts and pages with `size`/`from`, and reports
+`pagination.total`. `GET /data/{id}` serves the bytes with Content-Disposition and Content-Length,
 answers `Range: bytes=a-[b]` with 206 + Content-Range, and refuses controlled files without the right
 `X-Auth-Token`. Faults are queued per file id (or for /files) and consumed one per request. Every request is
 recorded so tests can say what the client sent. Used by tests/test_gdc.py and bench/download.py.
@@ -31,6 +32,9 @@ class FakeFile:
     data_type: str = "Slide Image"
     experimental_strategy: str = "Diagnostic Slide"
     file_id: str = ""
+    #: the case's clinical records as the GDC nests them: {"demographic": {...}, "diagnoses": [{...}],
+    #: "follow_ups": [{...}]}; diagnoses here are merged, by position, with the primary diagnoses above
+    clinical: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.file_id:
@@ -39,6 +43,23 @@ class FakeFile:
     @property
     def md5(self) -> str:
         return hashlib.md5(self.data).hexdigest()
+
+    def case(self) -> dict[str, Any]:
+        clinical = dict(self.clinical)
+        extra = list(clinical.pop("diagnoses", []))
+        n = max(len(self.diagnoses), len(extra))
+        diagnoses = [
+            {**({"primary_diagnosis": self.diagnoses[i]} if i < len(self.diagnoses) else {}),
+             **(extra[i] if i < len(extra) else {})}
+            for i in range(n)
+        ]  # fmt: skip
+        return {
+            "submitter_id": self.submitter_id,
+            "case_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"case/{self.submitter_id}")),
+            "project": {"project_id": self.project},
+            "diagnoses": diagnoses,
+            **clinical,
+        }
 
     def hit(self) -> dict[str, Any]:
         return {
@@ -52,14 +73,7 @@ class FakeFile:
             "data_format": self.data_format,
             "data_type": self.data_type,
             "experimental_strategy": self.experimental_strategy,
-            "cases": [
-                {
-                    "submitter_id": self.submitter_id,
-                    "case_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"case/{self.submitter_id}")),
-                    "project": {"project_id": self.project},
-                    "diagnoses": [{"primary_diagnosis": d} for d in self.diagnoses],
-                }
-            ],
+            "cases": [self.case()],
         }
 
 
@@ -107,11 +121,23 @@ def matches(flt: dict[str, Any], hit: dict[str, Any]) -> bool:
 
 
 def _project(hit: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    """Keep only the requested dotted fields (plus id), as the GDC does."""
+    """Keep only the requested dotted fields (plus id), as the GDC does: a null value stays null, a key the record
+    lacks stays out, and so does a nested record (or list) left with none of the requested keys."""
     out: dict[str, Any] = {"id": hit["id"]}
     for name in fields:
         _copy(hit, out, name.split("."))
-    return out
+    return _prune(out)
+
+
+def _prune(value: Any) -> Any:
+    """Drop the empty dicts and lists `_copy` leaves where no requested key was present (after every field, so
+    list items stay aligned while copying)."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if not (isinstance(v, (dict, list)) and not v)}
+    if isinstance(value, list):
+        return [v for v in (_prune(v) for v in value) if not (isinstance(v, dict) and not v)]
+    return value
 
 
 def _copy(src: Any, dst: Any, parts: list[str]) -> None:

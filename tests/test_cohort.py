@@ -17,7 +17,15 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.dataset import CohortError, build_dataset, read_sheet, slide_id_of, write_dataset
+from pipeline.dataset import (
+    CohortError,
+    build_dataset,
+    read_dataset,
+    read_sheet,
+    slide_id_of,
+    survival_table,
+    write_dataset,
+)
 from pipeline.formats import PatchGrid, write_features, write_hierarchical, write_patches
 from pipeline.prompt_files import (
     PromptError,
@@ -129,8 +137,8 @@ def test_dataset_keeps_complete_slides_and_lists_each_dropped_one_with_its_reaso
                            tmp_path / "out" / "dataset.csv", tmp_path / "out" / "dropped.csv", labels=["LUAD", "LUSC"])
 
     text = (tmp_path / "out" / "dataset.csv").read_text()
-    assert text.splitlines()[0] == "case_id,slide_id,label,level0_mag"
-    assert text.splitlines()[1:] == ["P1,TCGA-AA.1,LUAD,40", "P2,s2,LUSC,20"]
+    assert text.splitlines()[0] == "case_id,slide_id,label,level0_mag,event,time_days"
+    assert text.splitlines()[1:] == ["P1,TCGA-AA.1,LUAD,40,,", "P2,s2,LUSC,20,,"]
     dropped = pd.read_csv(tmp_path / "out" / "dropped.csv", dtype=str, keep_default_na=False)
     reasons = dict(zip(dropped["slide_id"], dropped["reason"]))
     assert list(dropped.columns) == ["slide_id", "case_id", "label", "reason"]
@@ -152,13 +160,138 @@ def test_dataset_command_writes_both_files_and_fails_clearly_when_nothing_is_lef
     args = ["dataset", "--sheet", str(sheet), "--patches", str(tmp_path / "p" / "x1.h5"), "--features-5x", str(f5),
             "--hierarchical", str(fh), "--out", str(tmp_path / "d.csv"), "--dropped", str(tmp_path / "x.csv")]
     assert main(args + ["--labels", "A", "B"]) == 0
-    assert (tmp_path / "d.csv").read_text().splitlines() == ["case_id,slide_id,label,level0_mag", "P1,x1,A,40"]
+    assert (tmp_path / "d.csv").read_text().splitlines() == ["case_id,slide_id,label,level0_mag,event,time_days",
+                                                            "P1,x1,A,40,,"]
     assert main(args[:-4] + ["--out", str(tmp_path / "e.csv"), "--dropped", str(tmp_path / "y.csv"),
                              "--labels", "B"]) == 1
     err = capsys.readouterr().err
     assert "no slide of" in err and "x1: label 'A' is not one of the configured labels" in err
     assert not (tmp_path / "e.csv").exists()
     assert "x1" in (tmp_path / "y.csv").read_text()
+
+
+# --- survival labels in dataset.csv ----------------------------------------------------------------------------
+
+
+def _survival_cohort(tmp_path: Path) -> list[str]:
+    """A sheet with survival labels (blank, noted, disagreeing within a case) and every slide's files; CLI args."""
+    (tmp_path / "sheet.csv").write_text(
+        "slide_id,case_id,label,file,event,time_days,follow_up\n"
+        "a1,P1,A,x,1,400,\n"                                   # P1: two slides that agree
+        "a2,P1,A,x,1,400,\n"
+        "b1,P2,B,x,0,0,\n"                                      # time 0 is usable
+        "c1,P3,A,x,,,dead without days_to_death\n"              # the GDC's reason, as written in the sheet
+        "d1,P4,B,x,,,\n"                                        # blank, no note
+        "e1,P5,A,x,0,100,\n"                                    # P5: slides disagree
+        "e2,P5,A,x,1,250,\n"
+        "f1,P6,A,x,0,30,\n"                                     # P6: one slide labelled, one blank
+        "f2,P6,A,x,,,\n"
+        "g1,P7,KIRC,x,1,5,\n"                                   # dropped for its label: no survival row
+    )  # fmt: skip
+    slides = ["a1", "a2", "b1", "c1", "d1", "e1", "e2", "f1", "f2", "g1"]
+    args = ["dataset", "--sheet", str(tmp_path / "sheet.csv"), "--labels", "A", "B",
+            "--out", str(tmp_path / "dataset.csv"), "--dropped", str(tmp_path / "dropped.csv")]  # fmt: skip
+    for slide in slides:
+        _patches(tmp_path / "p" / f"{slide}.h5", 20)
+        _features(tmp_path, slide)
+    for flag, folder in (("--patches", "p"), ("--features-5x", "f5"), ("--hierarchical", "fh")):
+        args += [flag, *(str(tmp_path / folder / f"{s}.h5") for s in slides)]
+    return args
+
+
+def test_dataset_carries_survival_labels_and_lists_what_survival_tasks_cannot_use(tmp_path):
+    args = _survival_cohort(tmp_path)
+    assert main(args + ["--survival"]) == 0
+    text = (tmp_path / "dataset.csv").read_text().splitlines()
+    assert text[0] == "case_id,slide_id,label,level0_mag,event,time_days"
+    assert text[1:4] == ["P1,a1,A,20,1,400", "P1,a2,A,20,1,400", "P2,b1,B,20,0,0"]
+    assert "P3,c1,A,20,," in text
+    dataset = read_dataset(tmp_path / "dataset.csv")
+    assert len(dataset) == 9  # every labelled slide stays, survival label or not
+    dropped = pd.read_csv(tmp_path / "dropped.csv", dtype=str, keep_default_na=False)
+    reasons = dict(zip(dropped["slide_id"], dropped["reason"]))
+    disagree = ("survival tasks only: slides of case 'P5' disagree on event/time_days "
+                "(event 0, time_days 100 vs event 1, time_days 250)")  # fmt: skip
+    assert reasons == {
+        "g1": "label 'KIRC' is not one of the configured labels ['A', 'B']",
+        "c1": "survival tasks only: no usable follow-up (dead without days_to_death)",
+        "d1": "survival tasks only: no usable follow-up (event/time_days blank in the sheet)",
+        "e1": disagree,
+        "e2": disagree,
+        "f2": "survival tasks only: no usable follow-up (event/time_days blank in the sheet)",
+    }
+    table = survival_table(dataset)
+    assert table["case_id"].tolist() == ["P1", "P2", "P6"]  # P3, P4 blank; P5 disagrees
+    assert table["event"].tolist() == [1, 0, 0] and table["event"].dtype == int
+    assert table["time_days"].tolist() == [400.0, 0.0, 30.0] and table["time_days"].dtype == float
+    assert table["slides"].tolist() == [["a1", "a2"], ["b1"], ["f1"]]
+
+
+def test_without_a_survival_task_dropped_csv_has_no_survival_rows(tmp_path):
+    assert main(_survival_cohort(tmp_path)) == 0
+    dropped = pd.read_csv(tmp_path / "dropped.csv", dtype=str, keep_default_na=False)
+    assert dropped["slide_id"].tolist() == ["g1"]
+    assert read_dataset(tmp_path / "dataset.csv")["time_days"].notna().sum() == 6  # still carried
+
+
+def test_read_dataset_survival_columns_are_floats_and_optional(tmp_path):
+    (tmp_path / "ours.csv").write_text(
+        "case_id,slide_id,label,level0_mag,event,time_days\nP1,a,A,20,1,400\nP2,b,A,20,,\n"
+    )
+    ours = read_dataset(tmp_path / "ours.csv")
+    assert ours["event"].tolist()[0] == 1.0 and math.isnan(ours["event"].tolist()[1])
+    assert ours["time_days"].dtype == float and ours["slide_id"].tolist() == ["a", "b"]
+    hivemil = write_cohort(tmp_path / "hivemil.csv", {"A": [1, 2]})  # HiVE-MIL's own columns only
+    theirs = read_dataset(hivemil)
+    assert "event" not in theirs.columns and len(theirs) == 3
+    assert survival_table(theirs).empty and list(survival_table(theirs).columns) == [
+        "case_id", "event", "time_days", "slides"]
+    (tmp_path / "bad.csv").write_text("case_id,slide_id,label,event,time_days\nP1,a,A,2,4\nP2,b,A,1,-1\n")
+    with pytest.raises(CohortError, match=r"unusable event for slide\(s\) \['a'\]"):
+        read_dataset(tmp_path / "bad.csv")
+
+
+def test_splits_read_a_dataset_with_survival_columns(tmp_path):
+    ds = write_cohort(tmp_path / "dataset.csv", {"A": [1] * 8, "B": [1] * 8})
+    frame = pd.read_csv(ds, dtype=str)
+    frame.assign(event=["1", ""] * 8, time_days=["12", ""] * 8).to_csv(ds, index=False)
+    paths = make_splits(ds, tmp_path / "splits", "t", shots=[2], k=2, seed=1)
+    split = read_split_csv(split_path(tmp_path / "splits", "t", 2, 0))
+    assert len(paths) == 3 and len(split.train) == 4  # two folds and the meta; 2 shots x 2 classes
+
+
+def test_half_a_survival_label_in_a_hand_edited_sheet_is_refused_by_slide(tmp_path):
+    sheet = pd.DataFrame({"slide_id": ["s1"], "case_id": ["P1"], "label": ["A"], "event": ["1"], "time_days": [""]})
+    (tmp_path / "s1.h5").write_bytes(b"")
+    with pytest.raises(CohortError, match="slide 's1' has event '1' and time_days '': give both"):
+        build_dataset(sheet, {"s1": 20.0}, {"f": [tmp_path / "s1.h5"]})
+    with pytest.raises(CohortError, match="slide 's1': event 'x' / time_days '3'"):
+        build_dataset(sheet.assign(event="x", time_days="3"), {"s1": 20.0}, {"f": [tmp_path / "s1.h5"]})
+
+
+def test_demo_sheet_has_the_normalized_columns_and_takes_survival_labels(tmp_path):
+    from pipeline.demo import demo_slides, write_demo_sheet
+    from pipeline.gdc.clinical import Survival
+    from pipeline.sheet import SHEET_COLUMNS
+
+    slides = demo_slides(["glandular", "solid"], 2)
+    labels = {slides[0].slide_id: Survival(1, 120.0), "real": Survival(0, 33.5)}
+    write_demo_sheet(tmp_path / "sheet.csv", slides, "s", [{"slide_id": "real", "case_id": "real", "label": "",
+                                                            "file": "r.svs"}], survival=labels)  # fmt: skip
+    sheet = read_sheet(tmp_path / "sheet.csv")
+    assert list(sheet.columns) == list(SHEET_COLUMNS)
+    cells = {r.slide_id: (r.event, r.time_days) for r in sheet.itertuples()}
+    assert cells[slides[0].slide_id] == ("1", "120") and cells["real"] == ("0", "33.5")
+    assert cells[slides[1].slide_id] == ("", "")
+    write_demo_sheet(tmp_path / "plain.csv", slides, "s")
+    assert (tmp_path / "plain.csv").read_text().splitlines()[0] == ",".join(SHEET_COLUMNS)
+
+
+def test_has_survival_reads_the_raw_task_list():
+    from pipeline.wiring.cohort import has_survival
+
+    assert not has_survival({"tasks": [{"name": "t", "labels": ["a", "b"]}, {"name": "h", "type": "hierarchical"}]})
+    assert has_survival({"tasks": [{"name": "t"}, {"name": "os", "type": "survival"}]})
 
 
 def test_sheet_errors_name_the_problem(tmp_path):
@@ -180,7 +313,7 @@ def test_build_dataset_keeps_sheet_order_and_ids_as_written(tmp_path):
     for p in files["f"]:
         p.write_bytes(b"")
     cohort = build_dataset(sheet, {"007": 40.0, "NA": 20.5}, files)
-    assert cohort.dataset.values.tolist() == [["001", "007", "b", 40], ["002", "NA", "a", 20.5]]
+    assert cohort.dataset.values.tolist() == [["001", "007", "b", 40, "", ""], ["002", "NA", "a", 20.5, "", ""]]
 
 
 # --- splits -----------------------------------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def test_nsclc_cohort_sheet_columns_and_labels(tmp_path, sleeps):
     with GdcServer(files) as server:
         run_query(client_for(server, sleeps), get_preset("tcga_nsclc"), tmp_path / "m.tsv", tmp_path / "c.csv")
     rows = read_csv(tmp_path / "c.csv")
-    assert list(rows[0]) == ["file_id", "slide_id", "case_id", "project", "primary_diagnosis", "label"]
+    assert list(rows[0]) == ["file_id", "slide_id", "case_id", "project", "primary_diagnosis", "label", "event",
+                             "time_days", "follow_up"]  # fmt: skip
     by_id = {f.file_id: f for f in files}
     for row in rows:
         f = by_id[row["file_id"]]
@@ -198,6 +199,132 @@ def test_query_retries_a_503_on_files(tmp_path, sleeps):
         result = run_query(client_for(server, sleeps), get_preset("tcga_nsclc"), tmp_path / "m.tsv", tmp_path / "c.csv")
     assert result.per_class() == {"LUAD": 7, "LUSC": 6}
     assert sleeps == [0.01]
+
+
+# ---------------------------------------------------------------- clinical: survival labels
+
+#: submitter number -> (clinical records as the GDC nests them, expected event, time_days, follow_up)
+CLINICAL = {
+    1: ({"demographic": {"vital_status": "Dead", "days_to_death": 400},
+         "diagnoses": [{"days_to_last_follow_up": None}],
+         "follow_ups": [{"days_to_follow_up": 120}, {"days_to_follow_up": 380}]}, "1", "400", ""),
+    2: ({"demographic": {"vital_status": "Alive"},  # the longest follow-up is in follow_ups
+         "diagnoses": [{"days_to_last_follow_up": 200}, {"days_to_last_follow_up": None}],
+         "follow_ups": [{"days_to_follow_up": 650}, {"days_to_follow_up": "Not Reported"}, {}]}, "0", "650", ""),
+    3: ({"demographic": {"vital_status": "Alive", "days_to_death": None},  # ... here in diagnoses
+         "diagnoses": [{"days_to_last_follow_up": 900}], "follow_ups": [{"days_to_follow_up": 30}]}, "0", "900", ""),
+    4: ({"demographic": {"vital_status": "Dead", "days_to_death": None},  # no fallback to the follow-up
+         "follow_ups": [{"days_to_follow_up": 500}]}, "", "", "dead without days_to_death"),
+    5: ({"demographic": {"vital_status": "Not Reported", "days_to_death": 10}}, "", "", "vital status 'Not Reported'"),
+    6: ({"demographic": {"vital_status": "Alive"}, "diagnoses": [{"days_to_last_follow_up": "Unknown"}],
+         "follow_ups": [{"days_to_follow_up": "not reported"}]}, "", "", "alive without any follow-up days"),
+    7: ({"demographic": {"vital_status": "Dead", "days_to_death": -3}}, "", "", "negative days_to_death -3"),
+    8: ({}, "", "", "no demographic record"),
+    9: ({"demographic": [{"vital_status": "Alive"}], "follow_ups": [{"days_to_follow_up": 0}]}, "0", "0", ""),
+    10: ({"demographic": [{"vital_status": "Dead", "days_to_death": 12.5}]}, "1", "12.5", ""),
+    11: ({"demographic": {"vital_status": "Alive"}, "diagnoses": [{"days_to_last_follow_up": -40}],
+          "follow_ups": [{"days_to_follow_up": 75}]}, "0", "75", ""),  # a negative one is skipped, not the maximum
+    12: ({"demographic": {"vital_status": "Alive"}}, "", "", "alive without any follow-up days"),
+}  # fmt: skip
+
+
+def clinical_files() -> list[FakeFile]:
+    files = [slide("TCGA-LUAD" if n % 2 else "TCGA-LUSC", n, clinical=c) for n, (c, *_) in CLINICAL.items()]
+    # a second slide of case 1 (same submitter): counted once per case in the summary
+    twin = slide("TCGA-LUAD", 1, clinical=CLINICAL[1][0], file_name="TCGA-AD-0001-01Z-00-DX2.twin.svs")
+    return files + [twin]
+
+
+def test_gdc_server_projects_nested_clinical_fields_like_the_gdc():
+    from gdc_server import _project
+
+    hit = _project(slide("TCGA-LUAD", 1, clinical=CLINICAL[1][0], diagnoses=["Adenocarcinoma, NOS"]).hit(),
+                   ["file_id", "cases.submitter_id", "cases.demographic.vital_status",
+                    "cases.demographic.days_to_death", "cases.diagnoses.days_to_last_follow_up",
+                    "cases.follow_ups.days_to_follow_up"])  # fmt: skip
+    assert hit["cases"] == [{
+        "submitter_id": "TCGA-AD-0001",
+        "demographic": {"vital_status": "Dead", "days_to_death": 400},
+        "diagnoses": [{"days_to_last_follow_up": None}],  # null stays null; primary_diagnosis was not asked for
+        "follow_ups": [{"days_to_follow_up": 120}, {"days_to_follow_up": 380}],
+    }]  # fmt: skip
+    bare = slide("TCGA-LUAD", 2, clinical={"follow_ups": [{"other": 1}, {"days_to_follow_up": 9}]}).hit()
+    projected = _project(bare, ["cases.submitter_id", "cases.demographic.vital_status",
+                                "cases.follow_ups.days_to_follow_up"])  # fmt: skip
+    # a record without the field is left out, and so is a demographic the case does not have
+    assert projected["cases"] == [{"submitter_id": "TCGA-AD-0002", "follow_ups": [{"days_to_follow_up": 9}]}]
+
+
+def test_query_reads_survival_labels_into_the_cohort_sheet_and_summary(tmp_path, sleeps):
+    files = clinical_files()
+    with GdcServer(files) as server:
+        run_query(client_for(server, sleeps), get_preset("tcga_nsclc"), tmp_path / "m.tsv", tmp_path / "c.csv",
+                  tmp_path / "s.json", page_size=5)  # fmt: skip
+        fields = json.loads(next(r.body for r in server.requests if r.method == "POST"))["fields"].split(",")
+    assert {"cases.demographic.vital_status", "cases.demographic.days_to_death",
+            "cases.diagnoses.days_to_last_follow_up", "cases.follow_ups.days_to_follow_up"} <= set(fields)  # fmt: skip
+    rows = {r["file_id"]: r for r in read_csv(tmp_path / "c.csv")}
+    assert len(rows) == len(files)  # no slide is left out for missing follow-up
+    for f in files:
+        n = int(f.submitter_id.rsplit("-", 1)[1])
+        _, event, time, note = CLINICAL[n]
+        row = rows[f.file_id]
+        assert (row["event"], row["time_days"], row["follow_up"]) == (event, time, note), f.submitter_id
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["cases"] == 12 and summary["cases_with_follow_up"] == 6
+    assert summary["survival_unusable"] == {
+        "alive without any follow-up days": 2,
+        "dead without days_to_death": 1,
+        "negative days_to_death -3": 1,
+        "no demographic record": 1,
+        "vital status 'Not Reported'": 1,
+    }
+
+
+def test_user_manifest_keeps_the_survival_labels(tmp_path, sleeps):
+    files = clinical_files()
+    user = tmp_path / "portal_manifest.txt"
+    write_manifest(user, [ManifestEntry(f.file_id, f.file_name, f.md5, len(f.data)) for f in files[:2]])
+    with GdcServer(files) as server:
+        run_query(client_for(server, sleeps), get_preset("tcga_nsclc"), tmp_path / "m.tsv", tmp_path / "c.csv",
+                  user_manifest=user)  # fmt: skip
+    rows = {r["file_id"]: (r["event"], r["time_days"]) for r in read_csv(tmp_path / "c.csv")}
+    assert rows == {files[0].file_id: ("1", "400"), files[1].file_id: ("0", "650")}
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ({"demographic": {"vital_status": "dead", "days_to_death": "31"}}, (1, 31.0)),  # numeric text, any case
+        ({"demographic": {"vital_status": "Dead", "days_to_death": "Not Reported"}}, "dead without days_to_death"),
+        ({"demographic": {"vital_status": "Dead", "days_to_death": True}}, "dead without days_to_death"),
+        ({"demographic": {"vital_status": "Dead", "days_to_death": 0}}, (1, 0.0)),
+        ({"demographic": {"vital_status": None}}, "vital status missing"),
+        ({"demographic": {"vital_status": "Unknown"}}, "vital status 'Unknown'"),
+        ({"demographic": [{"vital_status": "Alive"}, {"vital_status": "Dead", "days_to_death": 3}]},
+         "2 differing demographic records"),
+        ({"demographic": {"vital_status": "Alive"}, "follow_ups": [{"days_to_follow_up": -2}]},
+         "alive without any follow-up days (negative days_to_follow_up -2)"),
+        ({"demographic": {"vital_status": "Alive"}, "diagnoses": [{"days_to_last_follow_up": float("nan")}],
+          "follow_ups": None}, "alive without any follow-up days"),
+    ],
+)
+def test_survival_of_one_case(case, expected):
+    from pipeline.gdc.clinical import Survival, survival_of
+
+    assert survival_of(case) == (Survival(*expected) if isinstance(expected, tuple) else expected)
+
+
+def test_gdc_cohort_survival_columns_pass_through_the_local_sheet_step(tmp_path, sleeps):
+    with GdcServer(clinical_files()) as server:
+        run_query(client_for(server, sleeps), get_preset("tcga_nsclc"), tmp_path / "m.tsv", tmp_path / "c.csv")
+    normalize_local_sheet(tmp_path / "c.csv", tmp_path / "slides", tmp_path / "sheet.csv", allow_missing=True)
+    gdc = {r["slide_id"]: r for r in read_csv(tmp_path / "c.csv")}
+    out = read_csv(tmp_path / "sheet.csv")
+    assert list(out[0]) == ["slide_id", "case_id", "label", "file", "event", "time_days", "follow_up"]
+    assert {r["slide_id"]: (r["event"], r["time_days"], r["follow_up"]) for r in out} == {
+        sid: (r["event"], r["time_days"], r["follow_up"]) for sid, r in gdc.items()
+    }
 
 
 def test_manifest_round_trips_in_gdc_client_format(tmp_path):
@@ -504,7 +631,7 @@ def test_local_sheet_is_normalized(tmp_path):
         ("s3", "p2", "LUAD", "s3.ndpi"),
     ]
     out = read_csv(tmp_path / "out" / "cohort.csv")
-    assert list(out[0]) == ["slide_id", "case_id", "label", "file"]
+    assert list(out[0]) == ["slide_id", "case_id", "label", "file", "event", "time_days", "follow_up"]
     assert out[2]["file"] == str(slides / "s3.ndpi")
 
 
@@ -546,6 +673,44 @@ def test_local_sheet_missing_column_and_file_column(tmp_path):
     assert "line 4 (slide 'c'): file " in str(info.value) and "gone.svs does not exist" in str(info.value)
 
 
+def test_local_sheet_survival_columns(tmp_path):
+    sheet, slides = make_local(
+        tmp_path,
+        ["slide_id,case_id,label,event,time_days,follow_up",
+         "a,p1,X,1,400,", "b,p2,X,0,0,lost after surgery", "c,p3,X,0,365.5,", "d,p4,X,,,not asked"],
+        ["a.svs", "b.svs", "c.svs", "d.svs"],
+    )  # fmt: skip
+    normalize_local_sheet(sheet, slides, tmp_path / "out.csv")
+    out = {r["slide_id"]: (r["event"], r["time_days"], r["follow_up"]) for r in read_csv(tmp_path / "out.csv")}
+    assert out == {"a": ("1", "400", ""), "b": ("0", "0", "lost after surgery"), "c": ("0", "365.5", ""),
+                   "d": ("", "", "not asked")}  # fmt: skip
+    sheet.write_text("slide_id,case_id,label\na,p1,X\n")  # without the columns: blank, but always present
+    normalize_local_sheet(sheet, slides, tmp_path / "plain.csv")
+    assert read_csv(tmp_path / "plain.csv")[0] == {
+        "slide_id": "a", "case_id": "p1", "label": "X", "file": str(slides / "a.svs"), "event": "", "time_days": "",
+        "follow_up": "",
+    }  # fmt: skip
+
+
+def test_local_sheet_survival_problems_are_reported_by_line(tmp_path):
+    sheet, slides = make_local(
+        tmp_path,
+        ["slide_id,case_id,label,event,time_days",
+         "ok,p1,X,1,10", "half,p2,X,1,", "other_half,p3,X,,20", "dead,p4,X,yes,10", "neg,p5,X,0,-4",
+         "text,p6,X,0,Not Reported"],
+        ["ok.svs", "half.svs", "other_half.svs", "dead.svs", "neg.svs", "text.svs"],
+    )  # fmt: skip
+    with pytest.raises(PipelineError) as info:
+        read_local_sheet(sheet, slides)
+    msg = str(info.value)
+    assert "has 5 problem(s)" in msg and "'ok'" not in msg
+    assert "line 3 (slide 'half'): column 'time_days' is a dependency of 'event': give event and time_days" in msg
+    assert "line 4 (slide 'other_half'): column 'event' is a dependency of 'time_days'" in msg
+    assert "line 5 (slide 'dead'): column 'event': 'yes' is not one of ['0', '1']" in msg
+    assert "line 6 (slide 'neg'): column 'time_days': '-4' does not match" in msg
+    assert "line 7 (slide 'text'): column 'time_days': 'Not Reported' does not match" in msg
+
+
 def test_local_sheet_command_exit_code_and_message(tmp_path, capsys):
     sheet, slides = make_local(tmp_path, ["slide_id,case_id,label", "a,p,X"], [])
     code = cli_main(
@@ -562,6 +727,10 @@ def test_sheet_schema_is_valid_and_agrees_with_the_checks():
     jsonschema.Draft202012Validator.check_schema(schema)
     v = jsonschema.Draft202012Validator(schema)
     assert v.is_valid({"slide_id": "TCGA-05-4244-01Z-00-DX1.abc", "case_id": "TCGA-05-4244", "label": "LUAD"})
+    assert v.is_valid({"slide_id": "a", "case_id": "p", "label": "x", "event": "0", "time_days": "0", "follow_up": ""})
+    for bad in ({"event": "1"}, {"time_days": "3"}, {"event": "2", "time_days": "3"},
+                {"event": "1", "time_days": "1e3"}):  # fmt: skip
+        assert not v.is_valid({"slide_id": "a", "case_id": "p", "label": "x", **bad})
     for bad in ({"slide_id": "a/b", "case_id": "p", "label": "x"}, {"slide_id": "a", "case_id": " ", "label": "x"},
                 {"slide_id": "a", "label": "x"}):  # fmt: skip
         assert not v.is_valid(bad)

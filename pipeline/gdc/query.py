@@ -3,7 +3,9 @@
 The query asks `POST /files` for the diagnostic SVS slides of the preset's projects, page by page until
 `pagination.total`, sorted explicitly so the same GDC release gives the same manifest. Each file is labelled by
 its preset; files without a label are left out and counted by reason. A user's own manifest replaces the search:
-its files are then looked up by id only to read their case, project and diagnosis.
+its files are then looked up by id only to read their case, project, diagnosis and clinical fields. Each slide also
+carries its case's survival label (event, time_days) or the reason it has none (pipeline.gdc.clinical); a slide is
+never left out for that, since classification tasks use it all the same.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import csv
 import io
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, write_json_atomic, write_text_atomic
 from pipeline.gdc.client import GdcClient
+from pipeline.gdc.clinical import CASE_FIELDS, Survival, format_days, survival_of
 from pipeline.gdc.manifest import (
     ManifestEntry,
     check_file_id,
@@ -40,8 +43,12 @@ FIELDS = (
     "cases.case_id",
     "cases.project.project_id",
     "cases.diagnoses.primary_diagnosis",
+    *(f"cases.{name}" for name in CASE_FIELDS),
 )
-COHORT_COLUMNS = ("file_id", "slide_id", "case_id", "project", "primary_diagnosis", "label")
+#: event/time_days are blank when the case has no usable follow-up; follow_up then says why (blank otherwise)
+COHORT_COLUMNS = (
+    "file_id", "slide_id", "case_id", "project", "primary_diagnosis", "label", "event", "time_days", "follow_up",
+)  # fmt: skip
 SORT = "file_id:asc"
 ID_BATCH = 500  # ids per lookup request when a user manifest is given
 TCGA_PATIENT_LEN = 12  # TCGA-XX-XXXX
@@ -55,10 +62,17 @@ class SlideRecord:
     case_id: str  # TCGA patient barcode
     project: str
     diagnoses: tuple[str, ...]
+    survival: Survival | str  # the case's survival label, or why it has none
 
     @property
     def primary_diagnosis(self) -> str:
         return " / ".join(sorted(set(d for d in self.diagnoses if d)))
+
+    def survival_cells(self) -> list[str]:
+        """The cohort sheet's event, time_days and follow_up cells."""
+        if isinstance(self.survival, Survival):
+            return [str(self.survival.event), format_days(self.survival.time_days), ""]
+        return ["", "", self.survival]
 
 
 @dataclass
@@ -150,7 +164,7 @@ def record_of(hit: dict[str, Any]) -> SlideRecord | str:
     project = str((case.get("project") or {}).get("project_id") or "")
     diagnoses = tuple(str(d.get("primary_diagnosis") or "") for d in case.get("diagnoses") or [])
     entry = ManifestEntry(file_id, name, md5, size, str(hit.get("state") or "released"))
-    return SlideRecord(entry, barcode[:TCGA_PATIENT_LEN], project, diagnoses)
+    return SlideRecord(entry, barcode[:TCGA_PATIENT_LEN], project, diagnoses, survival_of(case))
 
 
 def label_records(records: list[SlideRecord | str], preset: TaskPreset, max_per_class: int = 0) -> QueryResult:
@@ -199,7 +213,7 @@ def lookup_manifest(client: GdcClient, entries: list[ManifestEntry]) -> list[Sli
                     f"manifest lists file {e.id} ({e.filename}) with md5 {e.md5} and size {e.size}, but the GDC "
                     f"holds md5 {rec.entry.md5} and size {rec.entry.size}; the manifest is stale"
                 )
-            rec = SlideRecord(e, rec.case_id, rec.project, rec.diagnoses)
+            rec = replace(rec, entry=e)
         records.append(rec)
     return records
 
@@ -209,8 +223,21 @@ def cohort_csv(selected: list[tuple[SlideRecord, str]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COHORT_COLUMNS)
     for rec, label in selected:
-        writer.writerow([rec.entry.id, rec.entry.slide_id, rec.case_id, rec.project, rec.primary_diagnosis, label])
+        writer.writerow(
+            [rec.entry.id, rec.entry.slide_id, rec.case_id, rec.project, rec.primary_diagnosis, label]
+            + rec.survival_cells()
+        )
     return buf.getvalue()
+
+
+def survival_counts(selected: list[tuple[SlideRecord, str]]) -> tuple[int, Counter]:
+    """Cases of the selected slides with a usable survival label, and the others counted by reason (per case,
+    since the label is per patient; the first slide of a case speaks for it)."""
+    by_case: dict[str, Survival | str] = {}
+    for rec, _ in selected:
+        by_case.setdefault(rec.case_id, rec.survival)
+    unusable = Counter(s for s in by_case.values() if isinstance(s, str))
+    return len(by_case) - sum(unusable.values()), unusable
 
 
 def run_query(
@@ -243,6 +270,10 @@ def run_query(
             + (", ".join(f"{n} x {r}" for r, n in result.excluded.most_common()) or "none")
         )
     _log_counts(preset, result)
+    with_follow_up, unusable = survival_counts(result.selected)
+    log.info("survival: %d case(s) with usable follow-up, %d without", with_follow_up, sum(unusable.values()))
+    for reason, n in unusable.most_common():
+        log.info("no survival label for %d case(s): %s", n, reason)
     write_manifest(out_manifest, [rec.entry for rec, _ in result.selected])
     write_text_atomic(out_cohort, cohort_csv(result.selected))
     if out_summary:
@@ -260,6 +291,9 @@ def run_query(
                 "left_out": dict(sorted(result.excluded.items())),
                 "capped_by_max_slides_per_class": dict(sorted(result.capped.items())),
                 "total_bytes": sum(rec.entry.size for rec, _ in result.selected),
+                "cases": with_follow_up + sum(unusable.values()),
+                "cases_with_follow_up": with_follow_up,
+                "survival_unusable": dict(sorted(unusable.items())),
             },
         )
     return result

@@ -80,7 +80,7 @@ def sheet_inputs(config: dict[str, Any]) -> list[str]:
 
 
 def sheet_command(config: dict[str, Any], out: str, python: str = "python") -> str:
-    """The command writing {output_dir}/cohort/sheet.csv (slide_id,case_id,label,file) for the source, run by
+    """The command writing {output_dir}/cohort/sheet.csv (pipeline.sheet.SHEET_COLUMNS) for the source, run by
     `python` (flags.python_command)."""
     if config["source"] == "local":
         local = config["local"]
@@ -235,6 +235,13 @@ def dataset_labels(config: dict[str, Any]) -> list[str]:
             return []
         seen.update(dict.fromkeys(task["sheet_labels"]))
     return list(seen)
+
+
+def has_survival(config: dict[str, Any]) -> bool:
+    """Whether some task is a survival task, so the dataset stage lists the slides such a task cannot use.
+
+    Read from the raw task list: `tasks()` would refuse the type until the survival task type is registered."""
+    return any(t.get("type") == "survival" for t in config["tasks"])
 
 
 def backbones(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
