@@ -61,21 +61,22 @@ def planted_risk(label: str) -> float:
     return SOLID_RISK * (morphology == "solid") + NUCLEAR_RISK_PER_PX * ((r_min + r_max) / 2 - 5.0)
 
 
-def demo_survival(slides: list[DemoSlide], seed: int) -> dict[str, tuple[int, float]]:
-    """case_id -> (event, time_days): seeded per case, drawn from the hazard its class's morphology implies.
+def demo_survival(slides: list[DemoSlide], seed: int) -> dict[str, Survival]:
+    """slide_id -> its patient's (event, time_days): seeded per case, drawn from the hazard its class's morphology
+    implies (the slides of a case share it). Unlabelled slides get none.
 
     With random-weight backbones a method's C-index on this shows only that it finds a signal the pixels carry.
     """
-    out: dict[str, tuple[int, float]] = {}
+    per_case: dict[str, Survival] = {}
     for s in slides:
-        if s.case_id in out or not s.label:
+        if s.case_id in per_case or not s.label:
             continue
         rng = np.random.default_rng(slide_seed(seed, "survival:" + s.case_id))
         risk = planted_risk(s.label) + rng.normal(0.0, RISK_SD)
         death = BASE_DAYS * (rng.exponential() / np.exp(risk)) ** (1 / WEIBULL_SHAPE)
         censor = rng.uniform(0.0, CENSOR_MAX_DAYS)
-        out[s.case_id] = (int(death <= censor), float(round(min(death, censor))))
-    return out
+        per_case[s.case_id] = Survival(int(death <= censor), float(round(min(death, censor))))
+    return {s.slide_id: per_case[s.case_id] for s in slides if s.case_id in per_case}
 
 
 def slide_seed(seed: int, slide_id: str) -> int:

@@ -400,6 +400,8 @@ def test_demo_cohort_works_with_the_default_config_values(tmp_path):
     c = config["cohort"]
     expected = {"demo": (4, 2, 2), "demo_tree": (2, 1, 1)}  # (train, val, test) slides per class of the task
     for name, task in tasks(config).items():
+        if task["type"] == "survival":
+            continue  # cross-validated over patients: test_demo_survival_splits_with_the_default_config_values
         tree = parse_tree_args(split_label_args(task))
         make_splits(ds, tmp_path / "s", name, task["shots"], c["folds"], c["val_frac"], c["test_frac"], c["seed"],
                     task["labels"], label_tree=tree)
@@ -407,6 +409,28 @@ def test_demo_cohort_works_with_the_default_config_values(tmp_path):
         for split in _read_all(tmp_path / "s", name, task["shots"][0], c["folds"]):
             for part, want in zip(("train", "val", "test"), expected[name]):
                 assert Counter(class_of(s) for s in split.partitions()[part]) == dict.fromkeys(task["labels"], want)
+
+
+def test_demo_survival_splits_with_the_default_config_values(tmp_path):
+    """The demo's survival times (drawn from the slides' morphology) split into the default folds and bins, every
+    patient tested once, each test fold with a death."""
+    from pipeline.demo import demo_slides, demo_survival
+    from pipeline.survival.splits import write_cv_splits
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    d, c = config["demo"], config["cohort"]
+    slides = demo_slides(d["classes"], d["slides_per_class"])
+    times = demo_survival(slides, d["seed"])
+    table = pd.DataFrame([{"case_id": s.case_id, "event": times[s.slide_id].event,
+                           "time_days": times[s.slide_id].time_days} for s in slides]).drop_duplicates("case_id")
+    assert 0.2 <= 1 - table["event"].mean() <= 0.5  # about a third censored
+    write_cv_splits(table, tmp_path, folds=c["folds"], seed=c["seed"], n_bins=config["train"]["survival_bins"])
+    tested = []
+    for k in range(c["folds"]):
+        split = read_split_csv(tmp_path / f"splits_{k}.csv")
+        tested += split.test
+        assert table.set_index("case_id").loc[list(split.test), "event"].sum() >= 1
+    assert sorted(tested) == sorted(table["case_id"])
 
 
 def test_too_few_slides_for_the_shots_names_the_class_and_counts(tmp_path):
@@ -615,8 +639,11 @@ def test_config_cohort_section_matches_its_schema():
         jsonschema.Draft202012Validator(schema).validate({**cfg, "val_frac": 0})
     from pipeline.wiring.cohort import tasks
 
+    from pipeline.attribute_prompts import load_attribute_prompts
+
     for task in tasks(yaml.safe_load((REPO / "config.yaml").read_text())).values():
-        load_prompts(resolve_prompt_file(task["name"], task["prompts"]), task["labels"])
+        path = resolve_prompt_file(task["name"], task["prompts"])
+        load_attribute_prompts(path) if task["type"] == "survival" else load_prompts(path, task["labels"])
 
 
 @pytest.mark.workflow

@@ -387,23 +387,20 @@ def test_survival_splits_command_writes_the_files(tmp_path):
     assert (tmp_path / "all" / "splits_0.csv").read_text() == (out / "splits_0.csv").read_text()
 
 
-def test_survival_table_fallback_contract_and_errors(tmp_path, capsys):
-    from pipeline.commands.survival_splits import _survival_table
-    from pipeline.dataset import read_dataset
-
+def test_survival_splits_leave_out_cases_without_a_usable_label(tmp_path, capsys):
+    """The command reads pipeline.dataset.survival_table: a case whose slides disagree is left out (dropped.csv
+    says why), and a dataset without survival columns is refused."""
     ds = tmp_path / "dataset.csv"
     cases, time, event = _survival_dataset(ds, n=6)
-    table = _survival_table(read_dataset(ds))
-    assert list(table.columns) == ["case_id", "event", "time_days", "slides"]
-    assert table["case_id"].tolist() == cases and table["event"].tolist() == event.tolist()
-    assert table["time_days"].to_numpy() == pytest.approx(time) and table["event"].dtype.kind == "i"
-    assert table["slides"].iloc[0] == ["c000-DX1", "c000-DX2"]
-
     frame = pd.read_csv(ds, dtype=str, keep_default_na=False)
     frame.loc[1, "time_days"] = "1.5"  # c000's second slide disagrees
     frame.to_csv(ds, index=False)
-    assert main(["survival-splits", "--dataset", str(ds), "--out-dir", str(tmp_path / "x"), "--folds", "2"]) == 1
-    assert "case 'c000': its slides disagree" in capsys.readouterr().err
+    assert main(["survival-splits", "--dataset", str(ds), "--out-dir", str(tmp_path / "x"), "--folds", "2"]) == 0
+    split_cases = set()
+    for k in range(2):
+        split = read_split_csv(tmp_path / "x" / f"splits_{k}.csv")
+        split_cases |= set(split.test)
+    assert split_cases == set(cases) - {"c000"}
     frame.drop(columns=["event"]).to_csv(ds, index=False)
-    assert main(["survival-splits", "--dataset", str(ds), "--out-dir", str(tmp_path / "x"), "--folds", "2"]) == 1
-    assert "no 'event' column" in capsys.readouterr().err
+    assert main(["survival-splits", "--dataset", str(ds), "--out-dir", str(tmp_path / "y"), "--folds", "2"]) == 1
+    assert "no case with event and time_days" in capsys.readouterr().err

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["slide", "sheet"])
     parser.add_argument("--out", required=True, help="slide .tiff or sheet .csv to write")
     parser.add_argument("--slide-id", help="slide to generate (slide mode), e.g. demo_solid_03")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="the cohort seed (slides' pixels, sheet's survival times)")
     parser.add_argument("--classes", nargs="+", required=True, choices=demo.CLASSES,
                         help="the cohort's classes (config.yaml demo.classes), in order")
     parser.add_argument("--slides-per-class", type=int, default=8)
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         for item in args.extra:
             sid, _, path = item.partition("=")
             extra.append({"slide_id": sid, "case_id": sid, "label": "", "file": path})
-        demo.write_demo_sheet(args.out, slides, args.slides_dir, extra)
+        demo.write_demo_sheet(args.out, slides, args.slides_dir, extra, demo.demo_survival(slides, args.seed))
         return 0
     by_id = {s.slide_id: s for s in slides}
     if args.slide_id not in by_id:

@@ -97,7 +97,7 @@ def sheet_command(config: dict[str, Any], out: str, python: str = "python") -> s
     extra = f" --extra {BUNDLED_SLIDE.stem}={shlex.quote(str(BUNDLED_SLIDE))}" if d.get("include_real", True) else ""
     return (
         f"{python} -m pipeline demo sheet --slides-dir {shlex.quote(out + '/demo/slides')} "
-        f"--classes {' '.join(d['classes'])} --slides-per-class {d['slides_per_class']}{extra}"
+        f"--classes {' '.join(d['classes'])} --slides-per-class {d['slides_per_class']} --seed {d['seed']}{extra}"
     )
 
 
@@ -210,7 +210,7 @@ def _check_methods(task: dict[str, Any]) -> None:
 
 def has_survival(config: dict[str, Any]) -> bool:
     """Whether some task is a survival task (dataset.csv then lists the slides without usable follow-up)."""
-    return any(cross_validated(task) for task in tasks(config).values())
+    return any(cross_validated({"type": t.get("type", "classification")}) for t in config["tasks"])
 
 
 def survival_labels(task: dict[str, Any]) -> list[str]:
@@ -235,13 +235,6 @@ def dataset_labels(config: dict[str, Any]) -> list[str]:
             return []
         seen.update(dict.fromkeys(task["sheet_labels"]))
     return list(seen)
-
-
-def has_survival(config: dict[str, Any]) -> bool:
-    """Whether some task is a survival task, so the dataset stage lists the slides such a task cannot use.
-
-    Read from the raw task list: `tasks()` would refuse the type until the survival task type is registered."""
-    return any(t.get("type") == "survival" for t in config["tasks"])
 
 
 def backbones(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
