@@ -1,13 +1,16 @@
-"""Benchmark: peak memory and seconds per HiVE-MIL training step, `edges` against `dense` hierarchical attention.
+"""Benchmark: peak memory and seconds per training step of HiVE-MIL (`edges` against `dense` hierarchical
+attention) and of HiLa (pipeline.model.hila, default HiLaConfig, one prompt learner per level).
 
 One slide of N 5x parents with 16 kept children each (D = 512, the tiny backbone's text tower for the prompts),
-one forward + backward + Adam step, as in training. Every (mode, N) runs in a fresh subprocess so its peak memory
+one forward + backward + Adam step, as in training (HiVE-MIL: cross-entropy + HTCL; HiLa: a discrete-hazard NLL
+over 4 bins + its MCL term, 8 prompts per level). Every (mode, N) runs in a fresh subprocess so its peak memory
 is its own. Prints the table, then growth ratios against the smallest N (linear: 4x per 4x parents; quadratic: 16x)
 and dense against edges at the same N. Dense runs whose attention matrices alone would pass --dense-budget-gb are
 skipped and their estimate is printed instead.
 
     /work/venv/bin/python bench/model.py                      # 250, 1000, 4000 parents on the CPU
     /work/venv/bin/python bench/model.py --parents 250 1000 --steps 2 --device cuda
+    /work/venv/bin/python bench/model.py --modes hila --steps 1
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from pathlib import Path
 CHILDREN = 16
 HEADS = 2
 LAYERS = 2
+MODES = ("edges", "dense", "hila")
+HILA_PROMPTS = 8  # per level
+HILA_BINS = 4
 
 
 def dense_attention_gb(n5: int) -> float:
@@ -37,37 +43,66 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
+def build(mode: str, backbone, dev):
+    """The model of one benchmark mode and its loss `(model, output) -> scalar`."""
+    import torch
+
+    from pipeline.model.prompt_learner import PromptLearner
+
+    if mode == "hila":
+        from pipeline.model.hila import HiLa
+
+        def prompts(level: str) -> list[str]:
+            return [f"{level} attribute {i}: a tissue pattern tied to survival, number {i}" for i in range(HILA_PROMPTS)]
+
+        model = HiLa(backbone.embed_dim, HILA_BINS, None, PromptLearner(backbone, prompts("region")),
+                     PromptLearner(backbone, prompts("patch")))
+        y, censored = torch.tensor(1, device=dev), torch.tensor(0.0, device=dev)
+
+        def loss(model, out):  # discrete-hazard NLL of an event in bin y, plus the MCL term
+            h = torch.sigmoid(out.logits)
+            s = torch.cumprod(1 - h, 0)
+            before = torch.cat([s.new_ones(1), s])[y]
+            nll = -(1 - censored) * (before.clamp_min(1e-7).log() + h[y].clamp_min(1e-7).log()) \
+                - censored * s[y].clamp_min(1e-7).log()
+            return nll + out.aux
+
+        return model.to(dev).train(), loss
+    from pipeline.model.hivemil import HiveMIL, HiveMILConfig
+
+    texts = [f"class {c} description {i}: a tissue pattern number {i}" for c in range(2) for i in range(16)]
+    model = HiveMIL(backbone.embed_dim, 2, backbone.logit_scale, HiveMILConfig(hier_attention=mode),
+                    PromptLearner(backbone, texts))
+    label = torch.tensor(1, device=dev)
+    return model.to(dev).train(), lambda model, out: model.loss(out, label)
+
+
 def child(mode: str, n5: int, steps: int, device: str, threads: int) -> dict:
     """Run `steps` training steps (after one warm-up) and report seconds per step and peak extra memory."""
     import torch
 
     from pipeline.features import create_backbone
-    from pipeline.model.hivemil import HiveMIL, HiveMILConfig
-    from pipeline.model.prompt_learner import PromptLearner
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
     backbone = create_backbone("tiny", weights="random").to(dev)
-    texts = [f"class {c} description {i}: a tissue pattern number {i}" for c in range(2) for i in range(16)]
-    model = HiveMIL(backbone.embed_dim, 2, backbone.logit_scale, HiveMILConfig(hier_attention=mode),
-                    PromptLearner(backbone, texts)).to(dev).train()
+    model, loss = build(mode, backbone, dev)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
     d = backbone.embed_dim
     x5 = torch.randn(n5, d, device=dev)
     x20 = x5[:, None] + 0.5 * torch.randn(n5, CHILDREN, d, device=dev)
     mask = torch.ones(n5, CHILDREN, dtype=torch.bool, device=dev)
-    label = torch.tensor(1, device=dev)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         out = model(x5, x20, mask)
-        model.loss(out, label).backward()
+        loss(model, out).backward()
         opt.step()
 
     def warm_up() -> None:  # Adam state and allocator pools, on a slide too small to leave a large free pool
         opt.zero_grad(set_to_none=True)
-        model.loss(model(x5[:2], x20[:2], mask[:2]), label).backward()
+        loss(model, model(x5[:2], x20[:2], mask[:2])).backward()
         opt.step()
 
     warm_up()
@@ -97,6 +132,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="HiVE-MIL with edges or dense hierarchical attention, and HiLa")
     parser.add_argument("--dense-budget-gb", type=float, default=6.0,
                         help="skip dense runs whose attention scores alone would need more")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
@@ -106,7 +143,7 @@ def main() -> None:
         return
     rows = []
     for n5 in args.parents:
-        for mode in ("edges", "dense"):
+        for mode in args.modes:
             if mode == "dense" and dense_attention_gb(n5) > args.dense_budget_gb:
                 rows.append({"mode": mode, "parents": n5, "seconds": None, "peak_gb": None,
                              "note": f"skipped: ~{dense_attention_gb(n5):.0f} GB of attention scores"})
@@ -120,15 +157,16 @@ def main() -> None:
                 continue
             rows.append({**json.loads(done.stdout.strip().splitlines()[-1]), "note": ""})
             print(f"  {mode:5s} {n5:5d}: {rows[-1]['seconds']:.2f} s/step, {rows[-1]['peak_gb']:.2f} GB", flush=True)
-    print(f"\nHiVE-MIL training step, one slide ({args.device}, {args.threads} threads, D=512, 16 children/parent)\n")
-    print(f"| {'attention':9s} | {'5x parents':>10s} | {'20x nodes':>9s} | {'s/step':>7s} | {'peak extra GB':>13s} | note")
+    print(f"\nTraining step, one slide ({args.device}, {args.threads} threads, D=512, 16 children/parent); "
+          "edges/dense: HiVE-MIL's hierarchical attention, hila: HiLa\n")
+    print(f"| {'model':9s} | {'5x parents':>10s} | {'20x nodes':>9s} | {'s/step':>7s} | {'peak extra GB':>13s} | note")
     print(f"|{'-' * 11}|{'-' * 12}|{'-' * 11}|{'-' * 9}|{'-' * 15}|------")
     for r in rows:
         s = f"{r['seconds']:.2f}" if r["seconds"] is not None else "-"
         m = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else "-"
         print(f"| {r['mode']:9s} | {r['parents']:10d} | {r['parents'] * CHILDREN:9d} | {s:>7s} | {m:>13s} | {r['note']}")
     print("\nGrowth against the smallest size (linear = parents ratio, quadratic = its square):")
-    for mode in ("edges", "dense"):
+    for mode in args.modes:
         done = [r for r in rows if r["mode"] == mode and r["seconds"] is not None]
         if len(done) < 2:
             continue
