@@ -93,7 +93,9 @@ def test_methods_command_lists_each_method_with_its_task_types(capsys):
     out = capsys.readouterr().out
     hmil = out[out.index("hmil\n"):].splitlines()
     assert hmil[2] == "  task types: hierarchical"
-    assert out.rstrip().endswith("task types: classification, hierarchical")
+    assert out.rstrip().endswith("task types: classification, hierarchical, survival")
+    hila = out[out.index("hila\n"):].splitlines()
+    assert hila[2] == "  task types: survival" and "text_tower" in hila[3]
 
 
 def test_a_local_sheet_label_of_no_task_is_refused_before_any_job(tmp_path, fixtures):

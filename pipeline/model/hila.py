@@ -402,15 +402,69 @@ def prompt_risk(
     the levels :math:`\mathcal{L}` that have instances (a patient without valid children is scored on its regions).
     Returns a scalar tensor; a higher value predicts a shorter survival.
     """
+    region, patch = prompt_scores(x5, x20, mask, texts_region, texts_patch, cfg)
+    return _signed_risk(region, patch, signs_region, signs_patch)
+
+
+def prompt_scores(
+    x5: Tensor, x20: Tensor, mask: Tensor, texts_region: Tensor, texts_patch: Tensor, cfg: HiLaConfig | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Each level's transport-weighted prompt similarities `[K]` (patch: None without a valid child)."""
     cfg = cfg or HiLaConfig()
     ot_args = (cfg.ot_eps, cfg.ot_iters, cfg.ot_tol)
     parent, slot = valid_children(mask)
-    levels = [(x5, texts_region, signs_region)]
-    if parent.numel():
-        levels.append((x20[parent, slot], texts_patch, signs_patch))
-    risks = [
-        (torch.as_tensor(signs, dtype=x.dtype, device=x.device) * optimal_prompt_alignment(x, t, None, *ot_args).scores)
-        .sum()
-        for x, t, signs in levels
-    ]
+    region = optimal_prompt_alignment(x5, texts_region, None, *ot_args).scores
+    if not parent.numel():
+        return region, None
+    return region, optimal_prompt_alignment(x20[parent, slot], texts_patch, None, *ot_args).scores
+
+
+def _signed_risk(region: Tensor, patch: Tensor | None, signs_region: Tensor, signs_patch: Tensor) -> Tensor:
+    """Mean over the levels with instances of sum_k sign_k * s_k."""
+    levels = [(region, signs_region)] + ([(patch, signs_patch)] if patch is not None else [])
+    risks = [(torch.as_tensor(signs, dtype=s.dtype, device=s.device) * s).sum() for s, signs in levels]
     return torch.stack(risks).mean()
+
+
+class PromptRiskOutput(NamedTuple):
+    logits: Tensor  # [n_bins]: the risk as a constant hazard logit per bin (keeps its order, see PromptRisk)
+    aux: Tensor  # scalar 0: nothing to train
+    risk: Tensor  # scalar, higher = worse
+    scores_region: Tensor  # [K] transport-weighted similarity of each region prompt
+    scores_patch: Tensor  # [K] the same at the patch level (zeros without valid children)
+
+
+class PromptRisk(nn.Module):
+    r"""The training-free baseline as a model: :func:`prompt_risk` over frozen attribute prompt features.
+
+    The survival task reads hazard logits, so the risk :math:`r` is returned as the same logit in every bin:
+    :math:`S_k = (1 - \sigma(r))^{k+1}` decreases with :math:`r` in every bin, so the task's risk
+    :math:`-\sum_k S_k` orders patients exactly as :math:`r` does (the C-index is :math:`r`'s; the survival curve
+    itself is not calibrated, which the integrated Brier score shows).
+
+    Args:
+        texts (Tensor): Attribute prompt features :math:`(2K, D)`, region prompts first.
+        signs (Tensor): :math:`(2K,)`, +1 for an attribute of worse prognosis, -1 for better.
+        n_bins (int): Number of time bins.
+        config (HiLaConfig, optional): Its optimal-transport settings are used.
+    """
+
+    def __init__(self, texts: Tensor, signs: Tensor, n_bins: int, config: HiLaConfig | None = None):
+        super().__init__()
+        if texts.dim() != 2 or texts.size(0) % 2 or signs.shape != texts.shape[:1]:
+            raise ValueError(f"'{type(self).__name__}': texts [2K, D] and signs [2K], got {tuple(texts.shape)}, "
+                             f"{tuple(signs.shape)}")
+        self.n_bins = n_bins
+        self.config = config or HiLaConfig()
+        self.register_buffer("texts", texts.detach().clone().float())
+        self.register_buffer("signs", signs.detach().clone().float())
+
+    def forward(self, x5: Tensor, x20: Tensor, mask: Tensor) -> PromptRiskOutput:
+        k = self.texts.size(0) // 2
+        region, patch = prompt_scores(x5, x20, mask.bool(), self.texts[:k], self.texts[k:], self.config)
+        risk = _signed_risk(region, patch, self.signs[:k], self.signs[k:])
+        patch = patch if patch is not None else torch.zeros_like(region)
+        return PromptRiskOutput(risk.expand(self.n_bins).clone(), risk.new_zeros(()), risk, region, patch)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(attributes={self.texts.size(0) // 2} per level, n_bins={self.n_bins})"

@@ -97,12 +97,18 @@ class Method:
         Methods whose losses couple slides of a batch or follow the epoch (HMIL) override it.
         """
         total = None
+        cache = self.step_cache(model)
         for bag, target in batch:
-            logits, aux = self.logits(model, bag, device)
+            logits, aux = self.logits(model, bag, device, cache)
             loss = self.task.loss(logits, target) + aux
             total = loss if total is None else total + loss
         assert total is not None
         return total / len(batch) if len(batch) > 1 else total
+
+    def step_cache(self, model: "nn.Module") -> Any:
+        """Computed once per training step, with gradient, for all the step's targets (e.g. the learned prompts'
+        text features: one text-tower pass per step instead of one per patient)."""
+        return None
 
     def train_batch_size(self) -> int:
         """Targets (slides, or patients) per optimiser step; the task's choice unless the method has its own."""

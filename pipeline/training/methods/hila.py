@@ -73,6 +73,9 @@ class HiLaMethod(Method):
     def eval_cache(self, model: "nn.Module") -> Any:
         return model.encode_texts()
 
+    def step_cache(self, model: "nn.Module") -> Any:
+        return model.encode_texts()
+
     def top_attributes(self, model: "nn.Module", bag: "SlideBag", device: "torch.device") -> list[dict[str, Any]]:
         out = model(*bag.on(device))
         return attribute_rows(self.task.attributes, [out.attr_weights_region, out.attr_weights_patch])

@@ -1,0 +1,212 @@
+"""The survival task type end to end on feature files: patient bags, CV splits, HiLa and the baselines through the
+registry and the shared loop, result tables, KM plots, attribute tables, checkpoints and prediction."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.training.config import TrainConfig
+
+DIM = 32
+K = 4
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from pipeline.features import create_backbone
+
+    return create_backbone("tiny", weights="random", embed_dim=DIM)
+
+
+def write_survival_cohort(root, n_patients=90, seed=0, two_slide_every=5):
+    """Patients with a latent risk r ~ N(0, 1): the share of 20x children (and their 5x parents) pulled towards a
+    direction u grows with r; T ~ Exp(rate e^{2r}) x 300 days, C ~ Uniform(0, 900) days. Every fifth patient has
+    two slides. Writes feature files, dataset.csv (with event,time_days) and the demo's attribute prompts."""
+    import shutil
+
+    from pipeline.formats import write_features, write_hierarchical
+    from pipeline.prompt_files import shipped_prompt_files
+
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=DIM)
+    u /= np.linalg.norm(u)
+    risk = rng.normal(size=n_patients)
+    death = rng.exponential(1.0 / np.exp(2 * risk)) * 300
+    censor = rng.uniform(0, 900, n_patients)
+    event, time = (death <= censor).astype(int), np.round(np.minimum(death, censor)) + 1
+    rows = []
+    offs = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(16, 2)[:, ::-1]
+    for p in range(n_patients):
+        case = f"P{p:03d}"
+        for s in range(2 if p % two_slide_every == 0 else 1):
+            sid = f"{case}-S{s}"
+            n5 = int(rng.integers(8, 16))
+            mask = rng.random((n5, 16)) > 0.2
+            mask[:, 0] = True
+            aligned = rng.random((n5, 16)) < 1 / (1 + np.exp(-2 * risk[p]))
+            x20 = rng.normal(size=(n5, 16, DIM)) + 3.0 * aligned[..., None] * u
+            x20[~mask] = 0.0
+            x5 = x20.sum(1) / mask.sum(1, keepdims=True) + 0.3 * rng.normal(size=(n5, DIM))
+            coords5 = np.stack([np.arange(n5) * 1024, np.zeros(n5)], 1).astype(np.int64)
+            write_features(root / "f5" / f"{sid}.h5", x5, coords5, {})
+            write_hierarchical(root / "fh" / f"{sid}.h5", x20, coords5[:, None, :] + offs[None] * 256, mask, {})
+            rows.append({"case_id": case, "slide_id": sid, "label": "tumour", "level0_mag": 20,
+                         "event": event[p], "time_days": time[p]})
+    pd.DataFrame(rows).to_csv(root / "dataset.csv", index=False)
+    shutil.copy(shipped_prompt_files()["demo_survival"], root / "prompts.json")
+    return {"risk": risk, "event": event, "time": time}
+
+
+def features(root):
+    from pipeline.training.data import pair_feature_files
+
+    return pair_feature_files(sorted((root / "f5").glob("*.h5")), sorted((root / "fh").glob("*.h5")))
+
+
+def survival_task(root, **cfg):
+    from pipeline.training.tasks import load_task
+
+    return load_task("survival", "os", root / "dataset.csv", root / "prompts.json", config=TrainConfig(**cfg))
+
+
+def cv_splits(root, folds=3):
+    from pipeline.cli import main
+
+    assert main(["survival-splits", "--dataset", str(root / "dataset.csv"), "--out-dir", str(root / "splits"),
+                 "--folds", str(folds), "--bins", "4"]) == 0
+    return sorted((root / "splits").glob("splits_*.csv"))
+
+
+SMALL = dict(survival_epochs=10, survival_lr=2e-3, survival_batch_size=4, hila_hidden=32, abmil_hidden=32, n_ctx=4,
+             device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, backbone):
+    """HiLa, both ABMILs and prompt_risk on one synthetic cohort, 3-fold CV (trained once for the module)."""
+    from pipeline.formats import TextEmbeddings, write_text_embeddings
+    from pipeline.training.run import train_task
+
+    root = tmp_path_factory.mktemp("surv")
+    truth = write_survival_cohort(root)
+    task = survival_task(root, **SMALL)
+    with torch.no_grad():
+        emb = backbone.encode_text(backbone.tokenize(task.texts)).float().numpy().reshape(2, K, -1)
+    write_text_embeddings(root / "text.h5", TextEmbeddings(emb, task.classes, [task.texts[:K], task.texts[K:]],
+                                                           {"logit_scale": float(backbone.logit_scale)}))
+    torch.set_num_threads(1)
+    out = root / "models" / "os" / "tiny" / "cv3"
+    summary = train_task(methods=["hila", "abmil_5x", "abmil_20x", "prompt_risk"], out_dir=out, task=task,
+                         backbone_name="tiny", split_files=cv_splits(root), features=features(root),
+                         text_embeddings=root / "text.h5", backbone=backbone, config=TrainConfig(**SMALL))
+    return {"root": root, "out": out, "summary": summary, "truth": truth, "task": task}
+
+
+def test_a_patient_with_two_slides_forms_one_bag(tmp_path):
+    from pipeline.training.data import FeatureStore
+
+    write_survival_cohort(tmp_path, n_patients=12)
+    task = survival_task(tmp_path)
+    assert task.members["P000"] == ["P000-S0", "P000-S1"] and task.members["P001"] == ["P001-S0"]
+    store = FeatureStore(features(tmp_path))
+    bags = task.bags(store)
+    bag = bags.get("P000")
+    one, two = store.get("P000-S0"), store.get("P000-S1")
+    assert bag.slide_id == "P000" and bag.x5.shape[0] == one.x5.shape[0] + two.x5.shape[0]
+    assert torch.equal(bag.x20[one.x5.shape[0]:], two.x20) and torch.equal(bag.mask[: one.x5.shape[0]], one.mask)
+    assert "P000" in bags and "nobody" not in bags
+    # every patient is binned once for the cohort, bins in [0, 4)
+    assert {t.bin for t in task.targets.values()} <= {0, 1, 2, 3} and len(task.edges) == 5
+
+
+def test_hila_and_abmil_find_the_planted_risk(trained):
+    summary = trained["summary"]
+    mean = summary.groupby("method")["c_index"].mean()
+    assert mean["hila"] > 0.7 and mean["abmil_20x"] > 0.7, summary
+    assert set(summary["shots"]) == {"cv"} and set(summary["n_val"]) == {0}
+    assert summary["ibs"].between(0, 1).all() or summary["ibs"].isna().any()
+
+
+def test_prompt_risk_trains_nothing_and_scores_every_patient(trained):
+    preds = pd.read_csv(trained["out"] / "prompt_risk" / "predictions.csv")
+    assert sorted(preds["case_id"]) == sorted(trained["task"].targets)  # each patient tested exactly once
+    assert not (trained["out"] / "prompt_risk" / "curves").exists()  # no parameters, no training curve
+
+
+def test_outputs_tables_plots_and_attributes(trained):
+    out = trained["out"]
+    results = pd.read_csv(out / "results.csv")
+    assert {"c_index", "ibs", "stat", "folds"} <= set(results.columns)
+    assert set(results["method"]) == {"hila", "abmil_5x", "abmil_20x", "prompt_risk"}
+    assert "C-index" in (out / "comparison.md").read_text()
+    preds = pd.read_csv(out / "hila" / "predictions.csv")
+    assert {"case_id", "event", "time_days", "bin", "risk", "surv_bin0", "surv_bin3"} <= set(preds.columns)
+    surv = preds[[f"surv_bin{k}" for k in range(4)]].to_numpy()
+    assert (np.diff(surv, axis=1) <= 1e-7).all() and np.allclose(preds["risk"], -surv.sum(1))
+    for method in ("hila", "abmil_5x", "prompt_risk"):
+        assert (out / method / "plots" / f"km_{method}.png").read_bytes()[:4] == b"\x89PNG"
+    attrs = pd.read_csv(out / "hila" / "attributes.csv")
+    assert set(attrs["level"]) == {"region", "patch"} and set(attrs["rank"]) == {1, 2, 3}
+    assert set(attrs["attribute"]) <= set(trained["task"].attributes)
+    assert attrs.groupby(["fold", "case_id", "level"]).size().eq(3).all()
+
+
+def test_checkpoint_restores_without_a_text_tower_and_predicts(trained, tmp_path):
+    from pipeline.training.checkpoints import load_checkpoint, restore_model
+    from pipeline.training.data import FeatureStore
+    from pipeline.training.predict import predict_slides
+
+    out, root = trained["out"], trained["root"]
+    ckpt = load_checkpoint(out / "hila" / "checkpoints" / "fold0.pt", backbone="tiny")
+    assert ckpt["task_type"] == "survival" and ckpt["task_state"]["edges"] == trained["task"].edges
+    assert not any(k.startswith(("region_text_encoder.backbone", "patch_text_encoder.backbone"))
+                   for k in ckpt["state_dict"])
+    model = restore_model(ckpt, torch.device("cpu"))
+    bag = FeatureStore(features(root)).get("P001-S0")
+    assert model(bag.x5, bag.x20, bag.mask).logits.shape == (4,)
+    files = {s: f for s, f in features(root).items() if s.startswith(("P001", "P002"))}
+    frame = predict_slides(checkpoints=sorted((out / "hila" / "checkpoints").glob("*.pt")), features=files,
+                           backbone_name="tiny", out_dir=tmp_path / "pred")
+    assert list(frame["slide_id"]) == sorted(files) and {"risk", "surv_bin0", "n_models"} <= set(frame.columns)
+    assert (frame["n_models"] == 3).all()
+
+
+def test_gradient_reaches_the_prompt_context_through_the_method(tmp_path, backbone):
+    from pipeline.training.data import FeatureStore
+    from pipeline.training.methods.base import Resources
+    from pipeline.training.registry import get_method
+
+    write_survival_cohort(tmp_path, n_patients=12)
+    task = survival_task(tmp_path, **SMALL)
+    method = get_method("hila")(TrainConfig(**SMALL), task)
+    model = method.build(Resources(embed_dim=DIM, device=torch.device("cpu"), backbone_factory=lambda: backbone))
+    bags = task.bags(FeatureStore(features(tmp_path)))
+    case = next(iter(task.targets))
+    loss = method.training_loss(model, [(bags.get(case), task.targets[case])], torch.device("cpu"), 0, 1)
+    loss.backward()
+    for encoder in (model.region_text_encoder, model.patch_text_encoder):
+        assert encoder.ctx.grad is not None and encoder.ctx.grad.abs().sum() > 0
+
+
+def test_hila_config_keys_equal_the_model_defaults():
+    """One default per HiLa hyperparameter: TrainConfig's hila_* fields equal HiLaConfig's (the model's)."""
+    from pipeline.model.hila import HiLaConfig
+
+    train = TrainConfig()
+    for f in fields(HiLaConfig):
+        assert getattr(train, f"hila_{f.name}") == f.default, f.name
+
+
+def test_survival_task_without_follow_up_is_refused(tmp_path):
+    from pipeline.errors import PipelineError
+
+    write_survival_cohort(tmp_path, n_patients=6)
+    frame = pd.read_csv(tmp_path / "dataset.csv")
+    frame.assign(event="", time_days="").to_csv(tmp_path / "dataset.csv", index=False)
+    with pytest.raises(PipelineError, match="no patient .* has usable follow-up"):
+        survival_task(tmp_path)
