@@ -410,13 +410,23 @@ def prompt_scores(
     x5: Tensor, x20: Tensor, mask: Tensor, texts_region: Tensor, texts_patch: Tensor, cfg: HiLaConfig | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """Each level's transport-weighted prompt similarities `[K]` (patch: None without a valid child)."""
+    region, patch, _ = prompt_alignments(x5, x20, mask, texts_region, texts_patch, cfg)
+    return region.scores, patch.scores if patch is not None else None
+
+
+def prompt_alignments(
+    x5: Tensor, x20: Tensor, mask: Tensor, texts_region: Tensor, texts_patch: Tensor, cfg: HiLaConfig | None = None
+) -> tuple[LevelAlignment, LevelAlignment | None, Tensor]:
+    """Each level's OPL without tokens (patch: None without a valid child), and the valid children's flat index
+    `n * 16 + j` (the rows of the patch plan)."""
     cfg = cfg or HiLaConfig()
     ot_args = (cfg.ot_eps, cfg.ot_iters, cfg.ot_tol)
     parent, slot = valid_children(mask)
-    region = optimal_prompt_alignment(x5, texts_region, None, *ot_args).scores
+    region = optimal_prompt_alignment(x5, texts_region, None, *ot_args)
+    index = parent * mask.size(1) + slot
     if not parent.numel():
-        return region, None
-    return region, optimal_prompt_alignment(x20[parent, slot], texts_patch, None, *ot_args).scores
+        return region, None, index
+    return region, optimal_prompt_alignment(x20[parent, slot], texts_patch, None, *ot_args), index
 
 
 def _signed_risk(region: Tensor, patch: Tensor | None, signs_region: Tensor, signs_patch: Tensor) -> Tensor:
@@ -432,6 +442,9 @@ class PromptRiskOutput(NamedTuple):
     risk: Tensor  # scalar, higher = worse
     scores_region: Tensor  # [K] transport-weighted similarity of each region prompt
     scores_patch: Tensor  # [K] the same at the patch level (zeros without valid children)
+    plan_region: Tensor  # [N, K] the transport plans the scores come from (as HiLaOutput's)
+    plan_patch: Tensor  # [M, K] over the valid children (M = 0 without any)
+    patch_index: Tensor  # [M] flat index n * 16 + j of each valid child
 
 
 class PromptRisk(nn.Module):
@@ -461,10 +474,12 @@ class PromptRisk(nn.Module):
 
     def forward(self, x5: Tensor, x20: Tensor, mask: Tensor) -> PromptRiskOutput:
         k = self.texts.size(0) // 2
-        region, patch = prompt_scores(x5, x20, mask.bool(), self.texts[:k], self.texts[k:], self.config)
-        risk = _signed_risk(region, patch, self.signs[:k], self.signs[k:])
-        patch = patch if patch is not None else torch.zeros_like(region)
-        return PromptRiskOutput(risk.expand(self.n_bins).clone(), risk.new_zeros(()), risk, region, patch)
+        region, patch, index = prompt_alignments(x5, x20, mask.bool(), self.texts[:k], self.texts[k:], self.config)
+        risk = _signed_risk(region.scores, patch.scores if patch is not None else None, self.signs[:k], self.signs[k:])
+        scores_patch = patch.scores if patch is not None else torch.zeros_like(region.scores)
+        plan_patch = patch.plan if patch is not None else region.plan.new_zeros(0, k)
+        return PromptRiskOutput(risk.expand(self.n_bins).clone(), risk.new_zeros(()), risk, region.scores,
+                                scores_patch, region.plan, plan_patch, index)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(attributes={self.texts.size(0) // 2} per level, n_bins={self.n_bins})"

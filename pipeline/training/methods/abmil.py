@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.training.methods.base import Method, Resources
 from pipeline.training.registry import register_method
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+    from pipeline.training.data import SlideBag
+    from pipeline.training.explain import PatchScores
 
 
 class _ABMIL(Method):
@@ -21,6 +25,24 @@ class _ABMIL(Method):
         model = ABMIL(resources.embed_dim, self.n_classes, scale=self.scale, hidden=cfg.abmil_hidden,
                       dropout=cfg.abmil_dropout)
         return model.to(resources.device)
+
+    def explain(
+        self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
+    ) -> "PatchScores":
+        """The attention pooling's weights over the bag's instances (one map, the same for every class): at 5x
+        `[N]`, or at 20x `[N, 16]` with padding children NaN. They sum to 1 over the bag."""
+        import torch
+
+        from pipeline.training.explain import PatchScores, scatter_children
+
+        x5, x20, mask = bag.on(device)
+        with torch.no_grad():
+            attention = model(x5, x20, mask).attention.float().cpu().numpy()
+        if self.scale == "5x":
+            return PatchScores({"attention": attention}, {}, "attention")
+        parent, slot = mask.bool().nonzero(as_tuple=True)  # the order of ABMIL's 20x bag (x20[mask])
+        children = scatter_children(attention, parent.cpu().numpy(), slot.cpu().numpy(), len(x5))
+        return PatchScores({}, {"attention": children}, "attention")
 
 
 @register_method("abmil_5x", task_types=("classification", "hierarchical", "survival"), inputs=("5x",),

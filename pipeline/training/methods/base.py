@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from pipeline.training.config import TrainConfig
     from pipeline.training.data import SlideBag
+    from pipeline.training.explain import PatchScores
     from pipeline.training.tasks import TaskType
 
 
@@ -55,6 +56,11 @@ class Resources:
         if self.text_features is None:
             raise PipelineError(f"method '{method}' needs the prompt texts' embeddings (the text_{{task}}.h5 file)")
         return self.text_features
+
+
+def explained_class(logits: "Tensor", target: int | None) -> int:
+    """The class to explain: the one asked for, else the model's top class."""
+    return int(logits.argmax()) if target is None else int(target)
 
 
 class Method:
@@ -130,6 +136,17 @@ class Method:
     def top_attributes(self, model: "nn.Module", bag: "SlideBag", device: "torch.device") -> list[dict[str, Any]]:
         """Rows (level, rank, attribute, weight) naming the prompts that drove one target's output; none by default."""
         return []
+
+    def explain(
+        self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
+    ) -> "PatchScores":
+        """Where the model looked for one target: a score per patch of each scale it reads, in named maps
+        (pipeline.training.explain), so prediction draws any method's heatmaps the same way.
+
+        `model` is in eval mode, `cache` its `eval_cache`; `target` is the class explained (the predicted one; a
+        hierarchical task's fine class), None for survival or to explain the model's own top class.
+        """
+        raise NotImplementedError(f"method '{self.name}' has no explain(): it cannot say where it looked")
 
     def eval_cache(self, model: "nn.Module") -> Any:
         """Computed once per evaluation pass and handed to every `logits` call (e.g. encoded texts)."""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from pipeline.training.data import SlideBag
+    from pipeline.training.explain import PatchScores
 
 #: attributes per level listed in attributes.csv for each patient
 TOP_ATTRIBUTES = 3
@@ -33,6 +34,27 @@ def attribute_rows(names: list[str], weights: "list[Tensor]", top: int = TOP_ATT
         rows += [{"level": level, "rank": r + 1, "attribute": names[li * k + i], "weight": float(w[i])}
                  for r, i in enumerate(order)]
     return rows
+
+
+def transport_scores(
+    names: list[str], plans: "tuple[Tensor, Tensor]", patch_index: "Tensor", weights: "tuple[Tensor, Tensor]"
+) -> "PatchScores":
+    """Per-patch transport mass of each attribute: the region plan `[N, K]` at 5x, the patch plan `[M, K]` over
+    the valid children at 20x (slot `patch_index` = n * 16 + j; padding NaN); names are region's then patch's.
+
+    A plan's column k times K is where attribute k takes its score from (weights over the instances summing to
+    1); times the level's instance count, 1.0 is a uniform share and 3.0 three times one, whatever the bag size.
+    """
+    from pipeline.training.explain import CHILDREN, PatchScores, named_maps, scatter_children, unique_names
+
+    plan_region, plan_patch = (p.detach().float().cpu().numpy() for p in plans)
+    (n, k), m = plan_region.shape, plan_patch.shape[0]
+    index = patch_index.cpu().numpy()
+    region = named_maps(plan_region * n * k, names[:k])
+    patch = named_maps(scatter_children(plan_patch * m * k, index // CHILDREN, index % CHILDREN, n), names[k:])
+    w_region, w_patch = ([float(v) for v in w.detach().float().cpu()] for w in weights)
+    return PatchScores(region, patch, "transport mass (1 = a uniform share)",
+                       dict(zip(unique_names(names[:k]), w_region)), dict(zip(unique_names(names[k:]), w_patch)))
 
 
 @register_method("hila", task_types=("survival",), inputs=("5x", "20x", "text_tower"),
@@ -79,6 +101,18 @@ class HiLaMethod(Method):
     def top_attributes(self, model: "nn.Module", bag: "SlideBag", device: "torch.device") -> list[dict[str, Any]]:
         out = model(*bag.on(device))
         return attribute_rows(self.task.attributes, [out.attr_weights_region, out.attr_weights_patch])
+
+    def explain(
+        self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
+    ) -> "PatchScores":
+        """Each attribute's transport mass per region (5x) and per valid child (20x), with its softmax weight in
+        the level embedding (`target` is unused: survival has no class)."""
+        import torch
+
+        with torch.no_grad():
+            out = model(*bag.on(device), cache)
+        return transport_scores(self.task.attributes, (out.plan_region, out.plan_patch), out.patch_index,
+                                (out.attr_weights_region, out.attr_weights_patch))
 
     def inference_payload(self, model: "nn.Module") -> dict[str, Any]:
         import torch

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.training.methods.base import Method, Resources
+from pipeline.training.methods.base import Method, Resources, explained_class
 from pipeline.training.registry import register_method
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from pipeline.training.data import SlideBag
+    from pipeline.training.explain import PatchScores
 
 
 @register_method("hivemil", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_tower"),
@@ -54,6 +55,27 @@ class HiveMILMethod(Method):
 
     def eval_cache(self, model: "nn.Module") -> "Tensor":
         return model.encode_texts()
+
+    def explain(
+        self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
+    ) -> "PatchScores":
+        """Cosine similarity of the graph's output nodes to class `target`'s texts: one map per coarse text at 5x,
+        per fine text at 20x (children outside the graph, e.g. filtered out, are NaN)."""
+        import torch
+
+        from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS
+        from pipeline.training.explain import scatter_children, text_similarity_scores
+
+        with torch.no_grad():
+            out = model(*bag.on(device), cache)
+        cls = explained_class(out.logits, target)
+        t5 = out.nodes["txt5"][cls * COARSE_PER_CLASS:(cls + 1) * COARSE_PER_CLASS]
+        t20 = out.nodes["txt20"][cls * FINE_PER_CLASS:(cls + 1) * FINE_PER_CLASS]
+        sim5 = (out.nodes["img5"] @ t5.T).float().cpu().numpy()
+        nodes20 = (out.nodes["img20"] @ t20.T).float().cpu().numpy()
+        graph = out.graph
+        sim20 = scatter_children(nodes20, graph.child_parent.cpu().numpy(), graph.child_slot.cpu().numpy(), len(sim5))
+        return text_similarity_scores(self.task.texts, cls, sim5, sim20)
 
     def inference_payload(self, model: "nn.Module") -> dict[str, Any]:
         import torch

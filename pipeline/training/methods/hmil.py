@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.training.methods.base import Method, Resources
+from pipeline.training.methods.base import Method, Resources, explained_class
 from pipeline.training.registry import register_method
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from pipeline.training.data import SlideBag
+    from pipeline.training.explain import PatchScores
     from pipeline.training.tasks import Hierarchical
 
 
@@ -47,6 +48,31 @@ class HMILMethod(Method):
 
         out = model(instances(bag, device))
         return torch.cat([out.coarse_logits, out.fine_logits]), out.fine_logits.new_zeros(())
+
+    def explain(
+        self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
+    ) -> "PatchScores":
+        """Class-wise attention of fine class `target` and of its tree parent at the coarse level, over the 20x
+        children `[N, 16]` (padding NaN); over the 5x patches for a slide without children (what HMIL then reads)."""
+        import torch
+
+        from pipeline.training.explain import PatchScores, scatter_children
+
+        x5, _, mask = bag.on(device)
+        with torch.no_grad():
+            out = model(instances(bag, device))
+        fine = explained_class(out.fine_logits, target)
+        coarse = self.task.label_tree.parent[fine]
+        rows = {
+            f"attention (coarse: {self.task.label_tree.coarse[coarse]})": out.coarse_attention[coarse],
+            f"attention (fine: {self.task.classes[fine]})": out.fine_attention[fine],
+        }
+        maps = {name: a.float().cpu().numpy() for name, a in rows.items()}
+        parent, slot = mask.bool().nonzero(as_tuple=True)
+        if not len(parent):
+            return PatchScores(maps, {}, "attention")
+        parent, slot = parent.cpu().numpy(), slot.cpu().numpy()
+        return PatchScores({}, {n: scatter_children(a, parent, slot, len(x5)) for n, a in maps.items()}, "attention")
 
     def training_loss(
         self, model: "nn.Module", batch: "list[tuple[SlideBag, Any]]", device: "torch.device", epoch: int, epochs: int

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipeline.training.methods.base import Method, Resources
-from pipeline.training.methods.hila import HiLaMethod, attribute_rows
+from pipeline.training.methods.hila import HiLaMethod, attribute_rows, transport_scores
 from pipeline.training.registry import register_method
 
 if TYPE_CHECKING:
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.training.data import SlideBag
+    from pipeline.training.explain import PatchScores
 
 
 @register_method("prompt_risk", task_types=("survival",), inputs=("5x", "20x", "text_embeddings"),
@@ -33,6 +34,18 @@ class PromptRiskMethod(Method):
     def top_attributes(self, model: "nn.Module", bag: "SlideBag", device: "torch.device") -> list[dict[str, Any]]:
         out = model(*bag.on(device))
         return attribute_rows(self.task.attributes, [out.scores_region, out.scores_patch])
+
+    def explain(
+        self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
+    ) -> "PatchScores":
+        """Each attribute's transport mass per region (5x) and per valid child (20x), with its transport-weighted
+        similarity (the number its signed risk sums, as in attributes.csv)."""
+        import torch
+
+        with torch.no_grad():
+            out = model(*bag.on(device))
+        return transport_scores(self.task.attributes, (out.plan_region, out.plan_patch), out.patch_index,
+                                (out.scores_region, out.scores_patch))
 
     def restore(self, ckpt: dict[str, Any], device: "torch.device") -> "nn.Module":
         """The prompt features live in the state dict; placeholders of their shape are loaded over."""

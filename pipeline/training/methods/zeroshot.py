@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pipeline.training.methods.base import Method, Resources
+from pipeline.training.methods.base import Method, Resources, explained_class
 from pipeline.training.registry import register_method
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+    from pipeline.training.data import SlideBag
+    from pipeline.training.explain import PatchScores
 
 
 @register_method("zeroshot", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_embeddings"),
@@ -22,6 +26,26 @@ class ZeroShot(Method):
         model = ZeroShotClassifier(resources.require_text_features(self.name), self.n_classes, scale,
                                    self.config.top_k_5x, self.config.top_k_20x)
         return model.to(resources.device)
+
+    def explain(
+        self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
+    ) -> "PatchScores":
+        """Cosine similarity of the frozen patch features to class `target`'s frozen texts (coarse at 5x, fine at
+        20x): the numbers its top-k scores are made of."""
+        import torch
+        import torch.nn.functional as F
+
+        from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS
+        from pipeline.training.explain import text_similarity_scores
+
+        x5, x20, mask = bag.on(device)
+        with torch.no_grad():
+            cls = explained_class(model(x5, x20, mask).logits, target)
+            t5 = model.t5[cls * COARSE_PER_CLASS:(cls + 1) * COARSE_PER_CLASS]
+            t20 = model.t20[cls * FINE_PER_CLASS:(cls + 1) * FINE_PER_CLASS]
+            sim5 = F.normalize(x5, dim=-1) @ t5.T
+            sim20 = (F.normalize(x20, dim=-1) @ t20.T).masked_fill(~mask.bool()[..., None], float("nan"))
+        return text_similarity_scores(self.task.texts, cls, sim5.float().cpu().numpy(), sim20.float().cpu().numpy())
 
     def restore(self, ckpt, device):
         """The text features live in the state dict (normalised buffers); placeholders of their shape are loaded over."""
