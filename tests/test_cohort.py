@@ -637,9 +637,8 @@ def test_config_cohort_section_matches_its_schema():
     assert set(cfg) == set(schema["properties"])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate({**cfg, "val_frac": 0})
-    from pipeline.wiring.cohort import tasks
-
     from pipeline.attribute_prompts import load_attribute_prompts
+    from pipeline.wiring.cohort import tasks
 
     for task in tasks(yaml.safe_load((REPO / "config.yaml").read_text())).values():
         path = resolve_prompt_file(task["name"], task["prompts"])

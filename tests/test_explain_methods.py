@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.explain.scores import PatchScores, mean_scores, scatter_children
 from pipeline.labels import LabelTree
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import SlideBag
-from pipeline.training.explain import PatchScores, mean_scores, scatter_children
 from pipeline.training.methods.base import Method, Resources
 from pipeline.training.registry import get_method, list_methods
 

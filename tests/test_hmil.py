@@ -71,7 +71,7 @@ def test_supcon_is_finite_with_a_class_of_one_sample_and_prefers_clustered_views
 
 
 def test_attention_matching_is_zero_when_levels_agree():
-    a_f = torch.rand(5, 7).softmax(-1)
+    a_f = torch.rand(5, 7, generator=torch.Generator().manual_seed(0)).softmax(-1)  # seeded: not the suite's order
     a_c = torch.stack([a_f[:2].sum(0), a_f[2:].sum(0)])
     assert attention_matching_loss(a_c, a_f, TREE.parent) == pytest.approx(0.0, abs=1e-6)
     assert attention_matching_loss(a_c.flip(1), a_f, TREE.parent) > 0.01

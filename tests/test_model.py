@@ -596,15 +596,21 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
         assert list(unscored["slide_id"]) == ["blank"] and "no patches" in unscored["reason"][0]
         trained = preds[(preds.method == method) & preds.slide_id.isin(frame.slide_id)].set_index("slide_id")
         assert np.allclose(frame.set_index("slide_id").loc[trained.index, "prob_beta"], trained["prob_beta"], atol=1e-5)
-    table = pd.read_csv(pred_dir / "hivemil" / "top_pairs" / "test-beta-0.csv")
-    assert list(table["scale"]) == ["5x"] * 3 + ["20x"] * 3
+    # every method writes the same interpretability files: top patches, a QuPath overlay, readable heatmaps
+    table = pd.read_csv(pred_dir / "hivemil" / "top_patches" / "test-beta-0.csv")
     hive = pd.read_csv(pred_dir / "hivemil" / "predictions.csv").set_index("slide_id")
     predicted = hive.loc["test-beta-0", "pred"]
-    assert (table["class"] == predicted).all() and table["text"].str.startswith(predicted).all()
-    assert (np.diff(table[table.scale == "20x"]["similarity"]) <= 0).all()
-    for scale in ("5x", "20x"):
-        assert (pred_dir / "hivemil" / "heatmaps" / f"test-beta-0_{scale}.png").read_bytes()[:4] == b"\x89PNG"
-    assert not (pred_dir / "abmil_5x" / "top_pairs").exists()
+    assert set(table["scale"]) == {"5x", "20x"} and table.groupby("map").size().le(3).all()
+    assert table["map"].str.startswith(predicted).all()  # HiVE-MIL's maps are the predicted class's texts
+    for _, part in table.groupby(["scale", "map"]):
+        assert (np.diff(part["score"]) <= 0).all()
+    for method in ("hivemil", "abmil_5x", "zeroshot"):
+        assert (pred_dir / method / "top_patches" / "test-alpha-0.csv").exists()
+        assert (pred_dir / method / "overlays" / "test-beta-0.geojson").exists()
+        assert (pred_dir / method / "heatmaps" / "test-beta-0_5x.png").read_bytes()[:4] == b"\x89PNG"
+        assert not (pred_dir / method / "heatmaps" / "test-alpha-0_5x.png").exists()  # no slide file given
+    assert (pred_dir / "hivemil" / "heatmaps" / "test-beta-0_20x.png").exists()
+    assert not (pred_dir / "abmil_5x" / "heatmaps" / "test-beta-0_20x.png").exists()  # reads 5x only
 
 
 def test_registry_move_keeps_the_pinned_metrics(tmp_path, backbone):
@@ -624,19 +630,6 @@ def test_registry_move_keeps_the_pinned_metrics(tmp_path, backbone):
     assert probs.keys() == pinned["prob_beta"].keys()
     for k, v in pinned["prob_beta"].items():
         assert probs[k] == pytest.approx(v, abs=2e-6), k
-
-
-def test_heatmap_overlay_colours_patches_by_score():
-    from pipeline.training.predict import heatmap_overlay
-
-    thumb = np.full((8, 8, 3), 200, np.uint8)
-    coords = np.array([[0, 0], [16, 0], [0, 16]])  # level 0; downsample 4 -> 4x4 px cells
-    out = heatmap_overlay(thumb, coords, np.array([0.0, 1.0, np.nan]), patch_size_level0=16, downsample=4,
-                          alpha=1.0)
-    assert out[0, 0].tolist() == [0, 0, 127]  # lowest score: jet's dark blue
-    assert out[0, 4].tolist() == [127, 0, 0]  # highest: dark red
-    assert out[4, 0].tolist() == [200, 200, 200]  # no score: the thumbnail shows through
-    assert out[4, 4].tolist() == [200, 200, 200]  # no patch
 
 
 def test_cli_choices_and_defaults_come_from_the_registry_and_config():

@@ -1,10 +1,10 @@
 """Predict slides with the fold checkpoints of one trained method (an ensemble; no backbone is built).
 
-Writes --out-dir/predictions.csv (slide, predicted class, class probabilities). For HiVE-MIL checkpoints also, per
-slide, top_pairs/{slide}.csv: the patch-text pairs with the highest similarity after the graph at 5x and 20x for
-the predicted class (coordinates, text, similarity), and with --slides and --patches (same order),
-heatmaps/{slide}_{5x,20x}.png over the slide's overview. Checkpoints from another backbone, or with differing
-classes or methods, are refused.
+Writes --out-dir/predictions.csv (slide, predicted class and class probabilities, or a survival task's risk) and,
+for every method, per slide what drove the prediction (pipeline.explain.slide_outputs): top_patches/{slide}.csv;
+with --patches, overlays/{slide}.geojson for QuPath (File > Import objects); with --slides and --patches (same
+order), heatmaps/{slide}_{5x,20x}.png over the slide's overview. Checkpoints from another backbone, or with
+differing classes or methods, are refused.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 NAME = "predict"
-HELP = "trained checkpoints + features of slides -> predictions.csv, top patch-text pairs, heatmaps"
+HELP = "trained checkpoints + features of slides -> predictions.csv, top patches, QuPath overlays, heatmaps"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", required=True, help="backbone that made the features and the checkpoints")
     parser.add_argument("--slides", nargs="*", default=[], help="slide files, for heatmaps (id = file name stem)")
     parser.add_argument("--patches", nargs="*", default=[], help="patch files of --slides, same order (recorded mpp)")
-    parser.add_argument("--top-n", type=int, default=10, help="patch-text pairs per scale in each table")
+    parser.add_argument("--top-n", type=int, default=10, help="patches per map and scale in each top-patch table")
+    parser.add_argument("--heatmap-px", type=int, default=1500, help="long side of each heatmap PNG (px)")
+    parser.add_argument("--heatmap-grid", action="store_true", help="also a PNG per scale with every map side by side")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--out-dir", required=True, help="output folder")
@@ -45,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
     predict_slides(
         checkpoints=args.checkpoints, features=pair_feature_files(args.features_5x, args.hierarchical),
         backbone_name=args.backbone, out_dir=args.out_dir, slide_files=slide_files, top_n=args.top_n,
-        device=args.device,
+        device=args.device, heatmap_px=args.heatmap_px, heatmap_grid=args.heatmap_grid,
     )
     return 0

@@ -11,10 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.model.hivemil import topk_class_scores
 from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, TEXTS_PER_CLASS
 
 SCALES = ("5x", "20x")
+
+
+def topk_class_scores(images: Tensor, texts: Tensor, n_classes: int, k: int) -> Tensor:
+    """Class scores `[C]`: per text, the mean of its k most similar patches; then the mean over a class's texts."""
+    if images.size(0) == 0:
+        return images.new_zeros(n_classes)
+    similarity = images @ texts.T  # [N, C * m]
+    top = similarity.topk(min(k, images.size(0)), dim=0).values.mean(dim=0)
+    return top.view(n_classes, -1).mean(dim=1)
 
 
 class ABMILOutput(NamedTuple):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.model.baselines import topk_class_scores  # noqa: F401  (re-exported: the slide logits)
 from pipeline.model.graph import (
     HIER_RELATIONS,
     IMG5,
@@ -157,15 +158,6 @@ def build_slide_graph(
 
 
 # --- slide logits and the hierarchical text contrastive loss ------------------------------------------------------
-
-
-def topk_class_scores(images: Tensor, texts: Tensor, n_classes: int, k: int) -> Tensor:
-    """Class scores `[C]`: per text, the mean of its k most similar patches; then the mean over a class's texts."""
-    if images.size(0) == 0:
-        return images.new_zeros(n_classes)
-    similarity = images @ texts.T  # [N, C * m]
-    top = similarity.topk(min(k, images.size(0)), dim=0).values.mean(dim=0)
-    return top.view(n_classes, -1).mean(dim=1)
 
 
 def htcl_loss(t5: Tensor, t20: Tensor, n_classes: int, negatives: bool = True) -> Tensor:

@@ -61,3 +61,9 @@ def python_command(deployment_methods: Iterable[Any], executable: str = sys.exec
     if any(str(getattr(m, "name", m)).upper() == "CONDA" for m in deployment_methods):
         return "python"
     return shlex.quote(executable)
+
+
+def heatmap_flags(predict: dict[str, Any]) -> str:
+    """The predict command's heatmap flags from config.yaml's `predict:` section."""
+    grid = " --heatmap-grid" if predict["heatmap_grid"] else ""
+    return f"--heatmap-px {int(predict['heatmap_px'])}{grid}"

@@ -38,12 +38,12 @@ rule splits:
     output:
         splits=expand(out(layout.SPLIT), k=range(config["cohort"]["folds"]), allow_missing=True),
         meta=out(layout.SPLITS_META),
-    wildcard_constraints:
-        split=r"\d+",
     log:
         f"{OUT}/logs/splits/{{task}}_{{split}}.log",
     benchmark:
         f"{OUT}/benchmarks/splits/{{task}}_{{split}}.tsv"
+    wildcard_constraints:
+        split=r"\d+",
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
@@ -74,12 +74,12 @@ rule survival_splits:
     output:
         splits=expand(out(layout.SPLIT), k=range(config["cohort"]["folds"]), allow_missing=True),
         meta=out(layout.SPLITS_META),
-    wildcard_constraints:
-        split=r"cv\d+",
     log:
         f"{OUT}/logs/splits/{{task}}_{{split}}.log",
     benchmark:
         f"{OUT}/benchmarks/splits/{{task}}_{{split}}.tsv"
+    wildcard_constraints:
+        split=r"cv\d+",
     conda:
         "../../envs/model.yaml"
     threads: 1
@@ -121,6 +121,9 @@ rule check_prompts:
 
 rule splits_all:
     input:
-        [expand(out(layout.SPLIT), task=name, split=t["splits"], k=range(config["cohort"]["folds"])) for name, t in TASKS.items()],
+        [
+            expand(out(layout.SPLIT), task=name, split=t["splits"], k=range(config["cohort"]["folds"]))
+            for name, t in TASKS.items()
+        ],
         [expand(out(layout.SPLITS_META), task=name, split=t["splits"]) for name, t in TASKS.items()],
         expand(rules.check_prompts.output[0], task=list(TASKS)),

@@ -115,6 +115,14 @@ rule predict:
             category="Predictions",
             labels={"task": "{task}", "backbone": "{backbone}", "run": "{run}", "method": "{method}"},
         ),
+        heatmaps=report(
+            directory(out(layout.PREDICT_HEATMAPS)),
+            patterns=["{name}.png"],
+            caption="../report/heatmaps.rst",
+            category="Interpretability",
+            subcategory="{task}",
+            labels={"backbone": "{backbone}", "run": "{run}", "method": "{method}", "map": "{name}"},
+        ),
     log:
         f"{OUT}/logs/predict/{{task}}/{{backbone}}/{{run}}/{{method}}.log",
     benchmark:
@@ -128,11 +136,12 @@ rule predict:
     params:
         out_dir=lambda wildcards, output: str(Path(output.predictions).parent),
         top_n=config["predict"]["top_n"],
+        heatmap=flags.heatmap_flags(config["predict"]),
         device=config["train"]["device"],
     shell:
         "$HIVE_PYTHON -m pipeline predict --checkpoints {input.checkpoints:q} --features-5x {input.features_5x:q} "
         "--hierarchical {input.hierarchical:q} --backbone {wildcards.backbone:q} --slides {input.slides:q} "
-        "--patches {input.patches:q} --top-n {params.top_n} --device {params.device:q} --threads {threads} "
+        "--patches {input.patches:q} --top-n {params.top_n} {params.heatmap} --device {params.device:q} --threads {threads} "
         "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 

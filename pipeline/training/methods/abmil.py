@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pipeline.explain.scores import PatchScores
     from pipeline.training.data import SlideBag
-    from pipeline.training.explain import PatchScores
 
 
 class _ABMIL(Method):
@@ -33,7 +33,7 @@ class _ABMIL(Method):
         `[N]`, or at 20x `[N, 16]` with padding children NaN. They sum to 1 over the bag."""
         import torch
 
-        from pipeline.training.explain import PatchScores, scatter_children
+        from pipeline.explain.scores import PatchScores, scatter_children
 
         x5, x20, mask = bag.on(device)
         with torch.no_grad():

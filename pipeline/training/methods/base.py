@@ -16,9 +16,9 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from pipeline.explain.scores import PatchScores
     from pipeline.training.config import TrainConfig
     from pipeline.training.data import SlideBag
-    from pipeline.training.explain import PatchScores
     from pipeline.training.tasks import TaskType
 
 
@@ -141,7 +141,7 @@ class Method:
         self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
     ) -> "PatchScores":
         """Where the model looked for one target: a score per patch of each scale it reads, in named maps
-        (pipeline.training.explain), so prediction draws any method's heatmaps the same way.
+        (pipeline.explain.scores), so prediction draws any method's heatmaps the same way.
 
         `model` is in eval mode, `cache` its `eval_cache`; `target` is the class explained (the predicted one; a
         hierarchical task's fine class), None for survival or to explain the model's own top class.

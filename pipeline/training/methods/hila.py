@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from pipeline.explain.scores import PatchScores
     from pipeline.training.data import SlideBag
-    from pipeline.training.explain import PatchScores
 
 #: attributes per level listed in attributes.csv for each patient
 TOP_ATTRIBUTES = 3
@@ -45,7 +45,7 @@ def transport_scores(
     A plan's column k times K is where attribute k takes its score from (weights over the instances summing to
     1); times the level's instance count, 1.0 is a uniform share and 3.0 three times one, whatever the bag size.
     """
-    from pipeline.training.explain import CHILDREN, PatchScores, named_maps, scatter_children, unique_names
+    from pipeline.explain.scores import CHILDREN, PatchScores, named_maps, scatter_children, unique_names
 
     plan_region, plan_patch = (p.detach().float().cpu().numpy() for p in plans)
     (n, k), m = plan_region.shape, plan_patch.shape[0]

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from pipeline.explain.scores import PatchScores
     from pipeline.training.data import SlideBag
-    from pipeline.training.explain import PatchScores
 
 
 @register_method("hivemil", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_tower"),
@@ -63,8 +63,8 @@ class HiveMILMethod(Method):
         per fine text at 20x (children outside the graph, e.g. filtered out, are NaN)."""
         import torch
 
+        from pipeline.explain.scores import scatter_children, text_similarity_scores
         from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS
-        from pipeline.training.explain import scatter_children, text_similarity_scores
 
         with torch.no_grad():
             out = model(*bag.on(device), cache)

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from pipeline.explain.scores import PatchScores
     from pipeline.training.data import SlideBag
-    from pipeline.training.explain import PatchScores
     from pipeline.training.tasks import Hierarchical
 
 
@@ -56,7 +56,7 @@ class HMILMethod(Method):
         children `[N, 16]` (padding NaN); over the 5x patches for a slide without children (what HMIL then reads)."""
         import torch
 
-        from pipeline.training.explain import PatchScores, scatter_children
+        from pipeline.explain.scores import PatchScores, scatter_children
 
         x5, _, mask = bag.on(device)
         with torch.no_grad():

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pipeline.explain.scores import PatchScores
     from pipeline.training.data import SlideBag
-    from pipeline.training.explain import PatchScores
 
 
 @register_method("prompt_risk", task_types=("survival",), inputs=("5x", "20x", "text_embeddings"),

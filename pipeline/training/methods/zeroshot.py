@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pipeline.explain.scores import PatchScores
     from pipeline.training.data import SlideBag
-    from pipeline.training.explain import PatchScores
 
 
 @register_method("zeroshot", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_embeddings"),
@@ -35,8 +35,8 @@ class ZeroShot(Method):
         import torch
         import torch.nn.functional as F
 
+        from pipeline.explain.scores import text_similarity_scores
         from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS
-        from pipeline.training.explain import text_similarity_scores
 
         x5, x20, mask = bag.on(device)
         with torch.no_grad():

@@ -1,0 +1,128 @@
+"""One slide's interpretability files, the same for every method: heatmaps, QuPath overlay, top-patch table.
+
+From the ensemble's `PatchScores` (pipeline.explain.scores) of one slide, prediction writes into its folder:
+
+- `heatmaps/{slide}_{5x,20x}.png`: the scale's leading map over the slide overview, with the slide, the
+  prediction and the map's name (a text, an attribute, "attention") in the title; `{slide}_{scale}_grid.png`, every
+  map of the scale side by side, when asked for;
+- `overlays/{slide}.geojson`: every 5x and 20x patch as a QuPath tile with all its scores as measurements;
+- `top_patches/{slide}.csv`: per scale and map, the `top_n` patches with their level-0 coordinates.
+
+The leading map of a scale is the one the output leans on most: the largest weight where the method has weights
+(HiLa's attribute weights), otherwise the highest mean score (HiVE-MIL: the predicted class's best-matching text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.explain.scores import PatchScores
+from pipeline.formats import PathLike, read_patches, write_text_atomic
+
+SCALES = ("5x", "20x")
+OVERVIEW_DETAIL = 0.6
+
+
+@dataclass(frozen=True)
+class HeatmapOptions:
+    long_side: int = 1500  # px of each heatmap's long side
+    grid: bool = False  # also one small-multiples PNG per scale with every map
+    top_n: int = 10  # patches per map in top_patches/{slide}.csv
+
+
+def scale_maps(scores: PatchScores, scale: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    return (scores.maps_5x, scores.weights_5x) if scale == "5x" else (scores.maps_20x, scores.weights_20x)
+
+
+def leading_map(scores: PatchScores, scale: str) -> str | None:
+    """The map a scale's heatmap shows (see the module docstring), or None when the method has none there."""
+    maps, weights = scale_maps(scores, scale)
+    if not maps:
+        return None
+    if weights:
+        return max(weights, key=lambda name: weights[name])
+
+    def mean(name: str) -> float:
+        values = maps[name][np.isfinite(maps[name])]
+        return float(values.mean()) if values.size else -np.inf
+
+    return max(maps, key=mean)
+
+
+def top_patches(scores: PatchScores, coords_5x: np.ndarray, coords_20x: np.ndarray, top_n: int) -> pd.DataFrame:
+    """Per scale and map, the `top_n` highest-scoring patches: rank, row, child slot (-1 at 5x), x, y, score."""
+    rows: list[dict[str, Any]] = []
+    for scale in SCALES:
+        maps, weights = scale_maps(scores, scale)
+        for name, values in maps.items():
+            flat = np.nan_to_num(values.reshape(-1), nan=-np.inf)
+            for rank, index in enumerate(np.argsort(-flat, kind="stable")[:top_n]):
+                if not np.isfinite(flat[index]):
+                    break
+                if scale == "5x":
+                    row, slot, (x, y) = int(index), -1, coords_5x[index]
+                else:
+                    row, slot = divmod(int(index), values.shape[1])
+                    x, y = coords_20x[row, slot]
+                rows.append({"scale": scale, "map": name, "map_weight": weights.get(name, np.nan), "rank": rank + 1,
+                             "patch_row": row, "child_slot": slot, "x": int(x), "y": int(y),
+                             "score": float(flat[index]), "kind": scores.kind})
+    columns = ["scale", "map", "map_weight", "rank", "patch_row", "child_slot", "x", "y", "score", "kind"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_slide_explanations(
+    scores: PatchScores, *, slide_id: str, coords_5x: np.ndarray, coords_20x: np.ndarray, mask: np.ndarray,
+    out_dir: PathLike, headline: str, meta: dict[str, Any], slide_file: PathLike | None = None,
+    patches_h5: PathLike | None = None, options: HeatmapOptions = HeatmapOptions(),
+) -> None:
+    """The table always; the QuPath overlay and the heatmaps when the slide's patch file (and slide) are given."""
+    out = Path(out_dir)
+    table = top_patches(scores, coords_5x, coords_20x, options.top_n)
+    write_text_atomic(out / "top_patches" / f"{slide_id}.csv", table.to_csv(index=False, float_format="%.6g"))
+    if patches_h5 is None:
+        return
+    from pipeline.explain.geojson import write_patch_geojson
+
+    grid = read_patches(patches_h5)
+    size_5x, size_20x = float(grid.attrs["patch_size_level0_5x"]), float(grid.attrs["patch_size_level0_20x"])
+    write_patch_geojson(out / "overlays" / f"{slide_id}.geojson", slide_id, coords_5x, size_5x, scores.maps_5x,
+                        coords_20x, size_20x, scores.maps_20x, present_20x=mask, kind=scores.kind, **meta)
+    if slide_file is not None:
+        _write_heatmaps(scores, slide_id, coords_5x, coords_20x, size_5x, size_20x, out, headline, slide_file,
+                        patches_h5, grid.attrs, options)
+
+
+def _write_heatmaps(
+    scores: PatchScores, slide_id: str, coords_5x: np.ndarray, coords_20x: np.ndarray,
+    size_5x: float, size_20x: float, out: Path, headline: str, slide_file: PathLike, patches_h5: PathLike,
+    attrs: dict[str, Any], options: HeatmapOptions,
+) -> None:
+    from pipeline.explain.heatmap import render_grid, render_heatmap
+    from pipeline.slide import open_slide, recorded_mpp
+
+    with open_slide(slide_file, slide_id, mpp=recorded_mpp(attrs, slide_id, patches_h5)) as slide:
+        # about OVERVIEW_DETAIL of the heatmap's long side in slide pixels (upsampled to fill it): decoding a full
+        # level-0-sharp overview costs most of a slide's explanation time and adds little at the patches' scale
+        target_mpp = slide.mpp * max(slide.dimensions) / (OVERVIEW_DETAIL * options.long_side)
+        overview, downsample = slide.read_overview(max(slide.mpp, target_mpp), max_side=2 * options.long_side)
+    flat_20x = coords_20x.reshape(-1, 2)
+    for scale, coords, size in (("5x", coords_5x, size_5x), ("20x", flat_20x, size_20x)):
+        maps, weights = scale_maps(scores, scale)
+        name = leading_map(scores, scale)
+        if name is None:
+            continue
+        values = maps[name].reshape(-1)
+        weight = f" (weight {weights[name]:.2f})" if name in weights else ""
+        render_heatmap(overview, downsample, coords, size, values, out / "heatmaps" / f"{slide_id}_{scale}.png",
+                       title=headline, subtitle=f"{scale} patches, {scores.kind}: {name}{weight}",
+                       map_label=scores.kind, long_side=options.long_side)
+        if options.grid and len(maps) > 1:
+            render_grid(overview, downsample, coords, size, {k: v.reshape(-1) for k, v in maps.items()},
+                        out / "heatmaps" / f"{slide_id}_{scale}_grid.png", title=f"{headline} · {scale}",
+                        long_side=options.long_side, map_label=scores.kind)
