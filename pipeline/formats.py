@@ -61,10 +61,11 @@ def write_bytes_atomic(dest: PathLike, data: bytes) -> None:
 
 
 def write_json_atomic(dest: PathLike, obj: Any) -> None:
-    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """numpy scalars and arrays, and paths, as plain JSON (json.dumps's `default`)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -83,7 +84,7 @@ def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(value, (dict, list, tuple)) and not (
             isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value)
         ):
-            value = json.dumps(value, default=_json_default)
+            value = json.dumps(value, default=json_default)
         elif isinstance(value, Path):
             value = str(value)
         out[key] = value

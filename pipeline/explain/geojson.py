@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.formats import PathLike, write_text_atomic
+from pipeline.formats import PathLike, json_default, write_text_atomic
 
 Measurements = Mapping[str, np.ndarray]
 
@@ -114,17 +114,6 @@ def patch_features(
     return features
 
 
-def _json_meta(value: Any) -> Any:
-    """numpy scalars and arrays, and paths, in the collection's meta become plain JSON."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def write_patch_geojson(
     path: PathLike,
     slide_id: str,
@@ -151,7 +140,7 @@ def write_patch_geojson(
         "properties": {"slide_id": slide_id, **meta},
         "features": features,
     }
-    write_text_atomic(path, json.dumps(doc, allow_nan=False, separators=(",", ":"), default=_json_meta) + "\n")
+    write_text_atomic(path, json.dumps(doc, allow_nan=False, separators=(",", ":"), default=json_default) + "\n")
 
 
 def read_patch_geojson(path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarray, list[dict[str, float]]]]:
