@@ -610,6 +610,8 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
         assert (pred_dir / method / "heatmaps" / "test-beta-0_5x.png").read_bytes()[:4] == b"\x89PNG"
         assert not (pred_dir / method / "heatmaps" / "test-alpha-0_5x.png").exists()  # no slide file given
     assert (pred_dir / "hivemil" / "heatmaps" / "test-beta-0_20x.png").exists()
+    assert sorted(p.name for p in (pred_dir / "hivemil" / "gallery").iterdir()) == [
+        "test-beta-0_20x.png", "test-beta-0_5x.png"]  # the report's small copies (first slides with files)
     assert not (pred_dir / "abmil_5x" / "heatmaps" / "test-beta-0_20x.png").exists()  # reads 5x only
 
 

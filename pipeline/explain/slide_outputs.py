@@ -5,6 +5,8 @@ From the ensemble's `PatchScores` (pipeline.explain.scores) of one slide, predic
 - `heatmaps/{slide}_{5x,20x}.png`: the scale's leading map over the slide overview, with the slide, the
   prediction and the map's name (a text, an attribute, "attention") in the title; `{slide}_{scale}_grid.png`, every
   map of the scale side by side, when asked for;
+- `gallery/{slide}_{5x,20x}.png`: the same heatmaps, smaller, for the first few slides only: what the Snakemake
+  report shows (a report embedding every slide's full-size heatmaps would be gigabytes);
 - `overlays/{slide}.geojson`: every 5x and 20x patch as a QuPath tile with all its scores as measurements;
 - `top_patches/{slide}.csv`: per scale and map, the `top_n` patches with their level-0 coordinates.
 
@@ -33,6 +35,8 @@ class HeatmapOptions:
     long_side: int = 1500  # px of each heatmap's long side
     grid: bool = False  # also one small-multiples PNG per scale with every map
     top_n: int = 10  # patches per map in top_patches/{slide}.csv
+    gallery_slides: int = 4  # slides whose heatmaps also go to gallery/ (the report's)
+    gallery_long_side: int = 800
 
 
 def scale_maps(scores: PatchScores, scale: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -79,50 +83,62 @@ def top_patches(scores: PatchScores, coords_5x: np.ndarray, coords_20x: np.ndarr
 def write_slide_explanations(
     scores: PatchScores, *, slide_id: str, coords_5x: np.ndarray, coords_20x: np.ndarray, mask: np.ndarray,
     out_dir: PathLike, headline: str, meta: dict[str, Any], slide_file: PathLike | None = None,
-    patches_h5: PathLike | None = None, options: HeatmapOptions = HeatmapOptions(),
-) -> None:
-    """The table always; the QuPath overlay and the heatmaps when the slide's patch file (and slide) are given."""
+    patches_h5: PathLike | None = None, options: HeatmapOptions = HeatmapOptions(), gallery: bool = False,
+) -> bool:
+    """The table always; the QuPath overlay and the heatmaps when the slide's patch file (and slide) are given,
+    and, with `gallery`, the report's small copies. Returns whether heatmaps were drawn."""
     out = Path(out_dir)
     table = top_patches(scores, coords_5x, coords_20x, options.top_n)
     write_text_atomic(out / "top_patches" / f"{slide_id}.csv", table.to_csv(index=False, float_format="%.6g"))
     if patches_h5 is None:
-        return
+        return False
     from pipeline.explain.geojson import write_patch_geojson
 
     grid = read_patches(patches_h5)
     size_5x, size_20x = float(grid.attrs["patch_size_level0_5x"]), float(grid.attrs["patch_size_level0_20x"])
     write_patch_geojson(out / "overlays" / f"{slide_id}.geojson", slide_id, coords_5x, size_5x, scores.maps_5x,
                         coords_20x, size_20x, scores.maps_20x, present_20x=mask, kind=scores.kind, **meta)
-    if slide_file is not None:
-        _write_heatmaps(scores, slide_id, coords_5x, coords_20x, size_5x, size_20x, out, headline, slide_file,
-                        patches_h5, grid.attrs, options)
+    if slide_file is None:
+        return False
+    overview, downsample = _overview(slide_file, slide_id, patches_h5, grid.attrs, options.long_side)
+    sizes = {"5x": size_5x, "20x": size_20x}
+    coords = {"5x": coords_5x, "20x": coords_20x.reshape(-1, 2)}
+    _write_heatmaps(scores, slide_id, coords, sizes, overview, downsample, out / "heatmaps", headline,
+                    options.long_side, options.grid)
+    if gallery:
+        _write_heatmaps(scores, slide_id, coords, sizes, overview, downsample, out / "gallery", headline,
+                        options.gallery_long_side, False)
+    return True
 
 
-def _write_heatmaps(
-    scores: PatchScores, slide_id: str, coords_5x: np.ndarray, coords_20x: np.ndarray,
-    size_5x: float, size_20x: float, out: Path, headline: str, slide_file: PathLike, patches_h5: PathLike,
-    attrs: dict[str, Any], options: HeatmapOptions,
-) -> None:
-    from pipeline.explain.heatmap import render_grid, render_heatmap
+def _overview(slide_file: PathLike, slide_id: str, patches_h5: PathLike, attrs: dict[str, Any],
+              long_side: int) -> tuple[np.ndarray, float]:
+    """The slide overview at about OVERVIEW_DETAIL x the heatmap's long side (upsampled to fill it): decoding a
+    level-0-sharp overview costs most of a slide's explanation time and adds little at the patches' scale."""
     from pipeline.slide import open_slide, recorded_mpp
 
     with open_slide(slide_file, slide_id, mpp=recorded_mpp(attrs, slide_id, patches_h5)) as slide:
-        # about OVERVIEW_DETAIL of the heatmap's long side in slide pixels (upsampled to fill it): decoding a full
-        # level-0-sharp overview costs most of a slide's explanation time and adds little at the patches' scale
-        target_mpp = slide.mpp * max(slide.dimensions) / (OVERVIEW_DETAIL * options.long_side)
-        overview, downsample = slide.read_overview(max(slide.mpp, target_mpp), max_side=2 * options.long_side)
-    flat_20x = coords_20x.reshape(-1, 2)
-    for scale, coords, size in (("5x", coords_5x, size_5x), ("20x", flat_20x, size_20x)):
+        target_mpp = slide.mpp * max(slide.dimensions) / (OVERVIEW_DETAIL * long_side)
+        return slide.read_overview(max(slide.mpp, target_mpp), max_side=2 * long_side)
+
+
+def _write_heatmaps(
+    scores: PatchScores, slide_id: str, coords: dict[str, np.ndarray], sizes: dict[str, float],
+    overview: np.ndarray, downsample: float, folder: Path, headline: str, long_side: int, grid: bool,
+) -> None:
+    from pipeline.explain.heatmap import render_grid, render_heatmap
+
+    for scale in SCALES:
         maps, weights = scale_maps(scores, scale)
         name = leading_map(scores, scale)
         if name is None:
             continue
-        values = maps[name].reshape(-1)
         weight = f" (weight {weights[name]:.2f})" if name in weights else ""
-        render_heatmap(overview, downsample, coords, size, values, out / "heatmaps" / f"{slide_id}_{scale}.png",
-                       title=headline, subtitle=f"{scale} patches, {scores.kind}: {name}{weight}",
-                       map_label=scores.kind, long_side=options.long_side)
-        if options.grid and len(maps) > 1:
-            render_grid(overview, downsample, coords, size, {k: v.reshape(-1) for k, v in maps.items()},
-                        out / "heatmaps" / f"{slide_id}_{scale}_grid.png", title=f"{headline} · {scale}",
-                        long_side=options.long_side, map_label=scores.kind)
+        render_heatmap(overview, downsample, coords[scale], sizes[scale], maps[name].reshape(-1),
+                       folder / f"{slide_id}_{scale}.png", title=headline,
+                       subtitle=f"{scale} patches, {scores.kind}: {name}{weight}", map_label=scores.kind,
+                       long_side=long_side)
+        if grid and len(maps) > 1:
+            render_grid(overview, downsample, coords[scale], sizes[scale], {k: v.reshape(-1) for k, v in maps.items()},
+                        folder / f"{slide_id}_{scale}_grid.png", title=f"{headline} · {scale}", long_side=long_side,
+                        map_label=scores.kind)

@@ -10,7 +10,8 @@ so every method gets the same files. Outputs in `out_dir` (predictions/{task}/{b
   out-of-fold predictions in models/{task}/{backbone}/cv{k}/{method}/predictions.csv);
 - `unscored.csv`: slides that could not be scored, with the reason;
 - `top_patches/{slide}.csv`, `overlays/{slide}.geojson` (QuPath) and `heatmaps/{slide}_{5x,20x}.png` (when the
-  slide and patch files are given): see pipeline.explain.slide_outputs.
+  slide and patch files are given), and small copies of the first slides' heatmaps in `gallery/` (the Snakemake
+  report's): see pipeline.explain.slide_outputs.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def predict_slides(
         caches = [m.eval_cache(model) for m, model in zip(methods, models)]  # once per model, not per slide
     store = FeatureStore(features, cache_bytes=0)
     out = Path(out_dir)
-    (out / "heatmaps").mkdir(parents=True, exist_ok=True)  # the rule's report folder, even if no slide file is given
+    (out / "gallery").mkdir(parents=True, exist_ok=True)  # the rule's report folder, even with no slide file
     rows, unscored = [], []
+    in_gallery = 0
     for sid in features:
         try:
             bag = store.get(sid)
@@ -100,12 +102,14 @@ def predict_slides(
             scores = mean_scores([m.explain(model, bag, dev, cache, target)
                                   for m, model, cache in zip(methods, models, caches)])
         files = (slide_files or {}).get(sid)
-        write_slide_explanations(
+        drawn = write_slide_explanations(
             scores, slide_id=sid, coords_5x=bag.coords_5x, coords_20x=bag.coords_20x, mask=bag.mask.numpy(),
-            out_dir=out, headline=headline(sid, first["method"], row), meta={"method": first["method"], "task": first["task"]},
-            slide_file=files.slide if files else None, patches_h5=files.patches if files else None,
-            options=heatmap_options,
+            out_dir=out, headline=headline(sid, first["method"], row),
+            meta={"method": first["method"], "task": first["task"]}, slide_file=files.slide if files else None,
+            patches_h5=files.patches if files else None, options=heatmap_options,
+            gallery=in_gallery < heatmap_options.gallery_slides,
         )
+        in_gallery += drawn
         log.info("%s: %s", sid, ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                                           if k != "slide_id"))
     frame = pd.DataFrame(rows, columns=None if rows else ["slide_id", "pred"])

@@ -115,8 +115,8 @@ rule predict:
             category="Predictions",
             labels={"task": "{task}", "backbone": "{backbone}", "run": "{run}", "method": "{method}"},
         ),
-        heatmaps=report(
-            directory(out(layout.PREDICT_HEATMAPS)),
+        gallery=report(
+            directory(out(layout.PREDICT_GALLERY)),
             patterns=["{name}.png"],
             caption="../report/heatmaps.rst",
             category="Interpretability",
