@@ -22,6 +22,7 @@ SMALL = {
     "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1],
                "methods": ["hivemil", "abmil_5x", "zeroshot"]}],
     "train": {"epochs": 2, "patience": 2, "n_ctx": 4},
+    "predict": {"heatmap_px": 300},  # small heatmaps: rendering is not what these tests check
 }
 
 

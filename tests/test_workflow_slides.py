@@ -81,7 +81,8 @@ def test_full_dag_dry_run(tmp_path, snakemake):
     assert _job_count(proc.stdout, "demo_slide") == 20  # 4 subtypes x 5 slides
     assert _job_count(proc.stdout, "segment") == 21
     assert _job_count(proc.stdout, "patch") == 21
-    assert _job_count(proc.stdout, "train") == 4 + 5  # demo: 4 methods; demo_tree: HMIL and the same 4
+    assert _job_count(proc.stdout, "train") == 4 + 5 + 4  # demo: 4 methods; demo_tree: HMIL and the same 4;
+    assert _job_count(proc.stdout, "survival_splits") == 1  # demo_survival: HiLa, 2 ABMILs, prompt risk
 
 
 def test_keep_going_finishes_good_slides_and_lists_bad_ones(tmp_path, snakemake, fixtures, cmu1):

@@ -90,7 +90,7 @@ rule survival_splits:
         out_dir=lambda wildcards, output: str(Path(output.meta).parent),
         folds=config["cohort"]["folds"],
         seed=config["cohort"]["seed"],
-        bins=config["train"]["survival_bins"],
+        bins=lambda wildcards: config["train"]["survival_bins"],
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
         "$HIVE_PYTHON -m pipeline survival-splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
