@@ -14,7 +14,18 @@ GRID5_COLOUR = (20, 60, 220)
 GRID20_COLOUR = (230, 120, 0)
 
 
-def write_png(path: PathLike, rgb: np.ndarray) -> None:
+def write_png(path: PathLike, rgb: np.ndarray, palette: bool = False) -> None:
+    """Lossless RGB PNG; with `palette`, quantised to 256 colours (about 4x smaller for a slide overview with a
+    colour map on it, which is what prediction writes for every slide and method)."""
+    if palette and rgb.ndim == 3:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(rgb)).quantize(256, method=Image.Quantize.FASTOCTREE).save(buf, "PNG")
+        write_bytes_atomic(path, buf.getvalue())
+        return
     image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
     ok, buf = cv2.imencode(".png", image)
     if not ok:

@@ -273,3 +273,15 @@ def test_explain_imports_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.stdout.strip() == "[]"
+
+
+def test_palette_heatmap_is_smaller_and_keeps_size_and_colours(tmp_path):
+    """Prediction writes 256-colour PNGs: same pixel size, colours within a few levels, several times smaller."""
+    overview, coords, scores = synthetic()
+    exact, small = tmp_path / "exact.png", tmp_path / "palette.png"
+    for path, palette in ((exact, False), (small, True)):
+        render_heatmap(overview, DS, coords, PATCH, scores, path, title="t", long_side=900, palette=palette)
+    a, b = read_png(exact).astype(int), read_png(small).astype(int)
+    assert a.shape == b.shape
+    assert np.abs(a - b).mean() < 4
+    assert small.stat().st_size < exact.stat().st_size

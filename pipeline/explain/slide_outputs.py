@@ -5,6 +5,7 @@ From the ensemble's `PatchScores` (pipeline.explain.scores) of one slide, predic
 - `heatmaps/{slide}_{5x,20x}.png`: the scale's leading map over the slide overview, with the slide, the
   prediction and the map's name (a text, an attribute, "attention") in the title; `{slide}_{scale}_grid.png`, every
   map of the scale side by side, when asked for;
+  all as 256-colour PNGs (about 4x smaller than exact colours: a cohort has many slides and methods);
 - `gallery/{slide}_{5x,20x}.png`: the same heatmaps, smaller, for the first few slides only: what the Snakemake
   report shows (a report embedding every slide's full-size heatmaps would be gigabytes);
 - `overlays/{slide}.geojson`: every 5x and 20x patch as a QuPath tile with all its scores as measurements;
@@ -137,8 +138,8 @@ def _write_heatmaps(
         render_heatmap(overview, downsample, coords[scale], sizes[scale], maps[name].reshape(-1),
                        folder / f"{slide_id}_{scale}.png", title=headline,
                        subtitle=f"{scale} patches, {scores.kind}: {name}{weight}", map_label=scores.kind,
-                       long_side=long_side)
+                       long_side=long_side, palette=True)
         if grid and len(maps) > 1:
             render_grid(overview, downsample, coords[scale], sizes[scale], {k: v.reshape(-1) for k, v in maps.items()},
                         folder / f"{slide_id}_{scale}_grid.png", title=f"{headline} · {scale}", long_side=long_side,
-                        map_label=scores.kind)
+                        map_label=scores.kind, palette=True)
