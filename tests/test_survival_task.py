@@ -140,6 +140,7 @@ def test_prompt_risk_trains_nothing_and_scores_every_patient(trained):
 
 def test_outputs_tables_plots_and_attributes(trained):
     out = trained["out"]
+    assert set(pd.read_csv(out / "summary.csv")["method"]) == {"hila", "abmil_5x", "abmil_20x", "prompt_risk"}
     results = pd.read_csv(out / "results.csv")
     assert {"c_index", "ibs", "stat", "folds"} <= set(results.columns)
     assert set(results["method"]) == {"hila", "abmil_5x", "abmil_20x", "prompt_risk"}

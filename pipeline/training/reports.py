@@ -161,12 +161,14 @@ def _metric_names(task_type: str) -> dict[str, str]:
 
 
 def summarize(summary_files: Sequence[PathLike], task_type: str, out_dir: PathLike, title: str) -> pd.DataFrame:
-    """results.csv, comparison.csv and comparison.md of one task / backbone / shot count from its methods' summaries."""
+    """summary.csv (all methods' folds), results.csv, comparison.csv and comparison.md of one task / backbone / run
+    from its methods' summaries."""
     metrics = _metric_names(task_type)
     summary = _read_all(summary_files, "summarize")
     results = aggregate(summary, list(metrics))
     out = Path(out_dir)
     table = comparison_table(results, metrics).drop(columns=["task", "backbone", "shots"], errors="ignore")
+    write_csv(out / "summary.csv", summary)  # every method's per-fold rows in one table
     write_csv(out / "results.csv", results)
     write_csv(out / "comparison.csv", table)
     write_text_atomic(out / "comparison.md", markdown(table, title))

@@ -58,6 +58,7 @@ rule summarize:
             labels={"task": "{task}", "backbone": "{backbone}", "run": "{run}", "table": "results"},
         ),
         comparison=out(layout.RUN_COMPARISON),
+        summary=out(layout.RUN_SUMMARY),
     log:
         f"{OUT}/logs/summarize/{{task}}/{{backbone}}/{{run}}.log",
     benchmark:
