@@ -117,7 +117,8 @@ def train_method(
     out = Path(out_dir)
     device = resolve_device(cfg.device)
     store = task.bags(FeatureStore(features, cfg.cache_gb * 1e9))  # slides, or a survival task's patients
-    title = title or f"{task.name}/{backbone_name}/{shots}shot/{method}"
+    run = f"cv{len(split_files)}" if task.cross_validated else f"{shots}shot"
+    title = title or f"{task.name}/{backbone_name}/{run}/{method}"
     folds = sorted(((fold_of(f), Path(f)) for f in split_files), key=lambda item: item[0])
     if not folds:
         raise PipelineError(f"train {title}: no split files given")
@@ -155,7 +156,8 @@ def train_method(
         metrics = task.score(test_targets, ev.outputs)
         log.info("%s: test %s", name, {k: round(v, 4) for k, v in metrics.items()})
         summary_rows.append(
-            {"task": task.name, "backbone": backbone_name, "shots": "cv" if task.cross_validated else shots, "method": method, "fold": fold, **metrics,
+            {"task": task.name, "backbone": backbone_name, "shots": "cv" if task.cross_validated else shots,
+             "method": method, "fold": fold, **metrics,
              "best_epoch": result.best_epoch, "epochs_run": len(result.history), "n_train": len(train),
              "n_val": len(val), "n_test": len(test_ids)}
         )
