@@ -25,12 +25,7 @@ CONFIG = TrainConfig(n_ctx=4, abmil_hidden=16, hmil_hidden=16, hmil_fine_attenti
 CASES = [(m, t) for m in list_methods() for t in get_method(m).task_types]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

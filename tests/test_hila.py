@@ -273,14 +273,6 @@ def cohort() -> dict:
     return synthetic_cohort()
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_prompt_risk_ranks_patients_without_training(cohort):
     u, one = cohort["u"][None], torch.ones(1)
     risk = torch.stack([prompt_risk(*b, u, u, one, one) for b in cohort["bags"]])
@@ -289,7 +281,7 @@ def test_prompt_risk_ranks_patients_without_training(cohort):
     assert torch.allclose(flipped, -risk[:5])
 
 
-def test_hila_learns_the_planted_risk(cohort, one_thread):
+def test_hila_learns_the_planted_risk(cohort, one_torch_thread):
     torch.manual_seed(0)
     net = HiLa(64, 4, HiLaConfig(hidden=32, heads=4), LearnableTexts(K, 64), LearnableTexts(K, 64))
     opt = torch.optim.Adam(net.parameters(), lr=5e-4)

@@ -39,13 +39,7 @@ from pipeline.model.hivemil import (
 D = 16  # tiny feature size for graph-only tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is ~10x faster than two spinning OpenMP threads on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_slide(n5: int = 6, dim: int = D, seed: int = 0, drop: float = 0.3):

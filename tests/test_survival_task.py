@@ -87,7 +87,7 @@ SMALL = dict(survival_epochs=10, survival_lr=2e-3, survival_batch_size=4, hila_h
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, backbone):
+def trained(tmp_path_factory, backbone, one_torch_thread):
     """HiLa, both ABMILs and prompt_risk on one synthetic cohort, 3-fold CV (trained once for the module)."""
     from pipeline.formats import TextEmbeddings, write_text_embeddings
     from pipeline.training.run import train_task
@@ -99,7 +99,6 @@ def trained(tmp_path_factory, backbone):
         emb = backbone.encode_text(backbone.tokenize(task.texts)).float().numpy().reshape(2, K, -1)
     write_text_embeddings(root / "text.h5", TextEmbeddings(emb, task.classes, [task.texts[:K], task.texts[K:]],
                                                            {"logit_scale": float(backbone.logit_scale)}))
-    torch.set_num_threads(1)
     out = root / "models" / "os" / "tiny" / "cv3"
     summary = train_task(methods=["hila", "abmil_5x", "abmil_20x", "prompt_risk"], out_dir=out, task=task,
                          backbone_name="tiny", split_files=cv_splits(root), features=features(root),
