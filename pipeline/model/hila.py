@@ -402,16 +402,8 @@ def prompt_risk(
     the levels :math:`\mathcal{L}` that have instances (a patient without valid children is scored on its regions).
     Returns a scalar tensor; a higher value predicts a shorter survival.
     """
-    region, patch = prompt_scores(x5, x20, mask, texts_region, texts_patch, cfg)
-    return _signed_risk(region, patch, signs_region, signs_patch)
-
-
-def prompt_scores(
-    x5: Tensor, x20: Tensor, mask: Tensor, texts_region: Tensor, texts_patch: Tensor, cfg: HiLaConfig | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """Each level's transport-weighted prompt similarities `[K]` (patch: None without a valid child)."""
     region, patch, _ = prompt_alignments(x5, x20, mask, texts_region, texts_patch, cfg)
-    return region.scores, patch.scores if patch is not None else None
+    return _signed_risk(region.scores, patch.scores if patch is not None else None, signs_region, signs_patch)
 
 
 def prompt_alignments(
