@@ -1,60 +1,53 @@
-"""Benchmark: feature extraction's loader, measured against baselines in the same run.
+"""Benchmark: feature extraction, end to end and by part, against baselines measured in the same run.
 
-(a) end-to-end patches/s of `extract_features` against the same model on the same batches pre-loaded in memory
-    (model only): the loader's efficiency, ratio target >= 0.9.
-(b) our one-read-per-parent loading (read the 5x region once at 20x resolution, cut the children, shrink for 5x)
-    against reading every 5x and 20x patch separately from level 0 and resizing each (CLAM / ViLa-MIL), one
-    process each: patches/s and the speed-up.
-(c) megapixels decoded per second by our parent reads against a bare `read_region` loop over the same regions at
-    the same pyramid level (the decode ceiling of one core).
+(a) Loader efficiency: end-to-end patches/s of `extract_features` (each loading mode: inline, decode threads,
+    worker processes, `auto`) over model-only patches/s on the same batches pre-loaded in memory. Goal >= 0.9.
+(b) Ours against a per-patch reader written here in the TRIDENT / CLAM manner: every 20x patch read on its own at
+    level 0 and every 5x patch from the best lower level with OpenSlide, resized with PIL, encoded in batches of
+    the same size by the same model (no overlap, as one process). Goal >= 1.3x end to end.
+(c) Decode rate (Mpx/s) of each reader over the parents' kept-children boxes, against a bare OpenSlide
+    `read_region` loop over the same boxes (PIL images, RGBA): the reader's cost without our cutting and resizing.
+(d) Level pixels decoded per kept patch (5x and 20x together): ours, the former one-region-per-parent read
+    (every parent's 4x4 box at level 0 and the 5x patch shrunk from it), and the per-patch baseline.
 
-Slides: CMU-1-Small-Region (20x, real H&E) and a synthetic 40x-base demo slide; patch grids from the real
-segmentation and patching stages. Each pass opens its slide with a fresh 32 MiB tile cache, so no pass profits
-from an earlier one; the best of --repeats passes is reported.
+Slides: CMU-1-Small-Region (20x, real H&E, Aperio SVS), a synthetic 40x pyramid (levels 1/4/16, generic TIFF) and
+the synthetic slide converted to OME-Zarr; grids from our segmentation and patching. Open_clip ViT-B/32
+(`quiltnet`, random weights) is the issue's model; `tiny` is quicker. Each timing is the median of --repeats
+interleaved rounds; OpenSlide handles get a fresh 32 MiB tile cache, so no pass profits from an earlier one.
 
-    python bench/extract.py [--backbones tiny quiltnet] [--slides cmu synthetic]
-        [--workers 0 1] [--batch-size 64] [--repeats 3]
+    python bench/extract.py                                    # quiltnet, both slides, 3 rounds (~10 min, 2 cores)
+    python bench/extract.py --backbones tiny --repeats 2       # quick
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import openslide
 import torch
 
 from pipeline.demo import render_slide, write_pyramid_tiff
 from pipeline.features import create_backbone
+from pipeline.features.architectures.base import Backbone
 from pipeline.features.extract import encode_images, extract_features
-from pipeline.features.loader import (
-    GridGeometry,
-    ParentDataset,
-    child_patches,
-    collate_parents,
-    parent_patch,
-    read_parent,
-)
+from pipeline.features.loader import GridGeometry, ParentDataset, PatchBatcher, child_slots, read_boxes
 from pipeline.formats import PatchGrid, read_patches
 from pipeline.patching import PatchParams, patch_slide
-from pipeline.slide import Slide, open_slide
+from pipeline.readers import READERS, auto_reader, open_reader
+from pipeline.readers.omezarr import write_ome_zarr
+from pipeline.slide import open_slide
 from pipeline.tissue import TissueParams, segment_slide
 from pipeline.wiring.cohort import BUNDLED_SLIDE
 
 CACHE_BYTES = 32 << 20
-
-
-def fresh(path: Path) -> Slide:
-    """A slide handle with its own empty tile cache (bench only: reaches into the handle to set it)."""
-    slide = open_slide(path)
-    slide._osr.set_cache(openslide.OpenSlideCache(CACHE_BYTES))
-    return slide
+MODES = {"inline": (0, 0), "1 thread": (0, 1), "2 threads": (0, 2), "1 worker": (1, 0), "auto": ("auto", None)}
 
 
 def grid_of(path: Path, work: Path) -> PatchGrid:
@@ -66,136 +59,189 @@ def grid_of(path: Path, work: Path) -> PatchGrid:
     return read_patches(work / f"{sid}.h5")
 
 
-def best_of(repeats: int, fn: Callable[[], object]) -> float:
-    times = []
+def median_of(repeats: int, fns: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Median seconds of each function over `repeats` interleaved rounds (so drifts of the machine hit all)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def children_of(grid: PatchGrid) -> list[np.ndarray]:
-    return [np.flatnonzero(grid.parent_of_20x == i) for i in range(len(grid.coords_5x))]
-
-
-def ours(path: Path, grid: PatchGrid, g: GridGeometry) -> None:
-    """One region read per parent, children cut from it, the 5x patch shrunk from it."""
-    rows = children_of(grid)
-    with fresh(path) as slide:
-        for i, (x, y) in enumerate(grid.coords_5x):
-            region = read_parent(slide, x, y, g)
-            parent_patch(region, g.patch_size)
-            kids = grid.coords_20x[rows[i]]
-            slots = ((kids[:, 1] - y) // g.s20) * 4 + (kids[:, 0] - x) // g.s20
-            child_patches(region, slots, g.patch_size)
-
-
-def _level0_patch(osr: openslide.OpenSlide, x: int, y: int, side: int, out: int) -> np.ndarray:
-    rgb = np.asarray(osr.read_region((int(x), int(y)), 0, (side, side)).convert("RGB"))
-    return cv2.resize(rgb, (out, out), interpolation=cv2.INTER_AREA) if side != out else rgb
-
-
-def baseline(path: Path, grid: PatchGrid, g: GridGeometry) -> None:
-    """Every 5x and every 20x patch read on its own from level 0 and resized (the CLAM / ViLa-MIL way)."""
+def fresh_osr(path: Path) -> openslide.OpenSlide:
     osr = openslide.OpenSlide(str(path))
     osr.set_cache(openslide.OpenSlideCache(CACHE_BYTES))
+    return osr
+
+
+# --- the per-patch baseline (TRIDENT / CLAM manner) ---------------------------------------------------------
+
+
+def per_patch_images(path: Path, grid: PatchGrid, bb: Backbone) -> tuple[list[np.ndarray], int]:
+    """Every patch read on its own (20x at level 0, 5x at the best lower level), RGB, resized with PIL to the
+    model input; also the level pixels decoded."""
+    from PIL import Image
+
+    g = GridGeometry.from_grid(grid, path.stem)
+    ps, size = g.patch_size, bb.preprocess.input_size
+    mode = Image.Resampling.BICUBIC
+    osr, decoded, out = fresh_osr(path), 0, []
     try:
-        for x, y in grid.coords_5x:
-            _level0_patch(osr, x, y, g.s5, g.patch_size)
-        for x, y in grid.coords_20x:
-            _level0_patch(osr, x, y, g.s20, g.patch_size)
+        for side0, coords in ((g.s5, grid.coords_5x), (g.s20, grid.coords_20x)):
+            level = osr.get_best_level_for_downsample(side0 / ps + 1e-6)
+            side = int(round(side0 / osr.level_downsamples[level]))
+            for x, y in coords:
+                img = osr.read_region((int(x), int(y)), level, (side, side)).convert("RGB")
+                decoded += side * side
+                img = img.resize((ps, ps), Image.Resampling.LANCZOS) if side != ps else img
+                out.append(np.asarray(img.resize((size, size), mode)).transpose(2, 0, 1))
     finally:
         osr.close()
+    return out, decoded
 
 
-def bare_reads(path: Path, grid: PatchGrid, g: GridGeometry) -> float:
-    """The ceiling: `read_region` over the parents' regions at the level our reads use; returns Mpx read."""
-    with fresh(path) as slide:
-        level = slide.best_level(g.s5 / (4 * g.patch_size))
-        side = int(round(g.s5 / slide.level_downsamples[level]))
-        osr = slide._osr
-        for x, y in grid.coords_5x:
-            osr.read_region((int(x), int(y)), level, (side, side))
-    return len(grid.coords_5x) * side * side / 1e6
+def per_patch_end_to_end(path: Path, grid: PatchGrid, bb: Backbone, batch_size: int) -> None:
+    images, _ = per_patch_images(path, grid, bb)
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            encode_images(bb, torch.from_numpy(np.stack(images[start : start + batch_size])), batch_size,
+                          torch.device("cpu"))
 
 
-def loader_table(slides: dict[str, tuple[Path, PatchGrid]], repeats: int) -> None:
-    print("\n(b) loading only, one process: one read per 5x parent vs every patch read separately from level 0")
-    print(f"{'slide':<22}{'5x':>6}{'20x':>7}{'ours p/s':>11}{'baseline p/s':>14}{'speed-up':>10}")
-    for name, (path, grid) in slides.items():
-        g = GridGeometry.from_grid(grid, name)
-        n = len(grid.coords_5x) + len(grid.coords_20x)
-        t_ours = best_of(repeats, lambda: ours(path, grid, g))
-        t_base = best_of(repeats, lambda: baseline(path, grid, g))
-        print(f"{name:<22}{len(grid.coords_5x):>6}{len(grid.coords_20x):>7}{n / t_ours:>11.1f}{n / t_base:>14.1f}"
-              f"{t_base / t_ours:>9.2f}x")
-    print("\n(c) decode rate of one core: our parent reads (read + RGBA->RGB + resize to 20x) vs bare read_region")
-    print(f"{'slide':<22}{'Mpx':>8}{'ours Mpx/s':>12}{'bare Mpx/s':>12}{'ratio':>8}")
-    for name, (path, grid) in slides.items():
-        g = GridGeometry.from_grid(grid, name)
-        mpx = bare_reads(path, grid, g)
-        t_bare = best_of(repeats, lambda: bare_reads(path, grid, g))
+# --- tables --------------------------------------------------------------------------------------------------
 
-        def parents_only() -> None:
-            with fresh(path) as slide:
-                for x, y in grid.coords_5x:
-                    read_parent(slide, x, y, g)
 
-        t_ours = best_of(repeats, parents_only)
-        print(f"{name:<22}{mpx:>8.1f}{mpx / t_ours:>12.1f}{mpx / t_bare:>12.1f}{t_bare / t_ours:>8.2f}")
+def preloaded_batches(path: Path, name: str, grid: PatchGrid, bb: Backbone, batch_size: int) -> list[torch.Tensor]:
+    ds = ParentDataset(path, name, grid, bb.preprocess)
+    batcher, batches = PatchBatcher(batch_size), []
+    for i in range(len(ds)):
+        batches += [b.images for b in batcher.add(ds[i])]
+    batches += [b.images for b in batcher.flush()]
+    ds.close()
+    return batches
 
 
 def model_table(slides: dict[str, tuple[Path, PatchGrid]], backbones: list[str], batch_size: int,
-                workers: list[int], repeats: int) -> None:
-    print(f"\n(a) end-to-end vs model only (same batches pre-loaded), batch {batch_size} patches, "
-          f"{torch.get_num_threads()} torch threads, CPU fp32; end-to-end includes starting the worker pool")
-    print(f"{'slide':<22}{'backbone':<10}{'workers':>8}{'patches':>8}{'end-to-end p/s':>16}{'model-only p/s':>16}"
-          f"{'ratio':>8}")
+                repeats: int) -> None:
+    print(f"\n(a) loader efficiency = end-to-end / model-only patches/s; (b) ours (auto) / per-patch baseline; "
+          f"batch {batch_size}, {torch.get_num_threads()} torch threads, CPU fp32")
+    header = f"{'slide':<20}{'backbone':<10}{'patches':>8}{'model p/s':>10}"
+    header += "".join(f"{m:>11}" for m in MODES) + f"{'baseline':>10}{'(b) ours/base':>14}"
+    print(header)
     for bname in backbones:
         bb = create_backbone(bname, weights="random")
         for name, (path, grid) in slides.items():
             n = len(grid.coords_5x) + len(grid.coords_20x)
-            ds = ParentDataset(path, name, grid, bb.preprocess)
-            per = max(1, batch_size // 17)
-            batches = [collate_parents([ds[i] for i in range(s, min(s + per, len(ds)))])["images"]
-                       for s in range(0, len(ds), per)]
-            ds.close()
+            batches = preloaded_batches(path, name, grid, bb, batch_size)
 
             def model_only() -> None:
                 with torch.inference_mode():
                     for images in batches:
                         encode_images(bb, images, batch_size, torch.device("cpu"))
 
-            t_model = best_of(repeats, model_only)
-            for w in workers:
-                t_e2e = best_of(repeats, lambda: extract_features(bb, path, name, grid, batch_size=batch_size,
-                                                                  num_workers=w, device="cpu", progress=False))
-                print(f"{name:<22}{bname:<10}{w:>8}{n:>8}{n / t_e2e:>16.1f}{n / t_model:>16.1f}"
-                      f"{t_model / t_e2e:>8.2f}")
+            model_only()  # warm-up: the first passes of a shape build the CPU kernels' plans
+            fns: dict[str, Callable[[], object]] = {"model": model_only}
+            for mode, (workers, threads) in MODES.items():
+                fns[mode] = (lambda w=workers, t=threads: extract_features(
+                    bb, path, name, grid, batch_size=batch_size, num_workers=w, threads=t, device="cpu",
+                    progress=False))
+            fns["baseline"] = lambda: per_patch_end_to_end(path, grid, bb, batch_size)
+            t = median_of(repeats, fns)
+            row = f"{name:<20}{bname:<10}{n:>8}{n / t['model']:>10.1f}"
+            row += "".join(f"{t['model'] / t[m]:>11.2f}" for m in MODES)
+            row += f"{n / t['baseline']:>10.1f}{t['baseline'] / t['auto']:>13.2f}x"
+            print(row)
+    print("    (mode columns: loader efficiency; baseline: its patches/s)")
+
+
+def kept_boxes(grid: PatchGrid, g: GridGeometry) -> list[tuple[int, int, int, int]]:
+    """Level-0 (x, y, w, h) of every box our loader reads for the kept children."""
+    out = []
+    for i, (x, y) in enumerate(grid.coords_5x):
+        rows = np.flatnonzero(grid.parent_of_20x == i)
+        for r0, r1, c0, c1 in read_boxes(child_slots(grid.coords_5x[i], grid.coords_20x[rows], g.s20, "b")):
+            out.append((int(x) + c0 * g.s20, int(y) + r0 * g.s20, (c1 - c0) * g.s20, (r1 - r0) * g.s20))
+    return out
+
+
+def reader_table(slides: dict[str, tuple[Path, PatchGrid]], zarrs: dict[str, Path], repeats: int) -> None:
+    print("\n(c) decode rate over the kept-children boxes at level 0: each reader vs a bare OpenSlide read_region "
+          "loop (PIL RGBA)")
+    print(f"{'slide':<20}{'Mpx':>7}{'bare p/s':>10}" + "".join(f"{r + ' Mpx/s':>17}" for r in READERS)
+          + f"{'auto picks':>12}")
+    for name, (path, grid) in slides.items():
+        g = GridGeometry.from_grid(grid, name)
+        boxes = kept_boxes(grid, g)
+        mpx = sum(w * h for _, _, w, h in boxes) / 1e6
+
+        def bare() -> None:
+            osr = fresh_osr(path)
+            for x, y, w, h in boxes:
+                osr.read_region((x, y), 0, (w, h))
+            osr.close()
+
+        def through(reader: str) -> Callable[[], None]:
+            target = zarrs[name] if reader == "omezarr" else path
+
+            def run() -> None:
+                r = open_reader(target, name, reader)
+                if reader == "openslide":
+                    r.set_cache(CACHE_BYTES)
+                for x, y, w, h in boxes:
+                    r.read(x, y, 0, (w, h))
+                r.close()
+            return run
+
+        readers = [r for r in READERS if r != "tiffslide" or path.suffix.lower() in (".svs", ".tif", ".tiff")]
+        t = median_of(repeats, {"bare": bare, **{r: through(r) for r in readers}})
+        row = f"{name:<20}{mpx:>7.1f}{mpx / t['bare']:>10.1f}"
+        row += "".join(f"{mpx / t[r]:>11.1f} ({t['bare'] / t[r]:.1f}x)" if r in t else f"{'-':>17}" for r in READERS)
+        print(row + f"{auto_reader(path):>12}")
+
+
+def pixels_table(slides: dict[str, tuple[Path, PatchGrid]], bb: Backbone) -> None:
+    print("\n(d) level pixels decoded per kept patch (5x + 20x)")
+    print(f"{'slide':<20}{'kept':>7}{'ours':>10}{'one region/parent':>19}{'per-patch':>11}{'ours / region':>15}")
+    for name, (path, grid) in slides.items():
+        n = len(grid.coords_5x) + len(grid.coords_20x)
+        res = extract_features(bb, path, name, grid, batch_size=64, device="cpu", progress=False)
+        g = GridGeometry.from_grid(grid, name)
+        with open_slide(path) as slide:
+            level = slide.best_level(g.s20 / g.patch_size)
+            side = g.s5 / slide.level_downsamples[level]
+        region = len(grid.coords_5x) * side * side
+        _, per_patch = per_patch_images(path, grid, bb)
+        print(f"{name:<20}{n:>7}{res.decoded_px / n:>10.0f}{region / n:>19.0f}{per_patch / n:>11.0f}"
+              f"{res.decoded_px / region:>15.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", nargs="+", default=["tiny"], help="e.g. tiny quiltnet (ViT-B: slow on a CPU)")
+    parser.add_argument("--backbones", nargs="+", default=["quiltnet"], help="e.g. tiny quiltnet (ViT-B/32)")
     parser.add_argument("--slides", nargs="+", choices=["cmu", "synthetic"], default=["cmu", "synthetic"])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="worker counts for (a)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--synthetic-size", type=int, default=12288, help="level-0 side of the 40x synthetic slide")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        slides = {}
+        slides, zarrs = {}, {}
         if "cmu" in args.slides:
             slides["CMU-1-Small-Region"] = (BUNDLED_SLIDE, grid_of(BUNDLED_SLIDE, work))
         if "synthetic" in args.slides:
             synthetic = work / "synthetic_40x.tiff"
             write_pyramid_tiff(synthetic, render_slide("glandular", 5, args.synthetic_size, 0.25), 0.25)
             slides["synthetic 40x"] = (synthetic, grid_of(synthetic, work))
-        loader_table(slides, args.repeats)
-        model_table(slides, args.backbones, args.batch_size, args.workers, args.repeats)
+        for name, (path, _) in slides.items():
+            with open_slide(path) as slide:
+                zarrs[name] = write_ome_zarr(open_reader(path, name, "openslide"), work / f"{path.stem}.zarr",
+                                             slide.mpp)
+        reader_table(slides, zarrs, args.repeats)
+        pixels_table(slides, create_backbone("tiny", weights="random"))
+        model_table(slides, args.backbones, args.batch_size, args.repeats)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pipeline import qc
 from pipeline.errors import SlideError
 from pipeline.formats import CHILDREN_PER_SIDE, PatchGrid, PathLike, write_patches
 from pipeline.geometry import Polygon
+from pipeline.readers import DEFAULT_READER
 from pipeline.slide import MppOverride, open_slide
 from pipeline.tissue import polygons_from_geojson
 
@@ -131,10 +132,11 @@ def patch_slide(
     params: PatchParams,
     overrides: dict[str, MppOverride] | None = None,
     tissue_attrs: dict | None = None,
+    reader: str = DEFAULT_READER,
 ) -> dict:
     """Build the aligned 5x/20x grid from the tissue polygons and write `patches/{slide}.h5` and its QC picture."""
     polygons = polygons_from_geojson(json.loads(Path(geojson_path).read_text()))
-    with open_slide(slide_path, slide_id, overrides) as slide:
+    with open_slide(slide_path, slide_id, overrides, reader=reader) as slide:
         grid, _ = build_grid(polygons, slide.dimensions, slide.level0_magnification, params, slide_id)
         overview, ds = slide.read_overview(QC_MPP)
         grid.attrs.update(
@@ -142,6 +144,7 @@ def patch_slide(
                 "slide_id": slide_id,
                 "mpp": slide.mpp,
                 "mpp_source": slide.mpp_source,
+                "reader": slide.reader,
                 "level0_width": slide.dimensions[0],
                 "level0_height": slide.dimensions[1],
                 "effective_mpp_20x": slide.mpp * grid.attrs["patch_size_level0_20x"] / params.patch_size,

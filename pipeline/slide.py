@@ -1,4 +1,4 @@
-"""Slide access: open with OpenSlide, resolve microns per pixel and its source, pick pyramid levels, read regions.
+"""Slide access: open with a reader (pipeline.readers), resolve microns per pixel and its source, pick pyramid levels, read regions.
 
 The magnification of a slide is never assumed. mpp comes from the slide's metadata (OpenSlide's normalised key,
 vendor keys, TIFF resolution tags), then from the objective power, then from a per-slide override; a value
@@ -16,11 +16,12 @@ from typing import Any, Iterable, Mapping
 
 import cv2
 import numpy as np
-import openslide
 
 from pipeline.errors import SlideError
 from pipeline.formats import read_patches
 from pipeline.mpp_overrides import MppOverride, read_mpp_overrides  # noqa: F401  (re-exported)
+from pipeline.readers import DEFAULT_READER, open_reader
+from pipeline.readers.omezarr import MPP_KEY as NGFF_MPP_KEY
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ MAGNIFICATION_BINS: tuple[tuple[float, int], ...] = (
 )
 
 #: metadata keys holding mpp directly, in the order they are trusted.
-MPP_KEYS = ("openslide.mpp-x", "aperio.MPP", "openslide.mirax.MPP", "hamamatsu.XResolution")
+MPP_KEYS = ("openslide.mpp-x", "aperio.MPP", "openslide.mirax.MPP", "hamamatsu.XResolution", NGFF_MPP_KEY)
 POWER_KEYS = ("openslide.objective-power", "aperio.AppMag", "hamamatsu.SourceLens")
 UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0, "millimeter": 1e3, "micrometer": 1.0}
 
@@ -131,6 +132,15 @@ def best_level(downsamples: Iterable[float], target: float, tolerance: float = 0
     return best
 
 
+def resize_square(image: np.ndarray, out_px: int) -> np.ndarray:
+    """A square read to out_px x out_px: area averaging to shrink, bilinear to enlarge, untouched if equal."""
+    side = image.shape[0]
+    if side == out_px:
+        return image
+    interp = cv2.INTER_AREA if side > out_px else cv2.INTER_LINEAR
+    return cv2.resize(image, (out_px, out_px), interpolation=interp)
+
+
 class Slide:
     """An open whole-slide image with a resolved mpp. Use as a context manager; each process opens its own."""
 
@@ -141,31 +151,23 @@ class Slide:
         override: MppOverride | None = None,
         *,
         mpp: float | None = None,
+        reader: str = DEFAULT_READER,
     ):
         self.path = Path(path)
         self.slide_id = slide_id or self.path.stem
         if not self.path.exists():
             raise SlideError(self.slide_id, f"file {self.path} does not exist")
-        try:
-            fmt = openslide.OpenSlide.detect_format(str(self.path))
-            if fmt is None:
-                raise SlideError(
-                    self.slide_id,
-                    f"{self.path.name} is not a whole-slide format OpenSlide recognises "
-                    "(a plain image or an unsupported file)",
-                )
-            self._osr = openslide.OpenSlide(str(self.path))
-        except openslide.OpenSlideError as err:
-            raise SlideError(self.slide_id, f"OpenSlide cannot open {self.path.name}: {err}") from err
-        self.properties: dict[str, str] = dict(self._osr.properties)
+        self._reader = open_reader(self.path, self.slide_id, reader)
+        self.reader = self._reader.name  # recorded in outputs beside mpp_source
+        self.properties: dict[str, str] = dict(self._reader.properties)
         if mpp is None:
             self.mpp, self.mpp_source = resolve_mpp(self.slide_id, self.properties, override)
         else:
             self.mpp, self.mpp_source = _checked_recorded_mpp(self.slide_id, mpp), RECORDED_MPP_SOURCE
         self.level0_magnification = magnification_from_mpp(self.mpp)
-        self.dimensions: tuple[int, int] = self._osr.dimensions
-        self.level_dimensions: tuple[tuple[int, int], ...] = self._osr.level_dimensions
-        self.level_downsamples: tuple[float, ...] = self._osr.level_downsamples
+        self.dimensions: tuple[int, int] = self._reader.dimensions
+        self.level_dimensions: tuple[tuple[int, int], ...] = self._reader.level_dimensions
+        self.level_downsamples: tuple[float, ...] = self._reader.level_downsamples
 
     def __enter__(self) -> "Slide":
         return self
@@ -174,7 +176,7 @@ class Slide:
         self.close()
 
     def close(self) -> None:
-        self._osr.close()
+        self._reader.close()
 
     def __repr__(self) -> str:
         return (
@@ -185,20 +187,16 @@ class Slide:
     def best_level(self, downsample: float) -> int:
         return best_level(self.level_downsamples, downsample)
 
-    def _read(self, x: int, y: int, level: int, size: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 of a level region, transparent (outside the scan) areas as white."""
-        try:
-            rgba = np.asarray(self._osr.read_region((int(x), int(y)), level, size))
-        except openslide.OpenSlideError as err:
-            raise SlideError(
-                self.slide_id, f"cannot decode pixels at level-0 ({x}, {y}), level {level}: {err}"
-            ) from err
-        alpha = rgba[..., 3]
-        if alpha.min() == 255:  # inside the scanned area: nothing to blend (the common, fast case)
-            return np.ascontiguousarray(rgba[..., :3])
-        rgb = rgba[..., :3].astype(np.uint16)
-        a = alpha[..., None].astype(np.uint16)
-        return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    def read_level(self, x: int, y: int, level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 of `size` px of `level` from level-0 (x, y), areas outside the scan white (every reader's
+        contract); no resizing."""
+        return self._reader.read(x, y, level, size)
+
+    def level_for(self, size_level0: int, out_px: int) -> tuple[int, int]:
+        """The level a square level-0 box of `size_level0` px is read from to give `out_px` px (the coarsest with at
+        least out_px across it), and the box's side in that level's pixels."""
+        level = self.best_level(size_level0 / out_px)
+        return level, max(1, int(round(size_level0 / self.level_downsamples[level])))
 
     def read_region_scaled(self, x: int, y: int, size_level0: int, out_px: int) -> np.ndarray:
         """A square level-0 box [x, x+size_level0)^2 as an out_px x out_px RGB array.
@@ -206,15 +204,8 @@ class Slide:
         Read at the coarsest level that still has at least out_px pixels across the box, then resized with
         area interpolation, so the result is the same whichever pyramid the scanner wrote.
         """
-        downsample = size_level0 / out_px
-        level = self.best_level(downsample)
-        ds = self.level_downsamples[level]
-        side = max(1, int(round(size_level0 / ds)))
-        image = self._read(x, y, level, (side, side))
-        if side != out_px:
-            interp = cv2.INTER_AREA if side > out_px else cv2.INTER_LINEAR
-            image = cv2.resize(image, (out_px, out_px), interpolation=interp)
-        return image
+        level, side = self.level_for(size_level0, out_px)
+        return resize_square(self.read_level(x, y, level, (side, side)), out_px)
 
     def read_overview(self, target_mpp: float, max_side: int = 8192) -> tuple[np.ndarray, float]:
         """The whole slide at about `target_mpp` (never finer than needed) and its exact level-0 downsample.
@@ -224,7 +215,7 @@ class Slide:
         downsample = max(1.0, target_mpp / self.mpp, max(self.dimensions) / max_side)
         level = self.best_level(downsample)
         w, h = self.level_dimensions[level]
-        image = self._read(0, 0, level, (w, h))
+        image = self.read_level(0, 0, level, (w, h))
         out_w = max(1, int(round(self.dimensions[0] / downsample)))
         out_h = max(1, int(round(self.dimensions[1] / downsample)))
         if (out_w, out_h) != (w, h):
@@ -238,8 +229,10 @@ def open_slide(
     overrides: dict[str, MppOverride] | None = None,
     *,
     mpp: float | None = None,
+    reader: str = DEFAULT_READER,
 ) -> Slide:
-    """Open a slide, applying the override for its id if one is listed.
+    """Open a slide with the named reader (pipeline.readers; `auto` picks by format), applying the override for
+    its id if one is listed.
 
     `mpp` is the value the patch stage resolved and recorded in patches/{slide}.h5: the slide's mpp is resolved
     once, at patching (metadata, then override), and every later stage reads it back, so extraction and
@@ -249,7 +242,7 @@ def open_slide(
     slide_id = slide_id or Path(path).stem
     if mpp is not None and overrides:
         raise ValueError(f"slide '{slide_id}': give either the recorded mpp or overrides, not both")
-    return Slide(path, slide_id, (overrides or {}).get(slide_id), mpp=mpp)
+    return Slide(path, slide_id, (overrides or {}).get(slide_id), mpp=mpp, reader=reader)
 
 
 def _checked_recorded_mpp(slide_id: str, mpp: Any, where: str = "the recorded mpp") -> float:

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline import qc
 from pipeline.formats import PathLike, write_json_atomic
 from pipeline.geometry import Polygon
+from pipeline.readers import DEFAULT_READER
 from pipeline.slide import MppOverride, Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def segment_tissue(slide: Slide, params: TissueParams) -> TissueResult:
         "slide_id": slide.slide_id,
         "mpp": slide.mpp,
         "mpp_source": slide.mpp_source,
+        "reader": slide.reader,
         "level0_magnification": slide.level0_magnification,
         "level0_size": list(slide.dimensions),
         "mask_downsample": downsample,
@@ -168,9 +170,10 @@ def segment_slide(
     qc_png: PathLike,
     params: TissueParams,
     overrides: dict[str, MppOverride] | None = None,
+    reader: str = DEFAULT_READER,
 ) -> dict:
     """Segment one slide and write its mask, contours, statistics and QC picture."""
-    with open_slide(slide_path, slide_id, overrides) as slide:
+    with open_slide(slide_path, slide_id, overrides, reader=reader) as slide:
         log.info("%r", slide)
         result = segment_tissue(slide, params)
         overview, ds = slide.read_overview(params.seg_mpp)

@@ -132,6 +132,6 @@ def test_read_region_scaled_matches_level0_read_downsampled(slide_40x):
     with open_slide(slide_40x) as slide:
         x, y, size = 2048, 2048, 1024
         via_pyramid = slide.read_region_scaled(x, y, size, 256).astype(float)
-        direct = slide._read(x, y, 0, (size, size))
+        direct = slide.read_level(x, y, 0, (size, size))
         reference = cv2.resize(direct, (256, 256), interpolation=cv2.INTER_AREA).astype(float)
     assert np.abs(via_pyramid - reference).mean() < 6.0

@@ -9,6 +9,7 @@ from typing import Callable, Sequence, TypeVar
 
 from pipeline import status
 from pipeline.errors import PipelineError
+from pipeline.readers import DEFAULT_READER, READER_CHOICES
 from pipeline.slide import MppOverride, read_mpp_overrides
 
 T = TypeVar("T")
@@ -30,6 +31,7 @@ def add_slide_arguments(parser: argparse.ArgumentParser, mpp_overrides: bool = T
     later stages read the mpp recorded at patching instead (mpp_overrides=False)."""
     parser.add_argument("--slide", required=True, help="path of the slide file")
     parser.add_argument("--slide-id", type=check_slide_id, help="slide id (default: file name without extension)")
+    add_reader_argument(parser)
     if mpp_overrides:
         parser.add_argument("--mpp-overrides", default="",
                             help="CSV slide_id,mpp[,force] for slides without usable mpp")
@@ -37,6 +39,11 @@ def add_slide_arguments(parser: argparse.ArgumentParser, mpp_overrides: bool = T
         parser.add_argument("--mpp-override-force", action="store_true",
                             help="use --mpp-override even over metadata")
     add_status_arguments(parser)
+
+
+def add_reader_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reader", choices=READER_CHOICES, default=DEFAULT_READER,
+                        help="slide reader; auto = the fastest that gives OpenSlide's pixels for the format")
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:

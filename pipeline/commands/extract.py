@@ -42,27 +42,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
     parser.add_argument("--out-5x", required=True, help="output features h5 of the 5x patches")
     parser.add_argument("--out-20x", required=True, help="output features h5 of the 20x patches")
+    add_extraction_options(parser)
+
+
+def workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--workers must be 'auto' or a number >= 0, got {value!r}")
+    return n
+
+
+def add_extraction_options(parser: argparse.ArgumentParser) -> None:
+    """Batch, loading and read-error options, shared with extract-chunk."""
     parser.add_argument("--batch-size", type=int, default=64, help="patches (5x + 20x) per forward pass")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="DataLoader workers reading the slide (0 = main process)")
+    parser.add_argument("--workers", type=workers, default="auto",
+                        help="worker processes decoding the slide; 0 = in this process, no overlap; auto = "
+                             "workers on a GPU machine, one decode thread beside the model on the CPU")
     parser.add_argument("--on-read-error", choices=ON_READ_ERROR, default="fail",
                         help="fail the slide on corrupt pixels, or substitute white tiles and count them")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="cores of the job: torch's CPU threads and the decoders' budget (0 = all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def record_blanks(status_dir: str, result) -> None:
+    """A slide extracted with white tiles for unreadable pixels is ok, with a note saying how many."""
+    if result.blank_5x:
+        status.record(status_dir, "extract", result.slide_id, True,
+                      f"{result.blank_5x} 5x and {result.blank_20x} 20x patches unreadable, encoded as white tiles")
 
 
 def run(args: argparse.Namespace) -> int:
     def work():
         from pipeline.features.extract import extract_slide  # heavy (torch): inside, so a failed import is recorded
 
+        set_threads(args.threads)
         return extract_slide(
             args.slide, args.patches, args.out_5x, args.out_20x, args.backbone, weights=args.weights,
             tokenizer=args.tokenizer, slide_id=slide_id(args), batch_size=args.batch_size,
             num_workers=args.workers, device=args.device, on_read_error=args.on_read_error,
-            seed=args.seed, progress=not args.no_progress,
+            reader=args.reader, seed=args.seed, progress=not args.no_progress, cpus=args.threads or None,
         )
 
-    result = run_recorded("extract", args, work)
-    if result.blank_5x:
-        status.record(args.status_dir, "extract", result.slide_id, True,
-                      f"{result.blank_5x} 5x and {result.blank_20x} 20x patches unreadable, encoded as white tiles")
+    record_blanks(args.status_dir, run_recorded("extract", args, work))
     return 0

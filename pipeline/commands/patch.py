@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     def work() -> dict:
         params = PatchParams(args.patch_size, args.min_tissue_fraction)
         tissue = json.loads(Path(args.tissue_stats).read_text()).get("params", {}) if args.tissue_stats else {}
-        return patch_slide(args.slide, slide_id(args), args.geojson, args.out, args.qc, params, overrides(args), tissue)
+        return patch_slide(args.slide, slide_id(args), args.geojson, args.out, args.qc, params, overrides(args), tissue,
+                           args.reader)
 
     attrs = run_recorded("patch", args, work)
     if attrs.get("empty_reason"):  # ok (a valid empty file), but status.csv says why the slide will be left out

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         "segment",
         args,
         lambda: segment_slide(
-            args.slide, slide_id(args), args.mask, args.geojson, args.stats, args.qc, params, overrides(args)
+            args.slide, slide_id(args), args.mask, args.geojson, args.stats, args.qc, params, overrides(args),
+            args.reader,
         ),
     )
     return 0

@@ -116,9 +116,11 @@ def _overview(slide_file: PathLike, slide_id: str, patches_h5: PathLike, attrs: 
               long_side: int) -> tuple[np.ndarray, float]:
     """The slide overview at about OVERVIEW_DETAIL x the heatmap's long side (upsampled to fill it): decoding a
     level-0-sharp overview costs most of a slide's explanation time and adds little at the patches' scale."""
+    from pipeline.readers import DEFAULT_READER
     from pipeline.slide import open_slide, recorded_mpp
 
-    with open_slide(slide_file, slide_id, mpp=recorded_mpp(attrs, slide_id, patches_h5)) as slide:
+    reader = str(attrs.get("reader") or DEFAULT_READER)  # the reader the patch grid was made with
+    with open_slide(slide_file, slide_id, mpp=recorded_mpp(attrs, slide_id, patches_h5), reader=reader) as slide:
         target_mpp = slide.mpp * max(slide.dimensions) / (OVERVIEW_DETAIL * long_side)
         return slide.read_overview(max(slide.mpp, target_mpp), max_side=2 * long_side)
 

@@ -22,9 +22,20 @@ from tqdm import tqdm
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, SlideError
 from pipeline.features.architectures.base import Backbone
-from pipeline.features.loader import N_CHILDREN, ON_READ_ERROR, ParentDataset, make_loader
+from pipeline.features.loader import (
+    AUTO,
+    N_CHILDREN,
+    ON_READ_ERROR,
+    Batch,
+    LoadingPlan,
+    ParentDataset,
+    PatchBatcher,
+    iter_parents,
+    loading_plan,
+)
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PatchGrid, PathLike, read_patches, write_features
+from pipeline.readers import DEFAULT_READER
 from pipeline.slide import check_patches_match, open_slide, recorded_mpp
 
 log = logging.getLogger(__name__)
@@ -40,6 +51,7 @@ class SlideFeatures:
     blank_20x: int
     precision: str
     seconds: float
+    decoded_px: int  # level pixels decoded (5x and 20x reads together)
 
 
 @contextlib.contextmanager
@@ -82,53 +94,67 @@ def extract_features(
     grid: PatchGrid,
     *,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | str = AUTO,
+    threads: int | None = None,
     device: str | torch.device = "auto",
     on_read_error: str = "fail",
+    reader: str = DEFAULT_READER,
     progress: bool = True,
+    cpus: int | None = None,
 ) -> SlideFeatures:
     """Encode every 5x parent and its kept 20x children of one slide.
 
-    `batch_size` is the number of patches (5x and 20x together) per forward pass; the loader groups
-    batch_size // 17 parents (a parent brings at most 16 children). The slide is opened with the mpp in
-    `grid.attrs` (recorded at patching). Read errors: see the loader.
+    `batch_size` is the number of patches (5x and 20x together) per forward pass, every pass full but the last.
+    `num_workers`: see `loading_plan` (`cpus`: the job's cores, default all); `threads` overrides the plan's decode threads when no workers are used
+    (benchmarks). The slide is opened with the mpp in `grid.attrs` (recorded at patching). Read errors: see the
+    loader.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dataset = ParentDataset(slide_path, slide_id, grid, backbone.preprocess, on_read_error)
+    plan = loading_plan(num_workers, dev, cpus)
+    if threads is not None and not plan.workers:
+        plan = LoadingPlan(0, threads)
+    dataset = ParentDataset(slide_path, slide_id, grid, backbone.preprocess, on_read_error, reader)
     n5, n20 = len(dataset), len(grid.coords_20x)
     f5 = np.zeros((n5, backbone.embed_dim), np.float32)
     f20 = np.zeros((n20, backbone.embed_dim), np.float32)
     seen5 = np.zeros(n5, bool)
     seen20 = np.zeros(n20, bool)
-    blank5 = blank20 = 0
+    blank5 = blank20 = decoded = 0
     backbone.to(dev)
     _, precision = _autocast(backbone, dev)
-    loader = make_loader(dataset, batch_size // (N_CHILDREN + 1), num_workers, pin_memory=dev.type == "cuda")
+    batcher = PatchBatcher(batch_size)
+    ahead = 2 * max(1, batch_size // (N_CHILDREN + 1))  # two batches' worth of parents in flight
     started = time.perf_counter()
     bar = tqdm(total=n5, desc=f"{slide_id} [{backbone.cfg.name}]", unit="parent", file=sys.stderr,
                disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 15.0)
+
+    def encode(batch: Batch) -> None:
+        feats = encode_images(backbone, batch.images, batch_size, dev)
+        rows5, rows20 = batch.rows[batch.is_5x], batch.rows[~batch.is_5x]
+        f5[rows5], f20[rows20] = feats[batch.is_5x], feats[~batch.is_5x]
+        seen5[rows5], seen20[rows20] = True, True
+
     try:
         with torch.inference_mode():
-            for batch in loader:
-                if batch["errors"] and on_read_error == "fail":
-                    index, reason = batch["errors"][0]
-                    x, y = (int(v) for v in dataset.coords_5x[index])
+            for item in iter_parents(dataset, plan.workers, plan.threads, ahead, pin_memory=dev.type == "cuda"):
+                if item["error"] and on_read_error == "fail":
+                    x, y = (int(v) for v in dataset.coords_5x[int(item["index"])])
                     raise SlideError(
                         slide_id,
-                        f"cannot read the 5x patch at level-0 ({x}, {y}): {reason}. The slide file is damaged; "
-                        "set features.on_read_error: blank (CLI --on-read-error blank) to substitute white tiles",
+                        f"cannot read the 5x patch at level-0 ({x}, {y}): {item['error']}. The slide file is "
+                        "damaged; set features.on_read_error: blank (CLI --on-read-error blank) to substitute "
+                        "white tiles",
                     )
-                feats = encode_images(backbone, batch["images"], batch_size, dev)
-                k = len(batch["index_5x"])
-                f5[batch["index_5x"].numpy()] = feats[:k]
-                f20[batch["rows_20x"].numpy()] = feats[k:]
-                seen5[batch["index_5x"].numpy()] = True
-                seen20[batch["rows_20x"].numpy()] = True
-                blank5 += batch["blank_5x"]
-                blank20 += batch["blank_20x"]
-                bar.update(k)
+                if item["blank"]:
+                    blank5, blank20 = blank5 + 1, blank20 + len(item["rows_20x"])
+                decoded += int(item["decoded_px"])
+                for batch in batcher.add(item):
+                    encode(batch)
+                bar.update(1)
+            for batch in batcher.flush():
+                encode(batch)
     finally:
         bar.close()
         dataset.close()
@@ -138,9 +164,9 @@ def extract_features(
     if blank5:
         log.warning("slide '%s': %d 5x and %d 20x patches were unreadable and encoded as white tiles",
                     slide_id, blank5, blank20)
-    log.info("slide '%s': %d 5x + %d 20x patches in %.1f s (%.1f patches/s, %s, %s)", slide_id, n5, n20, seconds,
-             (n5 + n20) / max(seconds, 1e-9), dev, precision)
-    return SlideFeatures(f5, f20, blank5, blank20, precision, seconds)
+    log.info("slide '%s': %d 5x + %d 20x patches in %.1f s (%.1f patches/s, %s, %s, %s, %.2f Mpx decoded)",
+             slide_id, n5, n20, seconds, (n5 + n20) / max(seconds, 1e-9), dev, precision, plan.label, decoded / 1e6)
+    return SlideFeatures(f5, f20, blank5, blank20, precision, seconds, decoded)
 
 
 @dataclass(frozen=True)
@@ -166,25 +192,29 @@ def extract_slide(
     tokenizer: str | None = None,
     slide_id: str | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | str = AUTO,
     device: str = "auto",
     on_read_error: str = "fail",
+    reader: str = DEFAULT_READER,
     seed: int = 0,
     progress: bool = True,
+    cpus: int | None = None,
 ) -> ExtractResult:
     """Extract one slide's 5x and 20x features and write both files atomically (the stage's library call).
 
     The slide is opened with the mpp recorded in `patches_path` (resolved once, at patching, overrides
     included), and a patch file whose recorded level-0 size or slide id is not this slide's is refused.
+    `backbone` is a registered name (built here) or a built Backbone (a multi-slide job builds it once).
     """
     if on_read_error not in ON_READ_ERROR:
         raise PipelineError(f"on_read_error must be one of {ON_READ_ERROR}, got {on_read_error!r}")
     slide_id = slide_id or Path(slide_path).stem
     grid = read_patches(patches_path)
     mpp = recorded_mpp(grid.attrs, slide_id, patches_path)
-    with open_slide(slide_path, slide_id, mpp=mpp) as slide:  # fail early on an unopenable or other slide
+    with open_slide(slide_path, slide_id, mpp=mpp, reader=reader) as slide:  # fail early: unopenable, other slide
         check_patches_match(slide, grid.attrs, patches_path)
         mpp_source = str(grid.attrs.get("mpp_source") or slide.mpp_source)  # where patching got it from
+        reader_used = slide.reader  # what `auto` chose
     dev = resolve_device(device)
     with deterministic(seed, dev):
         model = backbone
@@ -192,7 +222,7 @@ def extract_slide(
             model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
         result = extract_features(
             model, slide_path, slide_id, grid, batch_size=batch_size, num_workers=num_workers, device=dev,
-            on_read_error=on_read_error, progress=progress,
+            on_read_error=on_read_error, reader=reader_used, progress=progress, cpus=cpus,
         )
     common: dict[str, Any] = {
         **model.attrs(),
@@ -202,6 +232,7 @@ def extract_slide(
         "level0_magnification": int(grid.attrs.get("level0_magnification", 0)),
         "mpp": float(mpp),
         "mpp_source": mpp_source,
+        "reader": reader_used,
         "precision": result.precision,
         "on_read_error": on_read_error,
         "seed": seed,
@@ -216,3 +247,43 @@ def extract_slide(
     })
     return ExtractResult(slide_id, Path(out_5x), Path(out_20x), len(grid.coords_5x), len(grid.coords_20x),
                          result.blank_5x, result.blank_20x, result.seconds)
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide of a multi-slide extraction job: its files and where its two feature files go."""
+
+    slide_id: str
+    slide_path: Path
+    patches_path: Path
+    out_5x: Path
+    out_20x: Path
+
+
+def extract_slides(
+    jobs: list[SlideJob],
+    backbone: str,
+    *,
+    weights: str | None = None,
+    tokenizer: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    **options: Any,
+) -> list[ExtractResult | SlideError]:
+    """Several slides in one process: the backbone is built (and torch, open_clip imported) once for all of them.
+
+    A slide that fails yields its SlideError in its place and the others go on; the files of each slide equal
+    those of a single-slide run (the same seed, and extraction has no randomness). `options`: see extract_slide.
+    """
+    dev = resolve_device(device)
+    with deterministic(seed, dev):
+        model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
+    results: list[ExtractResult | SlideError] = []
+    for job in jobs:
+        try:
+            results.append(extract_slide(job.slide_path, job.patches_path, job.out_5x, job.out_20x, model,
+                                         slide_id=job.slide_id, device=device, seed=seed, **options))
+        except SlideError as err:
+            log.error("%s", err)
+            results.append(err)
+    return results

@@ -1,11 +1,17 @@
-"""One read per 5x parent: the region is read once at 20x resolution, cut into its kept 4x4 children, and shrunk
-for the 5x patch; both scales then get the backbone's resize.
+"""Decoding only what is encoded: per 5x parent, the 5x patch from the pyramid level made for 5x and the kept 20x
+children from the 20x level, read where they are kept; then full model batches across parents.
 
-Reading the parent once instead of reading the 5x patch and each 20x child separately saves the parent's second
-decode (OpenSlide's tile cache makes sixteen small reads of an area cost about one large read). Each DataLoader
-worker opens its own slide handle on first use, with the mpp recorded in the patch grid (resolved at patching);
-a handle is reopened after a decode error, since OpenSlide may leave it unusable. Corrupt pixels fail the slide
-by default (`on_read_error="fail"`), or are replaced by white tiles (`"blank"`), counted per scale.
+Per parent, the kept children are read as one box (their bounding box, when they fill at least MIN_BOX_FILL of it;
+a fully kept parent is one read) or as one box per run of adjacent kept children in a row, so a parent with few
+children kept does not decode its empty corners. Each child is then resized to `patch_size` on its own, exactly
+as `Slide.read_region_scaled` reads a single patch, so the pixels do not depend on how they were grouped.
+
+Parents are decoded inline, in threads of this process (decoders release the GIL, so decoding overlaps the
+model), or in DataLoader worker processes; each yields the same parents in the same order, and `PatchBatcher`
+cuts the stream into batches of exactly `batch_size` images, so features do not depend on the loading mode.
+Each thread or worker opens its own slide handle, with the mpp recorded in the patch grid; a handle is reopened
+after a decode error, since a reader may leave it unusable. Corrupt pixels fail the slide by default
+(`on_read_error="fail"`), or the parent's patches become white tiles (`"blank"`), counted per scale.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -26,12 +35,15 @@ from pipeline.errors import SlideError
 from pipeline.features.architectures.base import Preprocess
 from pipeline.features.registry import ON_READ_ERROR
 from pipeline.formats import CHILDREN_PER_PARENT, CHILDREN_PER_SIDE, PatchGrid
-from pipeline.slide import Slide, open_slide, recorded_mpp
+from pipeline.readers import DEFAULT_READER
+from pipeline.slide import Slide, open_slide, recorded_mpp, resize_square
 
 log = logging.getLogger(__name__)
 
 N_CHILDREN = CHILDREN_PER_PARENT
 WHITE = 255
+#: kept children must fill at least this share of their bounding box for it to be read as one box.
+MIN_BOX_FILL = 0.75
 
 
 @dataclass(frozen=True)
@@ -67,23 +79,65 @@ def child_slots(parent_xy: np.ndarray, children_xy: np.ndarray, s20: int, slide_
     return (d[:, 1] // s20) * CHILDREN_PER_SIDE + d[:, 0] // s20
 
 
-def read_parent(slide: Slide, x: int, y: int, geometry: GridGeometry) -> np.ndarray:
-    """The parent's level-0 box at 20x resolution: [4 * patch_size, 4 * patch_size, 3] uint8."""
-    return slide.read_region_scaled(int(x), int(y), geometry.s5, CHILDREN_PER_SIDE * geometry.patch_size)
+def read_boxes(slots: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Cell boxes (row0, row1, col0, col1), half-open, that cover the kept slots: their bounding box when they fill
+    at least MIN_BOX_FILL of it, else one box per run of adjacent kept slots in a row."""
+    slots = np.asarray(slots, np.int64)
+    if len(slots) == 0:
+        return []
+    rows, cols = np.divmod(slots, CHILDREN_PER_SIDE)
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    if len(slots) >= MIN_BOX_FILL * (r1 - r0) * (c1 - c0):
+        return [(r0, r1, c0, c1)]
+    boxes = []
+    for r in np.unique(rows):
+        kept = np.sort(cols[rows == r])
+        start = prev = int(kept[0])
+        for c in [int(v) for v in kept[1:]] + [None]:
+            if c is None or c != prev + 1:
+                boxes.append((int(r), int(r) + 1, start, prev + 1))
+                start = c
+            prev = c if c is not None else prev
+    return boxes
 
 
-def parent_patch(region: np.ndarray, patch_size: int) -> np.ndarray:
-    """The 5x patch: the whole region area-averaged down to patch_size."""
-    return cv2.resize(region, (patch_size, patch_size), interpolation=cv2.INTER_AREA)
+def cut_children(box: np.ndarray, cells: tuple[int, int, int, int], side: int, where: dict[int, int],
+                 out: np.ndarray) -> None:
+    """Each kept slot inside a read box of cells (row0, row1, col0, col1) into `out[where[slot]]`, resized alone
+    exactly as a single-patch read is (`resize_square`)."""
+    r0, r1, c0, c1 = cells
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            i = where.get(r * CHILDREN_PER_SIDE + c)
+            if i is not None:
+                cell = box[(r - r0) * side : (r - r0 + 1) * side, (c - c0) * side : (c - c0 + 1) * side]
+                out[i] = resize_square(cell, out.shape[1])
 
 
-def child_patches(region: np.ndarray, slots: np.ndarray, patch_size: int) -> np.ndarray:
-    """[k, patch_size, patch_size, 3] crops of the given slots (row-major in the 4x4 block)."""
-    out = np.empty((len(slots), patch_size, patch_size, 3), np.uint8)
-    for i, slot in enumerate(np.asarray(slots, np.int64)):
-        r, c = divmod(int(slot), CHILDREN_PER_SIDE)
-        out[i] = region[r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size]
-    return out
+def read_parent_patches(slide: Slide, x: int, y: int, slots: np.ndarray, g: GridGeometry
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The 5x patch, the kept children [k, ps, ps, 3] in the order of `slots`, and the level pixels decoded.
+
+    The 5x patch comes from the level `read_region_scaled` would use for it (a coarser one where the pyramid has
+    it, as TRIDENT and CLAM read it), the children from the 20x level, box by box (`read_boxes`). Where 5x has no
+    coarser level than 20x (e.g. a single-level slide), the parent's box is read once for both scales. Either
+    way every patch equals its single-patch read."""
+    ps = g.patch_size
+    level5, side5 = slide.level_for(g.s5, ps)
+    level20, side20 = slide.level_for(g.s20, ps)
+    children = np.empty((len(slots), ps, ps, 3), np.uint8)
+    where = {int(s): i for i, s in enumerate(np.asarray(slots, np.int64))}
+    if level5 == level20 and side5 == CHILDREN_PER_SIDE * side20:
+        region = slide.read_level(x, y, level20, (side5, side5))
+        cut_children(region, (0, CHILDREN_PER_SIDE, 0, CHILDREN_PER_SIDE), side20, where, children)
+        return resize_square(region, ps), children, side5 * side5
+    five = resize_square(slide.read_level(x, y, level5, (side5, side5)), ps)
+    decoded = side5 * side5
+    for r0, r1, c0, c1 in read_boxes(slots):
+        box = slide.read_level(x + c0 * g.s20, y + r0 * g.s20, level20, ((c1 - c0) * side20, (r1 - r0) * side20))
+        decoded += box.shape[0] * box.shape[1]
+        cut_children(box, (r0, r1, c0, c1), side20, where, children)
+    return five, children, decoded
 
 
 class ParentDataset(Dataset):
@@ -96,6 +150,7 @@ class ParentDataset(Dataset):
         grid: PatchGrid,
         preprocess: Preprocess,
         on_read_error: str = "fail",
+        reader: str = DEFAULT_READER,
     ):
         if on_read_error not in ON_READ_ERROR:
             raise ValueError(f"on_read_error must be one of {ON_READ_ERROR}, got {on_read_error!r}")
@@ -104,6 +159,7 @@ class ParentDataset(Dataset):
         self.mpp = recorded_mpp(grid.attrs, slide_id)  # resolved at patching; workers open the slide with it
         self.preprocess = preprocess
         self.on_read_error = on_read_error
+        self.reader = reader
         self.geometry = GridGeometry.from_grid(grid, slide_id)
         self.coords_5x = np.asarray(grid.coords_5x, np.int64).reshape(-1, 2)
         coords_20x = np.asarray(grid.coords_20x, np.int64).reshape(-1, 2)
@@ -122,64 +178,120 @@ class ParentDataset(Dataset):
         for i, slots in enumerate(self.slots):
             if len(np.unique(slots)) != len(slots):
                 raise SlideError(slide_id, f"5x patch {i} lists the same 20x child twice")
-        self._slide: Slide | None = None
-        self._pid: int | None = None
+        self._local = threading.local()
+        self._handles: list[Slide] = []
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.coords_5x)
 
+    def __getstate__(self) -> dict[str, Any]:  # workers get the grid, not this process's handles or locks
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_local", "_handles", "_lock")}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local, self._handles, self._lock = threading.local(), [], threading.Lock()
+
     def _handle(self) -> Slide:
-        if self._slide is None or self._pid != os.getpid():
-            self._slide = open_slide(self.slide_path, self.slide_id, mpp=self.mpp)
-            self._pid = os.getpid()
-        return self._slide
+        """This thread's slide handle (opened on first use: threads and worker processes each get their own)."""
+        slide = getattr(self._local, "slide", None)
+        if slide is None or getattr(self._local, "pid", None) != os.getpid():
+            slide = open_slide(self.slide_path, self.slide_id, mpp=self.mpp, reader=self.reader)
+            self._local.slide, self._local.pid = slide, os.getpid()
+            with self._lock:
+                self._handles.append(slide)
+        return slide
+
+    def _drop_handle(self) -> None:
+        slide = getattr(self._local, "slide", None)
+        self._local.slide = None
+        if slide is not None:
+            with self._lock:
+                if slide in self._handles:
+                    self._handles.remove(slide)
+            slide.close()
 
     def close(self) -> None:
-        if self._slide is not None and self._pid == os.getpid():
-            self._slide.close()
-        self._slide = None
+        with self._lock:
+            handles, self._handles = self._handles, []
+        for slide in handles:
+            slide.close()
+        self._local = threading.local()
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        x, y = self.coords_5x[i]
-        g = self.geometry
+        x, y = (int(v) for v in self.coords_5x[i])
+        g, ps = self.geometry, self.geometry.patch_size
         error, blank = "", False
         try:
-            region = read_parent(self._handle(), x, y, g)
+            five, children, decoded = read_parent_patches(self._handle(), x, y, self.slots[i], g)
         except SlideError as err:
-            self.close()  # OpenSlide may leave the handle unusable after a decode error
+            self._drop_handle()  # a reader may leave the handle unusable after a decode error
             if self.on_read_error == "fail":
                 error = err.reason
             else:
                 log.warning("slide '%s': unreadable pixels in the 5x patch at (%d, %d), substituted white: %s",
                             self.slide_id, x, y, err.reason)
-            blank = True
-            side = CHILDREN_PER_SIDE * g.patch_size
-            region = np.full((side, side, 3), WHITE, np.uint8)
-        image_5x = self.preprocess.resize_array(parent_patch(region, g.patch_size))
+            blank, decoded = True, 0
+            five = np.full((ps, ps, 3), WHITE, np.uint8)
+            children = np.full((len(self.slots[i]), ps, ps, 3), WHITE, np.uint8)
         size = self.preprocess.input_size
-        images_20x = np.empty((len(self.slots[i]), 3, size, size), np.uint8)
-        for k, child in enumerate(child_patches(region, self.slots[i], g.patch_size)):
-            images_20x[k] = self.preprocess.resize_array(child)
+        images = np.empty((1 + len(children), 3, size, size), np.uint8)
+        images[0] = self.preprocess.resize_array(five)
+        for k, child in enumerate(children):
+            images[1 + k] = self.preprocess.resize_array(child)
         return {
             "index": int(i),
-            "image_5x": torch.from_numpy(image_5x),
-            "images_20x": torch.from_numpy(images_20x),
-            "rows_20x": torch.from_numpy(self.rows_20x[i].astype(np.int64)),
+            "images": torch.from_numpy(images),  # the 5x patch first, then the kept children
+            "rows_20x": self.rows_20x[i].astype(np.int64),
             "blank": blank,
             "error": error,
+            "decoded_px": decoded,
         }
 
 
-def collate_parents(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Parents -> one image batch: the 5x patches first, then every kept child, with the rows they fill."""
-    return {
-        "images": torch.cat([torch.stack([it["image_5x"] for it in items])] + [it["images_20x"] for it in items]),
-        "index_5x": torch.tensor([it["index"] for it in items], dtype=torch.int64),
-        "rows_20x": torch.cat([it["rows_20x"] for it in items]),
-        "blank_5x": sum(int(it["blank"]) for it in items),
-        "blank_20x": sum(len(it["rows_20x"]) for it in items if it["blank"]),
-        "errors": [(it["index"], it["error"]) for it in items if it["error"]],
-    }
+@dataclass
+class Batch:
+    """Exactly `batch_size` images (the last batch fewer), with the output row of each: 5x rows where `is_5x`."""
+
+    images: torch.Tensor
+    is_5x: np.ndarray
+    rows: np.ndarray
+
+
+class PatchBatcher:
+    """Cuts the in-order stream of parents into batches of exactly `batch_size` images, whatever the parents'
+    child counts, so that every forward pass is full and the batches do not depend on how parents were loaded."""
+
+    def __init__(self, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self._images: list[torch.Tensor] = []
+        self._is_5x: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+        self._count = 0
+
+    def add(self, item: dict[str, Any]) -> Iterator[Batch]:
+        """Queue one parent's images; yield every batch that is now full."""
+        rows_20x = np.asarray(item["rows_20x"], np.int64)  # a worker's DataLoader hands numpy over as tensors
+        n20 = len(rows_20x)
+        self._images.append(item["images"])
+        self._is_5x.append(np.r_[True, np.zeros(n20, bool)])
+        self._rows.append(np.r_[np.int64(int(item["index"])), rows_20x])
+        self._count += 1 + n20
+        while self._count >= self.batch_size:
+            yield self._take(self.batch_size)
+
+    def flush(self) -> Iterator[Batch]:
+        if self._count:
+            yield self._take(self._count)
+
+    def _take(self, n: int) -> Batch:
+        images, is_5x, rows = torch.cat(self._images), np.concatenate(self._is_5x), np.concatenate(self._rows)
+        self._images, self._is_5x, self._rows = [images[n:]], [is_5x[n:]], [rows[n:]]
+        self._count -= n
+        return Batch(images[:n], is_5x[:n], rows[:n])
 
 
 def _worker_init(_: int) -> None:
@@ -197,16 +309,62 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def make_loader(dataset: ParentDataset, parents_per_batch: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    """In-order batches of parents; each worker opens its own slide handle on its first item."""
-    return DataLoader(
-        dataset,
-        batch_size=max(1, parents_per_batch),
-        shuffle=False,
-        num_workers=max(0, num_workers),
-        collate_fn=collate_parents,
-        pin_memory=pin_memory,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
-        multiprocessing_context=_worker_context() if num_workers > 0 else None,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
+def _in_threads(dataset: ParentDataset, threads: int, ahead: int) -> Iterator[dict[str, Any]]:
+    """dataset[0], dataset[1], ... decoded by `threads` threads, at most `ahead` parents in flight."""
+    with ThreadPoolExecutor(threads, thread_name_prefix=f"decode-{dataset.slide_id}") as pool:
+        pending: deque[Future] = deque()
+        next_index = 0
+        while pending or next_index < len(dataset):
+            while next_index < len(dataset) and len(pending) < ahead:
+                pending.append(pool.submit(dataset.__getitem__, next_index))
+                next_index += 1
+            yield pending.popleft().result()
+
+
+def iter_parents(dataset: ParentDataset, num_workers: int, threads: int, ahead: int, pin_memory: bool
+                 ) -> Iterator[dict[str, Any]]:
+    """Every parent in index order: in worker processes (num_workers > 0), in decode threads of this process
+    (threads > 0), or inline."""
+    if num_workers > 0:
+        loader = DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
+            worker_init_fn=_worker_init, multiprocessing_context=_worker_context(),
+            prefetch_factor=max(2, ahead // num_workers),
+        )
+        yield from loader
+    elif threads > 0:
+        yield from _in_threads(dataset, threads, ahead)
+    else:
+        for i in range(len(dataset)):
+            yield dataset[i]
+
+
+@dataclass(frozen=True)
+class LoadingPlan:
+    """How parents are decoded: `workers` processes, else `threads` threads of this process, else inline."""
+
+    workers: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.workers} workers" if self.workers else f"{self.threads} decode threads"
+
+
+AUTO = "auto"
+
+
+def loading_plan(num_workers: int | str, device: torch.device, cpus: int | None = None) -> LoadingPlan:
+    """`auto`: on a GPU, worker processes on the cores the model does not need (up to 8), since decoding is then
+    the bottleneck; on the CPU, one decode thread beside the model's threads (decoders release the GIL, and a
+    worker pool's start-up and its competition with torch's threads made workers slower on 2 cores). A number N:
+    N worker processes (0 = decode inline, no overlap)."""
+    if num_workers != AUTO:
+        n = int(num_workers)
+        if n < 0:
+            raise ValueError(f"num_workers must be >= 0 or 'auto', got {num_workers!r}")
+        return LoadingPlan(n, 0)
+    cpus = cpus or len(os.sched_getaffinity(0))
+    if device.type == "cuda" and cpus > 2:
+        return LoadingPlan(min(8, cpus - 1), 0)
+    return LoadingPlan(0, 1)

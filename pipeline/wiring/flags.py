@@ -67,3 +67,20 @@ def heatmap_flags(predict: dict[str, Any]) -> str:
     """The predict command's heatmap flags from config.yaml's `predict:` section."""
     grid = " --heatmap-grid" if predict["heatmap_grid"] else ""
     return f"--heatmap-px {int(predict['heatmap_px'])}{grid}"
+
+
+def extract_flags(features: dict[str, Any], reader: str) -> str:
+    """Flags shared by the extract and extract-chunk commands, from the config's `features` and `slides.reader`."""
+    return _quote(["--batch-size", features["batch_size"], "--workers", features["num_workers"],
+                   "--on-read-error", features["on_read_error"], "--device", features["device"],
+                   "--seed", features["seed"], "--reader", reader])
+
+
+#: cores an extract job with `num_workers: auto` claims: the model's threads plus decoding (workers on a GPU
+#: machine, a thread on the CPU); Snakemake caps it at --cores, a cluster profile may set it per rule.
+AUTO_EXTRACT_THREADS = 4
+
+
+def extract_threads(features: dict[str, Any]) -> int:
+    workers = features["num_workers"]
+    return AUTO_EXTRACT_THREADS if workers == "auto" else max(1, int(workers))

@@ -5,6 +5,7 @@ import shlex
 from pathlib import Path
 
 from pipeline import status
+from pipeline.features.chunks import chunks as feature_chunks
 from pipeline.prompt_files import resolve_prompt_file
 from pipeline.wiring import cohort as ws
 from pipeline.wiring import flags
@@ -17,6 +18,7 @@ COHORT = ws.cohort_slides(config)
 SLIDES = sorted(COHORT)
 TASKS = ws.tasks(config)
 BACKBONES = ws.backbones(config)
+READER = config["slides"]["reader"]
 
 # The interpreter of every job's `$HIVE_PYTHON -m pipeline` (set in the shell prefix below): the one Snakemake runs in
 # (so an unactivated venv's snakemake works), or the conda env's `python` under --sdm conda. Its one home is
@@ -34,11 +36,28 @@ wildcard_constraints:
     task=ws.name_regex(list(TASKS)),
     split=r"\d+|cv\d+",
     run=r"\d+shot|cv\d+",
+    chunk=r"chunk\d+",
 
 
 def out(pattern, **values):
     """A path of the layout under the output folder; unnamed wildcards stay wildcards."""
     return f"{OUT}/{pattern}" if not values else expand(f"{OUT}/{pattern}", **values, allow_missing=True)
+
+
+def extract_chunks():
+    """features.slides_per_job > 1: chunk name -> its slides (pipeline.features.chunks.chunks), formed from the
+    usable slides, so that a slide known to have failed an earlier stage does not hold up a chunk."""
+    return feature_chunks(usable_ids(), config["features"]["slides_per_job"])
+
+
+def extract_ids(wildcards=None):
+    """The slides extract_all asks features of: all (failed ones retried) with one slide per job, else the
+    chunked (usable) ones."""
+    return cohort_ids() if config["features"]["slides_per_job"] == 1 else usable_ids()
+
+
+def chunk_of_slide(slide):
+    return next(name for name, ids in extract_chunks().items() if slide in ids)
 
 
 def cohort_ids(wildcards=None):

@@ -4,40 +4,95 @@
 FEAT = config["features"]
 
 
-rule extract:
-    input:
-        slide=slide_path,
-        patches=rules.patch.output.h5,
-    output:
-        x5=out(layout.FEATURES_5X),
-        x20=out(layout.FEATURES_20X),
-    log:
-        f"{OUT}/logs/extract/{{backbone}}/{{slide}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/extract/{{backbone}}/{{slide}}.tsv"
-    conda:
-        "../../envs/features.yaml"
-    threads: max(1, FEAT["num_workers"])
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=120,
-    params:
-        weights=backbone_param("weights"),
-        tokenizer=backbone_param("tokenizer"),
-        batch=FEAT["batch_size"],
-        workers=FEAT["num_workers"],
-        device=FEAT["device"],
-        on_error=FEAT["on_read_error"],
-        seed=FEAT["seed"],
-        status=f"{OUT}/status",
-    shell:
-        "$HIVE_PYTHON -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide:q} "
-        "--patches {input.patches:q} --backbone {wildcards.backbone:q} --weights={params.weights:q} "
-        "--tokenizer={params.tokenizer:q} --device {params.device:q} --seed {params.seed} "
-        "--batch-size {params.batch} --workers {params.workers} --on-read-error {params.on_error} "
-        "--status-dir {params.status:q} --out-5x {output.x5:q} --out-20x {output.x20:q} --no-progress "
-        "> {log:q} 2>&1"
+EXTRACT_FLAGS = flags.extract_flags(FEAT, READER)
+EXTRACT_THREADS = flags.extract_threads(FEAT)
+SLIDES_PER_JOB = FEAT["slides_per_job"]
+
+
+if SLIDES_PER_JOB == 1:
+
+    rule extract:
+        input:
+            slide=slide_path,
+            patches=rules.patch.output.h5,
+        output:
+            x5=out(layout.FEATURES_5X),
+            x20=out(layout.FEATURES_20X),
+        log:
+            f"{OUT}/logs/extract/{{backbone}}/{{slide}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/extract/{{backbone}}/{{slide}}.tsv"
+        conda:
+            "../../envs/features.yaml"
+        threads: EXTRACT_THREADS
+        resources:
+            gpu=1,
+            mem_mb=16000,
+            runtime=120,
+        params:
+            weights=backbone_param("weights"),
+            tokenizer=backbone_param("tokenizer"),
+            options=EXTRACT_FLAGS,
+            status=f"{OUT}/status",
+        shell:
+            "$HIVE_PYTHON -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide:q} "
+            "--patches {input.patches:q} --backbone {wildcards.backbone:q} --weights={params.weights:q} "
+            "--tokenizer={params.tokenizer:q} {params.options} --threads {threads} "
+            "--status-dir {params.status:q} --out-5x {output.x5:q} --out-20x {output.x20:q} --no-progress "
+            "> {log:q} 2>&1"
+
+else:
+
+    rule extract_chunk:
+        input:
+            slides=lambda wildcards: [slide_file(s) for s in extract_chunks()[wildcards.chunk]],
+            patches=lambda wildcards: expand(rules.patch.output.h5, slide=extract_chunks()[wildcards.chunk]),
+        output:
+            directory(out(layout.EXTRACT_CHUNK)),
+        log:
+            f"{OUT}/logs/extract/{{backbone}}/{{chunk}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/extract/{{backbone}}/{{chunk}}.tsv"
+        conda:
+            "../../envs/features.yaml"
+        threads: EXTRACT_THREADS
+        resources:
+            gpu=1,
+            mem_mb=16000,
+            runtime=lambda wildcards: 120 * len(extract_chunks()[wildcards.chunk]),
+        params:
+            ids=lambda wildcards: extract_chunks()[wildcards.chunk],
+            weights=backbone_param("weights"),
+            tokenizer=backbone_param("tokenizer"),
+            options=EXTRACT_FLAGS,
+            status=f"{OUT}/status",
+        shell:
+            "$HIVE_PYTHON -m pipeline extract-chunk --slides {input.slides:q} --slide-ids {params.ids:q} "
+            "--patches {input.patches:q} --backbone {wildcards.backbone:q} --weights={params.weights:q} "
+            "--tokenizer={params.tokenizer:q} {params.options} --threads {threads} "
+            "--status-dir {params.status:q} --out-dir {output:q} --no-progress > {log:q} 2>&1"
+
+    rule extract:
+        input:
+            chunk=lambda wildcards: out(layout.EXTRACT_CHUNK).format(
+                backbone=wildcards.backbone, chunk=chunk_of_slide(wildcards.slide)
+            ),
+        output:
+            x5=out(layout.FEATURES_5X),
+            x20=out(layout.FEATURES_20X),
+        log:
+            f"{OUT}/logs/extract/{{backbone}}/{{slide}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/extract/{{backbone}}/{{slide}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        params:
+            status=f"{OUT}/status",
+        shell:
+            "$HIVE_PYTHON -m pipeline take-features --chunk-dir {input.chunk:q} --slide-id {wildcards.slide:q} "
+            "--status-dir {params.status:q} --out-5x {output.x5:q} --out-20x {output.x20:q} > {log:q} 2>&1"
 
 
 rule text_embeddings:
@@ -68,6 +123,6 @@ rule text_embeddings:
 
 rule extract_all:
     input:
-        per_slide(rules.extract.output.x5, backbone=list(BACKBONES)),
-        per_slide(rules.extract.output.x20, backbone=list(BACKBONES)),
+        lambda wildcards: expand(rules.extract.output.x5, slide=extract_ids(), backbone=list(BACKBONES)),
+        lambda wildcards: expand(rules.extract.output.x20, slide=extract_ids(), backbone=list(BACKBONES)),
         expand(rules.text_embeddings.output[0], backbone=list(BACKBONES), task=list(TASKS)),

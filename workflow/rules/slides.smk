@@ -74,9 +74,11 @@ rule segment:
     params:
         overrides=mpp_override_args,
         tissue=flags.tissue_flags(config["tissue"]),
+        reader=READER,
         status=f"{OUT}/status",
     shell:
         "$HIVE_PYTHON -m pipeline segment --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
+        "--reader {params.reader} "
         "--status-dir {params.status:q} --mask {output.mask:q} --geojson {output.geojson:q} --stats {output.stats:q} "
         "--qc {output.qc:q} {params.tissue} > {log:q} 2>&1"
 
@@ -109,9 +111,11 @@ rule patch:
         overrides=mpp_override_args,
         size=config["patching"]["patch_size"],
         frac=config["patching"]["min_tissue_fraction"],
+        reader=READER,
         status=f"{OUT}/status",
     shell:
         "$HIVE_PYTHON -m pipeline patch --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
+        "--reader {params.reader} "
         "--status-dir {params.status:q} --geojson {input.geojson:q} --tissue-stats {input.stats:q} "
         "--out {output.h5:q} --qc {output.qc:q} --patch-size {params.size} "
         "--min-tissue-fraction {params.frac} > {log:q} 2>&1"

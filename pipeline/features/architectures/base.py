@@ -138,7 +138,9 @@ class Backbone:
 
     def attrs(self) -> dict[str, Any]:
         """What output files record about the model that made them."""
-        import open_clip
+        from pipeline.features.architectures import import_open_clip
+
+        open_clip = import_open_clip()
 
         out: dict[str, Any] = {
             "backbone": self.cfg.name,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.features.architectures import import_open_clip
 from pipeline.features.architectures.base import Backbone, check_vocab
 from pipeline.features.registry import BackboneCfg, BuildContext
 
@@ -24,6 +25,7 @@ class OpenClipBackbone(Backbone):
     """An open_clip `CLIP` with the OpenAI BPE tokenizer (shipped inside open_clip, so it works offline)."""
 
     def __init__(self, cfg: BackboneCfg, model: Any):
+        import_open_clip()
         from open_clip.tokenizer import SimpleTokenizer
 
         self._tokenizer = SimpleTokenizer(context_length=model.context_length)
@@ -69,6 +71,7 @@ def build_clip(
     cls: type[OpenClipBackbone] = OpenClipBackbone,
 ) -> OpenClipBackbone:
     """A random-initialised open_clip CLIP of the given tower configs, wrapped as a backbone of class `cls`."""
+    import_open_clip()
     from open_clip.model import CLIP
 
     if ctx.tokenizer:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.features.architectures import import_open_clip
 from pipeline.features.architectures.base import Backbone, check_vocab
 from pipeline.features.registry import BackboneCfg
 
@@ -31,6 +32,7 @@ class CocaVisual(nn.Module):
     def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, embed_dim: int,
                  pooler_heads: int = 8):
         super().__init__()
+        import_open_clip()
         from open_clip.transformer import AttentionalPooler
         from timm.models.vision_transformer import VisionTransformer
 
@@ -126,6 +128,7 @@ def build_coca(
     Without a tokenizer file CONCH's vocabulary is unavailable offline; only for random weights do we fall back to
     CLIP's BPE (and size the embedding to it), saying so in the log and the output attrs.
     """
+    import_open_clip()
     from open_clip.transformer import TextTransformer
 
     vocab = text["vocab_size"]
