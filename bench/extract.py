@@ -117,8 +117,8 @@ def preloaded_batches(path: Path, name: str, grid: PatchGrid, bb: Backbone, batc
     ds = ParentDataset(path, name, grid, bb.preprocess)
     batcher, batches = PatchBatcher(batch_size), []
     for i in range(len(ds)):
-        batches += [b.images for b in batcher.add(ds[i])]
-    batches += [b.images for b in batcher.flush()]
+        batches += [b.images[0] for b in batcher.add(ds[i])]
+    batches += [b.images[0] for b in batcher.flush()]
     ds.close()
     return batches
 

@@ -190,16 +190,17 @@ def test_dataset_item_holds_resized_children_in_row_order(tiny, cmu_patches):
     _, grid = cmu_patches
     ds = ParentDataset(BUNDLED_SLIDE, "cmu", grid, tiny.preprocess)
     item = ds[1]
+    (images,) = item["images"]  # one preprocessing
     rows = item["rows_20x"]
     assert sorted(rows) == sorted(np.flatnonzero(grid.parent_of_20x == 1))
     with open_slide(BUNDLED_SLIDE) as slide:
         x, y = grid.coords_5x[1]
-        assert torch.equal(item["images"][0], tiny.preprocess.resize(slide.read_region_scaled(x, y, 1024, PATCH)))
+        assert torch.equal(images[0], tiny.preprocess.resize(slide.read_region_scaled(x, y, 1024, PATCH)))
         for k, row in enumerate(rows):
             cx, cy = grid.coords_20x[row]
             expected = tiny.preprocess.resize(slide.read_region_scaled(cx, cy, 256, PATCH))
-            assert torch.equal(item["images"][1 + k], expected)
-    assert item["images"].shape == (1 + len(rows), 3, 112, 112) and item["images"].dtype == torch.uint8
+            assert torch.equal(images[1 + k], expected)
+    assert images.shape == (1 + len(rows), 3, 112, 112) and images.dtype == torch.uint8
     ds.close()
 
 
@@ -213,13 +214,14 @@ def test_batcher_fills_every_batch_and_keeps_each_images_row():
         rows = np.arange(offset, offset + n20)
         offset += n20
         images = torch.tensor([1000 * i] + [int(r) for r in rows]).view(-1, 1, 1, 1)  # 5x: 1000 i; 20x: its row
-        items.append({"index": i, "images": images, "rows_20x": rows})
+        items.append({"index": i, "images": [images, -images], "rows_20x": rows})
         batches += list(batcher.add(items[-1]))
     batches += list(batcher.flush())
-    sizes = [len(b.images) for b in batches]
+    sizes = [len(b.images[0]) for b in batches]
     assert all(n == 10 for n in sizes[:-1]) and 0 < sizes[-1] <= 10 and sum(sizes) == 9 + offset
     for b in batches:
-        values = b.images.view(-1).numpy()
+        assert torch.equal(b.images[1], -b.images[0])  # each preprocessing's images follow the same rows
+        values = b.images[0].view(-1).numpy()
         np.testing.assert_array_equal(values[b.is_5x], 1000 * b.rows[b.is_5x])
         np.testing.assert_array_equal(values[~b.is_5x], b.rows[~b.is_5x])
 
@@ -270,36 +272,40 @@ def test_loading_modes_write_identical_files_that_follow_the_contract(tmp_path, 
     assert runs[0].n_20x == len(grid.coords_20x)
 
 
-def test_a_multi_slide_job_equals_single_slide_runs_and_keeps_going(tmp_path, cmu_patches):
-    """extract-chunk: two good slides and a damaged one in one process; the good slides' files equal single-slide
-    runs, the damaged one leaves its reason, and take-features places or fails each slide alone."""
+def test_a_chunk_job_equals_single_runs_and_keeps_going(tmp_path, cmu_patches):
+    """extract-chunk: two good slides and a damaged one, two backbones, one process; each good slide's files equal
+    single-slide single-backbone runs, the damaged one leaves its reason, and take-features places or fails each
+    slide alone."""
     from pipeline.cli import main
-    from pipeline.features.chunks import chunk_files, chunks
+    from pipeline.features.chunks import chunk_features, chunks, failure_record
 
     patches, _ = cmu_patches
-    single = extract_slide(BUNDLED_SLIDE, patches, tmp_path / "one_5x.h5", tmp_path / "one_20x.h5", "tiny",
-                           weights="random", batch_size=24, device="cpu", progress=False)
-    assert single.n_5x > 0
+    for bb in ("tiny", "plip"):
+        extract_slide(BUNDLED_SLIDE, patches, tmp_path / f"{bb}_5x.h5", tmp_path / f"{bb}_20x.h5", bb,
+                      weights="random", batch_size=24, device="cpu", progress=False)
     bad = _unreadable_patches(tmp_path)
     chunk, status_dir = tmp_path / "chunk0000", tmp_path / "status"
     argv = ["extract-chunk", "--slides", str(BUNDLED_SLIDE), str(UNREADABLE), str(BUNDLED_SLIDE),
             "--slide-ids", "cmu_a", "unreadable", "cmu_b", "--patches", str(patches), str(bad), str(patches),
-            "--backbone", "tiny", "--weights", "random", "--batch-size", "24", "--device", "cpu", "--threads", "2",
-            "--out-dir", str(chunk), "--status-dir", str(status_dir), "--no-progress"]
+            "--backbones", "tiny", "plip", "--weights", "random", "random", "--tokenizers", "", "",
+            "--batch-size", "24", "--device", "cpu", "--threads", "2", "--out-dir", str(chunk),
+            "--status-dir", str(status_dir), "--no-progress"]
     assert main(argv) == 0  # the job succeeds: a failed slide must not take the others' files with it
     for sid in ("cmu_a", "cmu_b"):
-        f5, f20, failed = chunk_files(chunk, sid)
-        assert not failed.exists()
-        for got, want in ((f5, "one_5x.h5"), (f20, "one_20x.h5")):
-            np.testing.assert_array_equal(read_features(got)[0], read_features(tmp_path / want)[0])
-    assert "cannot read the 5x patch" in json.loads(chunk_files(chunk, "unreadable")[2].read_text())["reason"]
+        assert not failure_record(chunk, sid).exists()
+        for bb in ("tiny", "plip"):
+            f5, f20 = chunk_features(chunk, bb, sid)
+            for got, want in ((f5, f"{bb}_5x.h5"), (f20, f"{bb}_20x.h5")):
+                np.testing.assert_array_equal(read_features(got)[0], read_features(tmp_path / want)[0])
+                assert read_features(got)[2]["backbone"] == bb
+    assert "cannot read the 5x patch" in json.loads(failure_record(chunk, "unreadable").read_text())["reason"]
     assert json.loads((status_dir / "extract" / "unreadable.json").read_text())["status"] == "failed"
 
     out5, out20 = tmp_path / "feat" / "cmu_a_5x.h5", tmp_path / "feat" / "cmu_a_20x.h5"
-    take = ["take-features", "--chunk-dir", str(chunk), "--out-5x", str(out5), "--out-20x", str(out20),
-            "--status-dir", str(status_dir)]
+    take = ["take-features", "--chunk-dir", str(chunk), "--backbone", "plip", "--out-5x", str(out5),
+            "--out-20x", str(out20), "--status-dir", str(status_dir)]
     assert main(take + ["--slide-id", "cmu_a"]) == 0
-    assert out5.read_bytes() == chunk_files(chunk, "cmu_a")[0].read_bytes()
+    assert out5.read_bytes() == chunk_features(chunk, "plip", "cmu_a")[0].read_bytes()
     assert out5.stat().st_mtime_ns >= chunk.stat().st_mtime_ns  # up to date for Snakemake
     assert main(take + ["--slide-id", "unreadable"]) == 1
     assert "cannot read the 5x patch" in json.loads((status_dir / "extract" / "unreadable.json").read_text())["reason"]

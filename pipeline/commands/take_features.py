@@ -24,6 +24,7 @@ def status_target(argv: list[str]) -> StatusTarget | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-dir", required=True, help="the extract-chunk folder holding the slide")
     parser.add_argument("--slide-id", required=True, type=check_slide_id)
+    parser.add_argument("--backbone", required=True, help="whose features to take")
     parser.add_argument("--out-5x", required=True)
     parser.add_argument("--out-20x", required=True)
     add_status_arguments(parser)
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.features.chunks import take_features
 
-    run_recorded("extract", args, lambda: take_features(args.chunk_dir, args.slide_id, args.out_5x, args.out_20x),
+    run_recorded("extract", args, lambda: take_features(args.chunk_dir, args.backbone, args.slide_id, args.out_5x,
+                                                     args.out_20x),
                  slide=args.slide_id)
     return 0

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -87,8 +87,14 @@ def encode_images(backbone: Backbone, images: torch.Tensor, batch_size: int, dev
     return torch.cat(out).numpy()
 
 
-def extract_features(
-    backbone: Backbone,
+def extract_features(backbone: Backbone, slide_path: PathLike, slide_id: str, grid: PatchGrid,
+                     **options: Any) -> SlideFeatures:
+    """One backbone's features of a slide; see `extract_features_many` for the options."""
+    return extract_features_many([backbone], slide_path, slide_id, grid, **options)[0]
+
+
+def extract_features_many(
+    backbones: Sequence[Backbone],
     slide_path: PathLike,
     slide_id: str,
     grid: PatchGrid,
@@ -101,13 +107,14 @@ def extract_features(
     reader: str = DEFAULT_READER,
     progress: bool = True,
     cpus: int | None = None,
-) -> SlideFeatures:
-    """Encode every 5x parent and its kept 20x children of one slide.
+) -> list[SlideFeatures]:
+    """Encode every 5x parent and its kept 20x children of one slide with each backbone; each parent is decoded once
+    for all of them (and resized once per distinct model input).
 
     `batch_size` is the number of patches (5x and 20x together) per forward pass, every pass full but the last.
-    `num_workers`: see `loading_plan` (`cpus`: the job's cores, default all); `threads` overrides the plan's decode threads when no workers are used
-    (benchmarks). The slide is opened with the mpp in `grid.attrs` (recorded at patching). Read errors: see the
-    loader.
+    `num_workers`: see `loading_plan` (`cpus`: the job's cores, default all); `threads` overrides the plan's decode
+    threads when no workers are used (benchmarks). The slide is opened with the mpp in `grid.attrs` (recorded at
+    patching). Read errors: see the loader.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -115,25 +122,28 @@ def extract_features(
     plan = loading_plan(num_workers, dev, cpus)
     if threads is not None and not plan.workers:
         plan = LoadingPlan(0, threads)
-    dataset = ParentDataset(slide_path, slide_id, grid, backbone.preprocess, on_read_error, reader)
+    preps = list(dict.fromkeys(bb.preprocess for bb in backbones))  # distinct model inputs, in order
+    dataset = ParentDataset(slide_path, slide_id, grid, preps, on_read_error, reader)
     n5, n20 = len(dataset), len(grid.coords_20x)
-    f5 = np.zeros((n5, backbone.embed_dim), np.float32)
-    f20 = np.zeros((n20, backbone.embed_dim), np.float32)
+    f5 = [np.zeros((n5, bb.embed_dim), np.float32) for bb in backbones]
+    f20 = [np.zeros((n20, bb.embed_dim), np.float32) for bb in backbones]
     seen5 = np.zeros(n5, bool)
     seen20 = np.zeros(n20, bool)
     blank5 = blank20 = decoded = 0
-    backbone.to(dev)
-    _, precision = _autocast(backbone, dev)
+    for bb in backbones:
+        bb.to(dev)
     batcher = PatchBatcher(batch_size)
     ahead = 2 * max(1, batch_size // (N_CHILDREN + 1))  # two batches' worth of parents in flight
     started = time.perf_counter()
-    bar = tqdm(total=n5, desc=f"{slide_id} [{backbone.cfg.name}]", unit="parent", file=sys.stderr,
+    names = "+".join(bb.cfg.name for bb in backbones)
+    bar = tqdm(total=n5, desc=f"{slide_id} [{names}]", unit="parent", file=sys.stderr,
                disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 15.0)
 
     def encode(batch: Batch) -> None:
-        feats = encode_images(backbone, batch.images, batch_size, dev)
         rows5, rows20 = batch.rows[batch.is_5x], batch.rows[~batch.is_5x]
-        f5[rows5], f20[rows20] = feats[batch.is_5x], feats[~batch.is_5x]
+        for b, bb in enumerate(backbones):
+            feats = encode_images(bb, batch.images[preps.index(bb.preprocess)], batch_size, dev)
+            f5[b][rows5], f20[b][rows20] = feats[batch.is_5x], feats[~batch.is_5x]
         seen5[rows5], seen20[rows20] = True, True
 
     try:
@@ -164,9 +174,11 @@ def extract_features(
     if blank5:
         log.warning("slide '%s': %d 5x and %d 20x patches were unreadable and encoded as white tiles",
                     slide_id, blank5, blank20)
-    log.info("slide '%s': %d 5x + %d 20x patches in %.1f s (%.1f patches/s, %s, %s, %s, %.2f Mpx decoded)",
-             slide_id, n5, n20, seconds, (n5 + n20) / max(seconds, 1e-9), dev, precision, plan.label, decoded / 1e6)
-    return SlideFeatures(f5, f20, blank5, blank20, precision, seconds, decoded)
+    log.info("slide '%s': %d 5x + %d 20x patches x %d backbone(s) in %.1f s (%.1f patches/s, %s, %s, %.2f Mpx "
+             "decoded)", slide_id, n5, n20, len(backbones), seconds, (n5 + n20) / max(seconds, 1e-9), dev,
+             plan.label, decoded / 1e6)
+    return [SlideFeatures(f5[b], f20[b], blank5, blank20, _autocast(bb, dev)[1], seconds, decoded)
+            for b, bb in enumerate(backbones)]
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,15 @@ class ExtractResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class FeatureTarget:
+    """A built backbone and where its two feature files of a slide go."""
+
+    backbone: Backbone
+    out_5x: Path
+    out_20x: Path
+
+
 def extract_slide(
     slide_path: PathLike,
     patches_path: PathLike,
@@ -190,6 +211,26 @@ def extract_slide(
     *,
     weights: str | None = None,
     tokenizer: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    **options: Any,
+) -> ExtractResult:
+    """Extract one slide's 5x and 20x features with one backbone and write both files atomically.
+
+    `backbone` is a registered name (built here, seeded) or a built Backbone. Options: see `extract_slide_many`.
+    """
+    with deterministic(seed, resolve_device(device)):
+        model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed) if isinstance(backbone, str) \
+            else backbone
+    target = FeatureTarget(model, Path(out_5x), Path(out_20x))
+    return extract_slide_many(slide_path, patches_path, [target], seed=seed, device=device, **options)[0]
+
+
+def extract_slide_many(
+    slide_path: PathLike,
+    patches_path: PathLike,
+    targets: Sequence[FeatureTarget],
+    *,
     slide_id: str | None = None,
     batch_size: int = 64,
     num_workers: int | str = AUTO,
@@ -199,12 +240,12 @@ def extract_slide(
     seed: int = 0,
     progress: bool = True,
     cpus: int | None = None,
-) -> ExtractResult:
-    """Extract one slide's 5x and 20x features and write both files atomically (the stage's library call).
+) -> list[ExtractResult]:
+    """Extract one slide's 5x and 20x features with every target's backbone (each parent decoded once) and write
+    each backbone's two files atomically (the stage's library call).
 
     The slide is opened with the mpp recorded in `patches_path` (resolved once, at patching, overrides
     included), and a patch file whose recorded level-0 size or slide id is not this slide's is refused.
-    `backbone` is a registered name (built here) or a built Backbone (a multi-slide job builds it once).
     """
     if on_read_error not in ON_READ_ERROR:
         raise PipelineError(f"on_read_error must be one of {ON_READ_ERROR}, got {on_read_error!r}")
@@ -217,72 +258,80 @@ def extract_slide(
         reader_used = slide.reader  # what `auto` chose
     dev = resolve_device(device)
     with deterministic(seed, dev):
-        model = backbone
-        if isinstance(backbone, str):
-            model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
-        result = extract_features(
-            model, slide_path, slide_id, grid, batch_size=batch_size, num_workers=num_workers, device=dev,
-            on_read_error=on_read_error, reader=reader_used, progress=progress, cpus=cpus,
+        results = extract_features_many(
+            [t.backbone for t in targets], slide_path, slide_id, grid, batch_size=batch_size,
+            num_workers=num_workers, device=dev, on_read_error=on_read_error, reader=reader_used,
+            progress=progress, cpus=cpus,
         )
-    common: dict[str, Any] = {
-        **model.attrs(),
-        "slide_id": slide_id,
-        "patches_file": str(patches_path),
-        "patch_size": int(grid.attrs["patch_size"]),
-        "level0_magnification": int(grid.attrs.get("level0_magnification", 0)),
-        "mpp": float(mpp),
-        "mpp_source": mpp_source,
-        "reader": reader_used,
-        "precision": result.precision,
-        "on_read_error": on_read_error,
-        "seed": seed,
-    }
-    write_features(out_5x, result.features_5x, grid.coords_5x, {
-        **common, "magnification": "5x", "patch_size_level0": int(grid.attrs["patch_size_level0_5x"]),
-        "n_blank_patches": result.blank_5x,
-    })
-    write_features(out_20x, result.features_20x, grid.coords_20x, {
-        **common, "magnification": "20x", "patch_size_level0": int(grid.attrs["patch_size_level0_20x"]),
-        "n_blank_patches": result.blank_20x,
-    })
-    return ExtractResult(slide_id, Path(out_5x), Path(out_20x), len(grid.coords_5x), len(grid.coords_20x),
-                         result.blank_5x, result.blank_20x, result.seconds)
+    out = []
+    for target, result in zip(targets, results):
+        common: dict[str, Any] = {
+            **target.backbone.attrs(),
+            "slide_id": slide_id,
+            "patches_file": str(patches_path),
+            "patch_size": int(grid.attrs["patch_size"]),
+            "level0_magnification": int(grid.attrs.get("level0_magnification", 0)),
+            "mpp": float(mpp),
+            "mpp_source": mpp_source,
+            "reader": reader_used,
+            "precision": result.precision,
+            "on_read_error": on_read_error,
+            "seed": seed,
+        }
+        write_features(target.out_5x, result.features_5x, grid.coords_5x, {
+            **common, "magnification": "5x", "patch_size_level0": int(grid.attrs["patch_size_level0_5x"]),
+            "n_blank_patches": result.blank_5x,
+        })
+        write_features(target.out_20x, result.features_20x, grid.coords_20x, {
+            **common, "magnification": "20x", "patch_size_level0": int(grid.attrs["patch_size_level0_20x"]),
+            "n_blank_patches": result.blank_20x,
+        })
+        out.append(ExtractResult(slide_id, target.out_5x, target.out_20x, len(grid.coords_5x),
+                                 len(grid.coords_20x), result.blank_5x, result.blank_20x, result.seconds))
+    return out
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone to build: its registered name, weights and tokenizer (as create_backbone takes them)."""
+
+    name: str
+    weights: str | None = None
+    tokenizer: str | None = None
 
 
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide of a multi-slide extraction job: its files and where its two feature files go."""
+    """One slide of a multi-slide extraction job: its files and, per backbone name, its two feature files."""
 
     slide_id: str
     slide_path: Path
     patches_path: Path
-    out_5x: Path
-    out_20x: Path
+    outputs: dict[str, tuple[Path, Path]]
 
 
 def extract_slides(
-    jobs: list[SlideJob],
-    backbone: str,
+    jobs: Sequence[SlideJob],
+    backbones: Sequence[BackboneSpec],
     *,
-    weights: str | None = None,
-    tokenizer: str | None = None,
     device: str = "auto",
     seed: int = 0,
     **options: Any,
-) -> list[ExtractResult | SlideError]:
-    """Several slides in one process: the backbone is built (and torch, open_clip imported) once for all of them.
+) -> list[list[ExtractResult] | SlideError]:
+    """Several slides in one process, each with every backbone: the backbones are built (and torch and open_clip
+    imported) once for all slides, and each slide's parents are decoded once for all backbones.
 
-    A slide that fails yields its SlideError in its place and the others go on; the files of each slide equal
-    those of a single-slide run (the same seed, and extraction has no randomness). `options`: see extract_slide.
+    A slide that fails yields its SlideError in its place and the others go on; each slide's files equal those of
+    a single-slide run (the same seed; extraction has no randomness). `options`: see extract_slide_many.
     """
-    dev = resolve_device(device)
-    with deterministic(seed, dev):
-        model = create_backbone(backbone, weights, tokenizer=tokenizer, seed=seed)
-    results: list[ExtractResult | SlideError] = []
+    with deterministic(seed, resolve_device(device)):
+        models = {b.name: create_backbone(b.name, b.weights, tokenizer=b.tokenizer, seed=seed) for b in backbones}
+    results: list[list[ExtractResult] | SlideError] = []
     for job in jobs:
+        targets = [FeatureTarget(models[name], Path(f5), Path(f20)) for name, (f5, f20) in job.outputs.items()]
         try:
-            results.append(extract_slide(job.slide_path, job.patches_path, job.out_5x, job.out_20x, model,
-                                         slide_id=job.slide_id, device=device, seed=seed, **options))
+            results.append(extract_slide_many(job.slide_path, job.patches_path, targets, slide_id=job.slide_id,
+                                              device=device, seed=seed, **options))
         except SlideError as err:
             log.error("%s", err)
             results.append(err)

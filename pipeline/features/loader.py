@@ -24,7 +24,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -141,14 +141,15 @@ def read_parent_patches(slide: Slide, x: int, y: int, slots: np.ndarray, g: Grid
 
 
 class ParentDataset(Dataset):
-    """Item i: the 5x parent i of a patch grid and its kept children, resized for the model (uint8)."""
+    """Item i: the 5x parent i of a patch grid and its kept children, decoded once and resized for each model input
+    (uint8): `images[j]` is for `preprocesses[j]`."""
 
     def __init__(
         self,
         slide_path: str | Path,
         slide_id: str,
         grid: PatchGrid,
-        preprocess: Preprocess,
+        preprocess: Preprocess | Sequence[Preprocess],
         on_read_error: str = "fail",
         reader: str = DEFAULT_READER,
     ):
@@ -157,7 +158,7 @@ class ParentDataset(Dataset):
         self.slide_path = str(slide_path)
         self.slide_id = slide_id
         self.mpp = recorded_mpp(grid.attrs, slide_id)  # resolved at patching; workers open the slide with it
-        self.preprocess = preprocess
+        self.preprocesses = [preprocess] if isinstance(preprocess, Preprocess) else list(preprocess)
         self.on_read_error = on_read_error
         self.reader = reader
         self.geometry = GridGeometry.from_grid(grid, slide_id)
@@ -235,14 +236,16 @@ class ParentDataset(Dataset):
             blank, decoded = True, 0
             five = np.full((ps, ps, 3), WHITE, np.uint8)
             children = np.full((len(self.slots[i]), ps, ps, 3), WHITE, np.uint8)
-        size = self.preprocess.input_size
-        images = np.empty((1 + len(children), 3, size, size), np.uint8)
-        images[0] = self.preprocess.resize_array(five)
-        for k, child in enumerate(children):
-            images[1 + k] = self.preprocess.resize_array(child)
+        patches = [five, *children]
+        inputs = []
+        for prep in self.preprocesses:
+            images = np.empty((len(patches), 3, prep.input_size, prep.input_size), np.uint8)
+            for k, patch in enumerate(patches):
+                images[k] = prep.resize_array(patch)
+            inputs.append(torch.from_numpy(images))
         return {
             "index": int(i),
-            "images": torch.from_numpy(images),  # the 5x patch first, then the kept children
+            "images": inputs,  # per preprocessing: the 5x patch first, then the kept children
             "rows_20x": self.rows_20x[i].astype(np.int64),
             "blank": blank,
             "error": error,
@@ -252,9 +255,10 @@ class ParentDataset(Dataset):
 
 @dataclass
 class Batch:
-    """Exactly `batch_size` images (the last batch fewer), with the output row of each: 5x rows where `is_5x`."""
+    """Exactly `batch_size` images (the last batch fewer), one tensor per preprocessing, with the output row of each
+    image: 5x rows where `is_5x`."""
 
-    images: torch.Tensor
+    images: list[torch.Tensor]
     is_5x: np.ndarray
     rows: np.ndarray
 
@@ -267,7 +271,7 @@ class PatchBatcher:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self._images: list[torch.Tensor] = []
+        self._images: list[list[torch.Tensor]] = []  # per parent, per preprocessing
         self._is_5x: list[np.ndarray] = []
         self._rows: list[np.ndarray] = []
         self._count = 0
@@ -288,10 +292,11 @@ class PatchBatcher:
             yield self._take(self._count)
 
     def _take(self, n: int) -> Batch:
-        images, is_5x, rows = torch.cat(self._images), np.concatenate(self._is_5x), np.concatenate(self._rows)
-        self._images, self._is_5x, self._rows = [images[n:]], [is_5x[n:]], [rows[n:]]
+        images = [torch.cat(per) for per in zip(*self._images)]
+        is_5x, rows = np.concatenate(self._is_5x), np.concatenate(self._rows)
+        self._images, self._is_5x, self._rows = [[im[n:] for im in images]], [is_5x[n:]], [rows[n:]]
         self._count -= n
-        return Batch(images[:n], is_5x[:n], rows[:n])
+        return Batch([im[:n] for im in images], is_5x[:n], rows[:n])
 
 
 def _worker_init(_: int) -> None:

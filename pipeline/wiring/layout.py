@@ -9,11 +9,12 @@ from __future__ import annotations
 PATCHES = "patches/{slide}.h5"
 FEATURES_5X = "features/{backbone}/{backbone}_5x/{slide}.h5"
 FEATURES_20X = "features/{backbone}/{backbone}_20x/{slide}.h5"
-#: features.slides_per_job > 1: one job extracts a chunk of slides into this folder; each slide's files are then
-#: linked into FEATURES_5X / FEATURES_20X (a failed slide leaves CHUNK_FAILED with its reason instead)
-EXTRACT_CHUNK = "features/{backbone}/chunks/{chunk}"
-CHUNK_5X = "{slide}_5x.h5"
-CHUNK_20X = "{slide}_20x.h5"
+#: features.slides_per_job > 1 or shared_decode: one job extracts a chunk of slides with every backbone into this
+#: folder; each slide's files are then linked into FEATURES_5X / FEATURES_20X (a failed slide leaves CHUNK_FAILED
+#: with its reason instead)
+EXTRACT_CHUNK = "features/chunks/{chunk}"
+CHUNK_5X = "{backbone}/{slide}_5x.h5"
+CHUNK_20X = "{backbone}/{slide}_20x.h5"
 CHUNK_FAILED = "{slide}.failed.json"
 HIERARCHICAL = "features/{backbone}/hierarchical_{backbone}_5x_20x/{slide}.h5"
 HIERARCHY_REPORT = "hierarchy/{backbone}/{slide}.json"

@@ -44,8 +44,12 @@ def out(pattern, **values):
     return f"{OUT}/{pattern}" if not values else expand(f"{OUT}/{pattern}", **values, allow_missing=True)
 
 
+#: extraction in chunk jobs (several slides and/or every backbone per job) instead of one job per backbone and slide
+CHUNKED = config["features"]["slides_per_job"] > 1 or config["features"]["shared_decode"]
+
+
 def extract_chunks():
-    """features.slides_per_job > 1: chunk name -> its slides (pipeline.features.chunks.chunks), formed from the
+    """Chunked extraction: chunk name -> its slides (pipeline.features.chunks.chunks), formed from the
     usable slides, so that a slide known to have failed an earlier stage does not hold up a chunk."""
     return feature_chunks(usable_ids(), config["features"]["slides_per_job"])
 
@@ -53,7 +57,7 @@ def extract_chunks():
 def extract_ids(wildcards=None):
     """The slides extract_all asks features of: all (failed ones retried) with one slide per job, else the
     chunked (usable) ones."""
-    return cohort_ids() if config["features"]["slides_per_job"] == 1 else usable_ids()
+    return usable_ids() if CHUNKED else cohort_ids()
 
 
 def chunk_of_slide(slide):

@@ -6,10 +6,9 @@ FEAT = config["features"]
 
 EXTRACT_FLAGS = flags.extract_flags(FEAT, READER)
 EXTRACT_THREADS = flags.extract_threads(FEAT)
-SLIDES_PER_JOB = FEAT["slides_per_job"]
 
 
-if SLIDES_PER_JOB == 1:
+if not CHUNKED:
 
     rule extract:
         input:
@@ -43,6 +42,8 @@ if SLIDES_PER_JOB == 1:
 
 else:
 
+    # features.slides_per_job > 1 or shared_decode: a job per chunk of slides, every backbone from one decode
+    # (pipeline/features/chunks.py), then each slide's files linked into place by a light per-slide job.
     rule extract_chunk:
         input:
             slides=lambda wildcards: [slide_file(s) for s in extract_chunks()[wildcards.chunk]],
@@ -50,33 +51,32 @@ else:
         output:
             directory(out(layout.EXTRACT_CHUNK)),
         log:
-            f"{OUT}/logs/extract/{{backbone}}/{{chunk}}.log",
+            f"{OUT}/logs/extract/chunks/{{chunk}}.log",
         benchmark:
-            f"{OUT}/benchmarks/extract/{{backbone}}/{{chunk}}.tsv"
+            f"{OUT}/benchmarks/extract/chunks/{{chunk}}.tsv"
         conda:
             "../../envs/features.yaml"
         threads: EXTRACT_THREADS
         resources:
             gpu=1,
             mem_mb=16000,
-            runtime=lambda wildcards: 120 * len(extract_chunks()[wildcards.chunk]),
+            runtime=lambda wildcards: 120 * len(extract_chunks()[wildcards.chunk]) * len(BACKBONES),
         params:
             ids=lambda wildcards: extract_chunks()[wildcards.chunk],
-            weights=backbone_param("weights"),
-            tokenizer=backbone_param("tokenizer"),
+            backbones=list(BACKBONES),
+            weights=[b["weights"] for b in BACKBONES.values()],
+            tokenizers=[b["tokenizer"] for b in BACKBONES.values()],
             options=EXTRACT_FLAGS,
             status=f"{OUT}/status",
         shell:
             "$HIVE_PYTHON -m pipeline extract-chunk --slides {input.slides:q} --slide-ids {params.ids:q} "
-            "--patches {input.patches:q} --backbone {wildcards.backbone:q} --weights={params.weights:q} "
-            "--tokenizer={params.tokenizer:q} {params.options} --threads {threads} "
+            "--patches {input.patches:q} --backbones {params.backbones:q} --weights {params.weights:q} "
+            "--tokenizers {params.tokenizers:q} {params.options} --threads {threads} "
             "--status-dir {params.status:q} --out-dir {output:q} --no-progress > {log:q} 2>&1"
 
     rule extract:
         input:
-            chunk=lambda wildcards: out(layout.EXTRACT_CHUNK).format(
-                backbone=wildcards.backbone, chunk=chunk_of_slide(wildcards.slide)
-            ),
+            chunk=lambda wildcards: out(layout.EXTRACT_CHUNK).format(chunk=chunk_of_slide(wildcards.slide)),
         output:
             x5=out(layout.FEATURES_5X),
             x20=out(layout.FEATURES_20X),
@@ -84,6 +84,8 @@ else:
             f"{OUT}/logs/extract/{{backbone}}/{{slide}}.log",
         benchmark:
             f"{OUT}/benchmarks/extract/{{backbone}}/{{slide}}.tsv"
+        conda:
+            "../../envs/preprocess.yaml"
         threads: 1
         resources:
             mem_mb=1000,
@@ -91,8 +93,9 @@ else:
         params:
             status=f"{OUT}/status",
         shell:
-            "$HIVE_PYTHON -m pipeline take-features --chunk-dir {input.chunk:q} --slide-id {wildcards.slide:q} "
-            "--status-dir {params.status:q} --out-5x {output.x5:q} --out-20x {output.x20:q} > {log:q} 2>&1"
+            "$HIVE_PYTHON -m pipeline take-features --chunk-dir {input.chunk:q} --backbone {wildcards.backbone:q} "
+            "--slide-id {wildcards.slide:q} --status-dir {params.status:q} --out-5x {output.x5:q} "
+            "--out-20x {output.x20:q} > {log:q} 2>&1"
 
 
 rule text_embeddings:
