@@ -107,7 +107,10 @@ def tgdf_keep(similarity: Tensor, alpha: float = 0.5, std: str = "population") -
     high = similarity.max(dim=0, keepdim=True).values
     norm = (similarity - low) / (high - low).clamp_min(1e-12)
     correction = FILTER_STD_MODES.index(std)  # population: 0, sample: 1
-    spread = norm.std(dim=0, correction=correction, keepdim=True).nan_to_num(0.0)  # one patch: no spread, not NaN
+    if similarity.size(0) > correction:
+        spread = norm.std(dim=0, correction=correction, keepdim=True)
+    else:  # one patch: no spread (the reference code's sample std is NaN there and keeps nothing)
+        spread = torch.zeros_like(low)
     threshold = norm.mean(dim=0, keepdim=True) + alpha * spread
     return norm >= threshold
 
