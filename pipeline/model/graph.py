@@ -92,7 +92,9 @@ class _HeadAttention(MessagePassing):
         out = self.propagate(edge_index, q=q, k=k, v=v, size=(k.size(0), q.size(0)))
         return out.reshape(-1, self.channels)
 
-    def message(self, q_i: Tensor, k_j: Tensor, v_j: Tensor, index: Tensor, ptr: Tensor | None, size_i: int | None) -> Tensor:
+    def message(
+        self, q_i: Tensor, k_j: Tensor, v_j: Tensor, index: Tensor, ptr: Tensor | None, size_i: int | None
+    ) -> Tensor:
         alpha = softmax((q_i * k_j).sum(dim=-1) / math.sqrt(self.head_dim), index, ptr, size_i)
         return alpha.unsqueeze(-1) * v_j
 

@@ -52,7 +52,8 @@ class TrainConfig:
         "exp", "exp: slide logits x exp(theta) (paper); raw: x theta (reference)", choices=LOGIT_SCALE_MODES
     )
     filter_at_eval: bool = _opt(False, "text-guided filtering at evaluation too (reference); default training only")
-    normalize_inputs: bool = _opt(True, "L2-normalise features before filtering and as graph inputs; off: raw (reference)")
+    normalize_inputs: bool = _opt(True, "L2-normalise features before filtering and as graph inputs; off: raw "
+                                  "(reference)")
     keep_padded_children: bool = _opt(False, "all 16 child slots of a kept parent are 20x nodes, zeros too (reference)")
     filter_std: str = _opt(
         "population", "filtering threshold's std: population, or sample (reference)", choices=FILTER_STD_MODES
