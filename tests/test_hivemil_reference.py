@@ -223,3 +223,12 @@ def test_best_epoch_lowest_loss_among_the_lowest_errors_or_the_first():
     assert picked == {"lowest_loss": (2, 2.0), "first": (1, 1.0)}
     with pytest.raises(ValueError, match="best_epoch"):
         EarlyStopping(3, best_epoch="last")
+
+
+def test_every_parameter_of_the_reference_graph_learns(fixture):
+    model = reference_model(fixture, HiveMILConfig(reference=True)).train()
+    inp = fixture["inputs"]
+    texts = inp["texts"].clone().requires_grad_(True)
+    model.loss(model(inp["x5"], inp["x20"], inp["mask"], texts), torch.tensor(2)).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+    assert texts.grad.abs().sum() > 0

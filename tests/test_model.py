@@ -745,3 +745,25 @@ def test_prediction_and_evaluation_encode_each_models_texts_once(tmp_path, backb
         hook.remove()
     assert len(frame) == len(slides) == 6 and set(frame["n_models"]) == {2}
     assert calls == Counter({FixedTexts: 2})
+
+
+def test_reference_preset_trains_checkpoints_and_restores(tmp_path, backbone):
+    """`reference: true` through the whole loop: the checkpoint rebuilds the reference model (shared attention
+    block, raw inputs, padded children) and gives the test predictions again."""
+    from pipeline.training.checkpoints import load_checkpoint, restore_model
+    from pipeline.training.data import load_slide
+
+    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=2, signal=0.5)
+    out = tmp_path / "out"
+    run_train(root, backbone, out, methods=["hivemil"], epochs=2, reference=True)
+    ckpt = load_checkpoint(out / "hivemil" / "checkpoints" / "fold0.pt")
+    assert ckpt["config"]["reference"] and ckpt["config"]["best_epoch"] == "first"
+    model = restore_model(ckpt, torch.device("cpu"))
+    assert model.config == HiveMILConfig(top_k_20x=8, reference=True)
+    assert "hier_block=shared" in repr(model) and "keep_padded_children=True" in repr(model)
+    files = feature_files(root)
+    preds = all_predictions(out).set_index("slide_id")
+    with torch.no_grad():
+        for sid in preds.index:
+            logits = model(*load_slide(sid, files[sid]).on(torch.device("cpu"))).logits
+            assert torch.softmax(logits, 0)[1].item() == pytest.approx(preds.loc[sid, "prob_beta"], abs=1e-5)
