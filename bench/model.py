@@ -1,16 +1,19 @@
 """Benchmark: peak memory and seconds per training step of HiVE-MIL (`edges` against `dense` hierarchical
-attention) and of HiLa (pipeline.model.hila, default HiLaConfig, one prompt learner per level).
+attention, and `reference`: `train.reference: true`, the public reference code's computation, dense and with its
+shared attention block) and of HiLa (pipeline.model.hila, default HiLaConfig, one prompt learner per level).
 
 One slide of N 5x parents with 16 kept children each (D = 512, the tiny backbone's text tower for the prompts),
 one forward + backward + Adam step, as in training (HiVE-MIL: cross-entropy + HTCL; HiLa: a discrete-hazard NLL
 over 4 bins + its MCL term, 8 prompts per level). Every (mode, N) runs in a fresh subprocess so its peak memory
-is its own. Prints the table, then growth ratios against the smallest N (linear: 4x per 4x parents; quadratic: 16x)
-and dense against edges at the same N. Dense runs whose attention matrices alone would pass --dense-budget-gb are
-skipped and their estimate is printed instead.
+is its own. Prints the table (with each model's trainable parameters), then growth ratios against the smallest N
+(linear: 4x per 4x parents; quadratic: 16x) and dense and reference against edges at the same N. Dense and
+reference runs whose attention matrices alone would pass --dense-budget-gb are skipped and their estimate is
+printed instead.
 
     /work/venv/bin/python bench/model.py                      # 250, 1000, 4000 parents on the CPU
     /work/venv/bin/python bench/model.py --parents 250 1000 --steps 2 --device cuda
     /work/venv/bin/python bench/model.py --modes hila --steps 1
+    /work/venv/bin/python bench/model.py --modes edges reference --parents 250 1000 --steps 1
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from pathlib import Path
 CHILDREN = 16
 HEADS = 2
 LAYERS = 2
-MODES = ("edges", "dense", "hila")
+MODES = ("edges", "dense", "reference", "hila")
+QUADRATIC = ("dense", "reference")  # all-pairs hierarchical attention
 HILA_PROMPTS = 8  # per level
 HILA_BINS = 4
 
@@ -71,8 +75,8 @@ def build(mode: str, backbone, dev):
     from pipeline.model.hivemil import HiveMIL, HiveMILConfig
 
     texts = [f"class {c} description {i}: a tissue pattern number {i}" for c in range(2) for i in range(16)]
-    model = HiveMIL(backbone.embed_dim, 2, backbone.logit_scale, HiveMILConfig(hier_attention=mode),
-                    PromptLearner(backbone, texts))
+    config = HiveMILConfig(reference=True) if mode == "reference" else HiveMILConfig(hier_attention=mode)
+    model = HiveMIL(backbone.embed_dim, 2, backbone.logit_scale, config, PromptLearner(backbone, texts))
     label = torch.tensor(1, device=dev)
     return model.to(dev).train(), lambda model, out: model.loss(out, label)
 
@@ -123,7 +127,8 @@ def child(mode: str, n5: int, steps: int, device: str, threads: int) -> dict:
     else:
         peak = _rss_kb("VmHWM") * 1024
     seconds = (time.perf_counter() - t0) / steps
-    return {"mode": mode, "parents": n5, "seconds": seconds, "peak_gb": max(peak - base, 0) / 1e9}
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"mode": mode, "parents": n5, "seconds": seconds, "peak_gb": max(peak - base, 0) / 1e9, "params": params}
 
 
 def main() -> None:
@@ -133,7 +138,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
-                        help="HiVE-MIL with edges or dense hierarchical attention, and HiLa")
+                        help="HiVE-MIL with edges or dense hierarchical attention or as the reference code, HiLa")
     parser.add_argument("--dense-budget-gb", type=float, default=6.0,
                         help="skip dense runs whose attention scores alone would need more")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
@@ -144,27 +149,30 @@ def main() -> None:
     rows = []
     for n5 in args.parents:
         for mode in args.modes:
-            if mode == "dense" and dense_attention_gb(n5) > args.dense_budget_gb:
-                rows.append({"mode": mode, "parents": n5, "seconds": None, "peak_gb": None,
+            if mode in QUADRATIC and dense_attention_gb(n5) > args.dense_budget_gb:
+                rows.append({"mode": mode, "parents": n5, "seconds": None, "peak_gb": None, "params": None,
                              "note": f"skipped: ~{dense_attention_gb(n5):.0f} GB of attention scores"})
                 continue
             cmd = [sys.executable, __file__, "--child", mode, str(n5), "--steps", str(args.steps),
                    "--device", args.device, "--threads", str(args.threads)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                rows.append({"mode": mode, "parents": n5, "seconds": None, "peak_gb": None,
+                rows.append({"mode": mode, "parents": n5, "seconds": None, "peak_gb": None, "params": None,
                              "note": f"failed: {done.stderr.strip().splitlines()[-1][:80]}"})
                 continue
             rows.append({**json.loads(done.stdout.strip().splitlines()[-1]), "note": ""})
             print(f"  {mode:5s} {n5:5d}: {rows[-1]['seconds']:.2f} s/step, {rows[-1]['peak_gb']:.2f} GB", flush=True)
     print(f"\nTraining step, one slide ({args.device}, {args.threads} threads, D=512, 16 children/parent); "
-          "edges/dense: HiVE-MIL's hierarchical attention, hila: HiLa\n")
-    print(f"| {'model':9s} | {'5x parents':>10s} | {'20x nodes':>9s} | {'s/step':>7s} | {'peak extra GB':>13s} | note")
-    print(f"|{'-' * 11}|{'-' * 12}|{'-' * 11}|{'-' * 9}|{'-' * 15}|------")
+          "edges/dense: HiVE-MIL's hierarchical attention, reference: train.reference, hila: HiLa\n")
+    print(f"| {'model':9s} | {'5x parents':>10s} | {'20x nodes':>9s} | {'params':>7s} | {'s/step':>7s} "
+          f"| {'peak extra GB':>13s} | note")
+    print(f"|{'-' * 11}|{'-' * 12}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 15}|------")
     for r in rows:
         s = f"{r['seconds']:.2f}" if r["seconds"] is not None else "-"
         m = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else "-"
-        print(f"| {r['mode']:9s} | {r['parents']:10d} | {r['parents'] * CHILDREN:9d} | {s:>7s} | {m:>13s} | {r['note']}")
+        n = f"{r['params'] / 1e6:.2f}M" if r["params"] is not None else "-"
+        print(f"| {r['mode']:9s} | {r['parents']:10d} | {r['parents'] * CHILDREN:9d} | {n:>7s} | {s:>7s} | {m:>13s} "
+              f"| {r['note']}")
     print("\nGrowth against the smallest size (linear = parents ratio, quadratic = its square):")
     for mode in args.modes:
         done = [r for r in rows if r["mode"] == mode and r["seconds"] is not None]
@@ -176,13 +184,14 @@ def main() -> None:
             mem = r["peak_gb"] / base["peak_gb"] if base["peak_gb"] > 0 else float("nan")
             print(f"  {mode:5s} x{k:.0f} parents: time x{r['seconds'] / base['seconds']:.1f}, "
                   f"memory x{mem:.1f}  (linear x{k:.0f}, quadratic x{k * k:.0f})")
-    print("\nDense against edges at the same size:")
-    for n5 in args.parents:
-        e = next((r for r in rows if r["mode"] == "edges" and r["parents"] == n5 and r["seconds"]), None)
-        d = next((r for r in rows if r["mode"] == "dense" and r["parents"] == n5 and r["seconds"]), None)
-        if e and d:
-            print(f"  {n5:5d} parents: time x{d['seconds'] / e['seconds']:.1f}, "
-                  f"memory x{d['peak_gb'] / max(e['peak_gb'], 1e-9):.1f}")
+    for mode in QUADRATIC:
+        print(f"\n{mode.capitalize()} against edges at the same size:")
+        for n5 in args.parents:
+            e = next((r for r in rows if r["mode"] == "edges" and r["parents"] == n5 and r["seconds"]), None)
+            d = next((r for r in rows if r["mode"] == mode and r["parents"] == n5 and r["seconds"]), None)
+            if e and d:
+                print(f"  {n5:5d} parents: time x{d['seconds'] / e['seconds']:.1f}, "
+                      f"memory x{d['peak_gb'] / max(e['peak_gb'], 1e-9):.1f}")
 
 
 if __name__ == "__main__":

@@ -173,6 +173,16 @@ def test_hivemil_children_filtered_out_of_the_graph_have_no_score(backbone):
     assert seen.sum() < bag.mask.sum()  # some real children were filtered out
     assert all(np.array_equal(~np.isnan(v), seen) for v in scores.maps_20x.values())
     assert all(np.isfinite(v).all() for v in scores.maps_5x.values())  # every 5x patch is a node
+    # the reference code's zero-padded children are graph nodes, but no patch: they have no score either
+    model.config.keep_padded_children = True
+    scores = explain(method, model, cache, bag, 0)
+    with torch.no_grad():
+        graph = model(*bag.on(torch.device("cpu")), cache).graph
+    padded = ~bag.mask.numpy()[graph.child_parent.numpy(), graph.child_slot.numpy()]
+    assert padded.any()
+    seen = np.zeros((12, 16), bool)
+    seen[graph.child_parent.numpy(), graph.child_slot.numpy()] = True
+    assert all(np.array_equal(~np.isnan(v), seen & bag.mask.numpy()) for v in scores.maps_20x.values())
 
 
 @pytest.mark.parametrize("name", ["hila", "prompt_risk"])

@@ -704,3 +704,66 @@ def test_zeroshot_reads_the_text_embeddings_file_and_refuses_other_prompts(tmp_p
 
     with pytest.raises(PipelineError, match="other prompts"):
         train_method(out_dir=tmp_path / "zs2", text_embeddings=tmp_path / "other.h5", **kwargs)
+
+
+def test_prediction_and_evaluation_encode_each_models_texts_once(tmp_path, backbone):
+    """Texts do not depend on the slide: evaluation runs the prompt learner once per pass, prediction reads each
+    fold model's stored texts once (2 models x 6 slides: 2 reads, not 12 or 24)."""
+    from collections import Counter
+
+    from pipeline.model.prompt_learner import FixedTexts, PromptLearner
+    from pipeline.training.checkpoints import save_checkpoint
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.data import load_slide
+    from pipeline.training.loop import evaluate
+    from pipeline.training.methods.base import Resources
+    from pipeline.training.predict import predict_slides
+    from pipeline.training.registry import get_method
+
+    root = write_cohort(tmp_path, n_train=1, n_val=1, n_test=3)
+    files = feature_files(root)
+    slides = [s for s in files if s.startswith("test-")]
+    method = get_method("hivemil")(TrainConfig(n_ctx=4, top_k_20x=8, device="cpu"), synthetic_task(root))
+    cpu = torch.device("cpu")
+    checkpoints = []
+    for fold in range(2):
+        torch.manual_seed(fold)
+        model = method.build(Resources(embed_dim=backbone.embed_dim, device=cpu, backbone_factory=lambda: backbone))
+        checkpoints.append(tmp_path / f"fold{fold}.pt")
+        save_checkpoint(checkpoints[-1], method, model, "tiny", backbone.embed_dim, backbone.logit_scale, {})
+    calls: Counter = Counter()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: calls.update([type(module)]) if isinstance(module, (PromptLearner, FixedTexts))
+        else None)
+    try:
+        evaluate(method, model, [load_slide(s, files[s]) for s in slides], None, cpu)
+        assert calls == Counter({PromptLearner: 1})
+        calls.clear()
+        frame = predict_slides(checkpoints=checkpoints, features={s: files[s] for s in slides}, backbone_name="tiny",
+                               out_dir=tmp_path / "predict", top_n=2, device="cpu")
+    finally:
+        hook.remove()
+    assert len(frame) == len(slides) == 6 and set(frame["n_models"]) == {2}
+    assert calls == Counter({FixedTexts: 2})
+
+
+def test_reference_preset_trains_checkpoints_and_restores(tmp_path, backbone):
+    """`reference: true` through the whole loop: the checkpoint rebuilds the reference model (shared attention
+    block, raw inputs, padded children) and gives the test predictions again."""
+    from pipeline.training.checkpoints import load_checkpoint, restore_model
+    from pipeline.training.data import load_slide
+
+    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=2, signal=0.5)
+    out = tmp_path / "out"
+    run_train(root, backbone, out, methods=["hivemil"], epochs=2, reference=True)
+    ckpt = load_checkpoint(out / "hivemil" / "checkpoints" / "fold0.pt")
+    assert ckpt["config"]["reference"] and ckpt["config"]["best_epoch"] == "first"
+    model = restore_model(ckpt, torch.device("cpu"))
+    assert model.config == HiveMILConfig(top_k_20x=8, reference=True)
+    assert "hier_block=shared" in repr(model) and "keep_padded_children=True" in repr(model)
+    files = feature_files(root)
+    preds = all_predictions(out).set_index("slide_id")
+    with torch.no_grad():
+        for sid in preds.index:
+            logits = model(*load_slide(sid, files[sid]).on(torch.device("cpu"))).logits
+            assert torch.softmax(logits, 0)[1].item() == pytest.approx(preds.loc[sid, "prob_beta"], abs=1e-5)

@@ -4,8 +4,9 @@ Inputs are explicit files: dataset.csv, the task's prompt file, its split files 
 hierarchical feature files of the cohort's slides, and the prompt texts' embeddings (text_{task}.h5, for methods
 that read them). Writes into --out-dir: checkpoints/fold{k}.pt, summary.csv (per fold), predictions.csv (per test
 slide), curves/ and plots/ (PNG). Every training flag and its default comes from pipeline.training.config; the
---hier-attention, --htcl-negatives, --logit-scale and --filter-at-eval switches select the paper's method
-(default) or the public reference code's behaviour.
+switches --hier-attention, --hier-block, --htcl-negatives, --logit-scale, --filter-at-eval, --normalize-inputs,
+--keep-padded-children, --filter-std and --best-epoch select the paper's method (default) or, one departure each,
+the public reference code's behaviour; --reference sets them all as the reference code.
 """
 
 from __future__ import annotations

@@ -15,12 +15,18 @@ projection acts (a test pins this down). They matter in `dense` mode, which shar
 `hier_attention="dense"` reproduces the reference code instead: every node attends to every node of the other
 scale and the edge list is ignored, so memory grows with N5 x 16 N5. The default `"edges"` keeps memory and time
 linear in the number of patches.
+
+`hier_block="shared"` is the reference code's attention block (:class:`SharedHierarchicalAttention`): one
+multi-head attention module per layer shared by the four relations, behind per-relation input projections, and a
+node update of 2h + attention + SAGE (its attention returns query + message). It runs in either mode, so with
+`edges` it stays linear too.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +35,7 @@ from torch_geometric.nn import HeteroConv, SAGEConv
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.utils import softmax, to_torch_csr_tensor
 
-from pipeline.model.options import HIER_MODES
+from pipeline.model.options import HIER_BLOCKS, HIER_MODES
 
 NodeType = str
 EdgeType = tuple[str, str, str]
@@ -59,7 +65,41 @@ def relation_key(edge_type: EdgeType) -> str:
     return "__".join(edge_type)
 
 
-class HierarchicalAttention(MessagePassing):
+class _HeadAttention(MessagePassing):
+    """Multi-head scaled dot-product attention of destination queries over source keys and values, either along
+    edges (softmax over each destination's own neighbours; memory linear in the edges) or dense (every source node;
+    memory quadratic). The subclasses decide how queries, keys and values are projected."""
+
+    def __init__(self, channels: int, heads: int = 2, mode: str = "edges"):
+        super().__init__(aggr="add", node_dim=0)
+        if channels % heads != 0:
+            raise ValueError(f"'{type(self).__name__}': channels ({channels}) must be divisible by heads ({heads})")
+        if mode not in HIER_MODES:
+            raise ValueError(f"'{type(self).__name__}': mode must be one of {HIER_MODES}, got {mode!r}")
+        self.channels = channels
+        self.heads = heads
+        self.mode = mode
+        self.head_dim = channels // heads
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, edge_index: Tensor | None) -> Tensor:
+        """Messages `[N_dst, channels]` from `q [N_dst, H, d]`, `k`, `v [N_src, H, d]`."""
+        if self.mode == "dense":
+            scores = torch.einsum("nhd,mhd->hnm", q, k) / math.sqrt(self.head_dim)
+            out = torch.einsum("hnm,mhd->nhd", scores.softmax(dim=-1), v)
+            return out.reshape(-1, self.channels)
+        if edge_index is None:
+            raise ValueError(f"'{type(self).__name__}' in 'edges' mode needs an edge_index")
+        out = self.propagate(edge_index, q=q, k=k, v=v, size=(k.size(0), q.size(0)))
+        return out.reshape(-1, self.channels)
+
+    def message(
+        self, q_i: Tensor, k_j: Tensor, v_j: Tensor, index: Tensor, ptr: Tensor | None, size_i: int | None
+    ) -> Tensor:
+        alpha = softmax((q_i * k_j).sum(dim=-1) / math.sqrt(self.head_dim), index, ptr, size_i)
+        return alpha.unsqueeze(-1) * v_j
+
+
+class HierarchicalAttention(_HeadAttention):
     r"""Multi-head attention from the nodes of one scale to the nodes of the other, along parent-child edges.
 
     For a destination node :math:`i` and its hierarchical neighbours :math:`\mathcal{N}(i)` (its own parent, or
@@ -89,15 +129,7 @@ class HierarchicalAttention(MessagePassing):
     """
 
     def __init__(self, channels: int, heads: int = 2, mode: str = "edges"):
-        super().__init__(aggr="add", node_dim=0)
-        if channels % heads != 0:
-            raise ValueError(f"'{type(self).__name__}': channels ({channels}) must be divisible by heads ({heads})")
-        if mode not in HIER_MODES:
-            raise ValueError(f"'{type(self).__name__}': mode must be one of {HIER_MODES}, got {mode!r}")
-        self.channels = channels
-        self.heads = heads
-        self.mode = mode
-        self.head_dim = channels // heads
+        super().__init__(channels, heads, mode)
         self.lin_q = nn.Linear(channels, channels, bias=False)
         self.lin_k = nn.Linear(channels, channels, bias=False)
         self.lin_v = nn.Linear(channels, channels, bias=False)
@@ -118,18 +150,7 @@ class HierarchicalAttention(MessagePassing):
         v = self.lin_v(x_src).view(-1, h, d)
         if x_src.size(0) == 0 or x_dst.size(0) == 0:
             return x_dst.new_zeros(x_dst.size(0), self.channels)
-        if self.mode == "dense":
-            scores = torch.einsum("nhd,mhd->hnm", q, k) / math.sqrt(d)
-            out = torch.einsum("hnm,mhd->nhd", scores.softmax(dim=-1), v)
-            return out.reshape(-1, self.channels)
-        if edge_index is None:
-            raise ValueError(f"'{type(self).__name__}' in 'edges' mode needs an edge_index")
-        out = self.propagate(edge_index, q=q, k=k, v=v, size=(x_src.size(0), x_dst.size(0)))
-        return out.reshape(-1, self.channels)
-
-    def message(self, q_i: Tensor, k_j: Tensor, v_j: Tensor, index: Tensor, ptr: Tensor | None, size_i: int | None) -> Tensor:
-        alpha = softmax((q_i * k_j).sum(dim=-1) / math.sqrt(self.head_dim), index, ptr, size_i)
-        return alpha.unsqueeze(-1) * v_j
+        return self.attend(q, k, v, edge_index)
 
     def attention_weights(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor, scale_src: Tensor, scale_dst: Tensor) -> Tensor:
         """Per-edge attention weights `[E, heads]` in `edges` mode (for inspection and tests)."""
@@ -141,6 +162,85 @@ class HierarchicalAttention(MessagePassing):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.channels}, heads={self.heads}, mode={self.mode})"
+
+
+class SharedHierarchicalAttention(_HeadAttention):
+    r"""The reference code's hierarchical attention: one multi-head attention shared by every parent-child
+    relation of a layer, behind per-relation input projections of the scale-tagged features.
+
+    For relation :math:`r` from source nodes :math:`j` to destination node :math:`i`:
+
+    .. math::
+        \tilde{\mathbf{q}}_i = \mathbf{P}^r_q(\mathbf{x}_i + \mathbf{e}_{s(i)}), \quad
+        \tilde{\mathbf{k}}_j = \mathbf{P}^r_k(\mathbf{x}_j + \mathbf{e}_{s(j)}), \quad
+        \alpha^h_{ij} = \operatorname{softmax}_{j \in \mathcal{N}(i)}
+            \left( \frac{(\mathbf{W}_q \tilde{\mathbf{q}}_i)^{h\top} (\mathbf{W}_k \tilde{\mathbf{k}}_j)^h}
+            {\sqrt{d_h}} \right), \quad
+        \mathbf{m}_i = \mathbf{W}_o \Big\Vert_{h=1}^{H} \sum_{j \in \mathcal{N}(i)} \alpha^h_{ij}
+            (\mathbf{W}_v \tilde{\mathbf{k}}_j)^h
+
+    Every map is affine (with bias); :math:`\mathbf{P}^r_q, \mathbf{P}^r_k` belong to the relation and
+    :math:`\mathbf{W}_{q,k,v,o}` (a `torch.nn.MultiheadAttention` in the reference) are shared, and the value is
+    the projected key. The scale embedding is added before the projections. The reference runs it dense
+    (:math:`\mathcal{N}(i)` = every source node); `mode="edges"` restricts it to the parent-child edges.
+    Initialised as the reference's PLIP/QuiltNet model: Xavier-normal relation projections with zero bias,
+    `MultiheadAttention`'s own initialisation for the shared part.
+
+    Args:
+        channels (int): Size of every node feature (input and output).
+        relations (Sequence[str]): Keys of the relations with their own input projections.
+        heads (int, optional): Number of attention heads; must divide `channels`. (default: :obj:`2`)
+        mode (str, optional): :obj:`"edges"` or :obj:`"dense"`. (default: :obj:`"dense"`)
+
+    Shapes:
+        - **input:** relation key, source features :math:`(|\mathcal{V}_s|, F)`, destination features
+          :math:`(|\mathcal{V}_t|, F)`, edge indices :math:`(2, |\mathcal{E}|)` or None (dense), scale
+          embeddings :math:`(F,)` for source and destination
+        - **output:** messages :math:`(|\mathcal{V}_t|, F)`
+    """
+
+    def __init__(self, channels: int, relations: Sequence[str], heads: int = 2, mode: str = "dense"):
+        super().__init__(channels, heads, mode)
+        self.relations = tuple(relations)
+        self.proj_q = nn.ModuleDict({r: nn.Linear(channels, channels) for r in self.relations})
+        self.proj_k = nn.ModuleDict({r: nn.Linear(channels, channels) for r in self.relations})
+        self.lin_q = nn.Linear(channels, channels)
+        self.lin_k = nn.Linear(channels, channels)
+        self.lin_v = nn.Linear(channels, channels)
+        self.lin_out = nn.Linear(channels, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for proj in (*self.proj_q.values(), *self.proj_k.values()):
+            nn.init.xavier_normal_(proj.weight)
+            nn.init.zeros_(proj.bias)
+        # MultiheadAttention: Xavier-uniform over its stacked [3F, F] input projection, zero biases, and the
+        # output projection's default Linear weight with a zero bias.
+        bound = math.sqrt(6.0 / (self.channels + 3 * self.channels))
+        for lin in (self.lin_q, self.lin_k, self.lin_v):
+            nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(lin.bias)
+        self.lin_out.reset_parameters()
+        nn.init.zeros_(self.lin_out.bias)
+
+    def forward(
+        self, relation: str, x_src: Tensor, x_dst: Tensor, edge_index: Tensor | None, scale_src: Tensor,
+        scale_dst: Tensor,
+    ) -> Tensor:
+        h, d = self.heads, self.head_dim
+        q = self.lin_q(self.proj_q[relation](x_dst + scale_dst)).view(-1, h, d)
+        key = self.proj_k[relation](x_src + scale_src)
+        k, v = self.lin_k(key).view(-1, h, d), self.lin_v(key).view(-1, h, d)
+        if x_src.size(0) == 0 or x_dst.size(0) == 0:
+            return x_dst.new_zeros(x_dst.size(0), self.channels)
+        return self.lin_out(self.attend(q, k, v, edge_index))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.channels}, relations={len(self.relations)}, heads={self.heads}, "
+            f"mode={self.mode})"
+        )
 
 
 class HierarchicalHeteroLayer(nn.Module):
@@ -155,12 +255,15 @@ class HierarchicalHeteroLayer(nn.Module):
 
     with one :class:`~torch_geometric.nn.conv.SAGEConv` per intra-scale relation and one
     :class:`HierarchicalAttention` per hierarchical relation, and a learned embedding per scale added to the
-    attention queries and keys.
+    attention queries and keys. With `hier_block="shared"` (the reference code) the messages come from one
+    :class:`SharedHierarchicalAttention` and each present hierarchical relation adds :math:`\mathbf{h}_i` once
+    more (its attention returns query + message), so a node's update is :math:`2\mathbf{h}_i` + attention + SAGE.
 
     Args:
         channels (int): Node feature size (input = output).
         heads (int, optional): Attention heads. (default: :obj:`2`)
         hier_attention (str, optional): :obj:`"edges"` or :obj:`"dense"`. (default: :obj:`"edges"`)
+        hier_block (str, optional): :obj:`"per_relation"` or :obj:`"shared"`. (default: :obj:`"per_relation"`)
 
     Shapes:
         - **input:** `x_dict` {node type: :math:`(|\mathcal{V}_t|, F)`}; `edge_index_dict`
@@ -170,25 +273,44 @@ class HierarchicalHeteroLayer(nn.Module):
         - **output:** `x_dict` with the same shapes
     """
 
-    def __init__(self, channels: int, heads: int = 2, hier_attention: str = "edges"):
+    def __init__(self, channels: int, heads: int = 2, hier_attention: str = "edges", hier_block: str = "per_relation"):
         super().__init__()
+        if hier_block not in HIER_BLOCKS:
+            raise ValueError(f"'{type(self).__name__}': hier_block must be one of {HIER_BLOCKS}, got {hier_block!r}")
         self.channels = channels
         self.heads = heads
         self.hier_attention = hier_attention
+        self.hier_block = hier_block
         self.sage = HeteroConv(
             {rel: SAGEConv((channels, channels), channels, aggr="mean") for rel in INTRA_RELATIONS}, aggr="sum"
         )
-        self.attention = nn.ModuleDict(
-            {relation_key(rel): HierarchicalAttention(channels, heads, hier_attention) for rel in HIER_RELATIONS}
-        )
+        keys = [relation_key(rel) for rel in HIER_RELATIONS]
+        if hier_block == "shared":
+            self.shared_attention = SharedHierarchicalAttention(channels, keys, heads, hier_attention)
+        else:
+            self.attention = nn.ModuleDict({k: HierarchicalAttention(channels, heads, hier_attention) for k in keys})
         self.scale_embedding = nn.Parameter(torch.empty(2, channels))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.sage.reset_parameters()
-        for module in self.attention.values():
-            module.reset_parameters()
-        nn.init.normal_(self.scale_embedding, std=0.02)
+        if self.hier_block == "shared":
+            self.shared_attention.reset_parameters()
+            nn.init.xavier_normal_(self.scale_embedding)  # the reference's nn.Embedding(2, F) initialisation
+        else:
+            for module in self.attention.values():
+                module.reset_parameters()
+            nn.init.normal_(self.scale_embedding, std=0.02)
+
+    def hierarchical_message(self, rel: EdgeType, x_src: Tensor, x_dst: Tensor, edge_index: Tensor | None) -> Tensor:
+        """What relation `rel` adds to its destination nodes (the shared block: the node itself + its message)."""
+        src, _, dst = rel
+        scale_src, scale_dst = self.scale_embedding[SCALE_OF[src]], self.scale_embedding[SCALE_OF[dst]]
+        if self.hier_block == "per_relation":
+            return self.attention[relation_key(rel)](x_src, x_dst, edge_index, scale_src, scale_dst)
+        if x_src.size(0) == 0:  # the reference builds no relation without source nodes, so adds nothing
+            return torch.zeros_like(x_dst)
+        return x_dst + self.shared_attention(relation_key(rel), x_src, x_dst, edge_index, scale_src, scale_dst)
 
     def forward(self, x_dict: dict[NodeType, Tensor], edge_index_dict: dict[EdgeType, Tensor]) -> dict[NodeType, Tensor]:
         intra = {rel: edge_index_dict[rel] for rel in INTRA_RELATIONS if rel in edge_index_dict}
@@ -200,20 +322,15 @@ class HierarchicalHeteroLayer(nn.Module):
                 src, _, dst = rel
                 if dst != node_type or src not in x_dict:
                     continue
-                h = h + self.attention[relation_key(rel)](
-                    x_dict[src],
-                    x,
-                    edge_index_dict.get(rel),
-                    self.scale_embedding[SCALE_OF[src]],
-                    self.scale_embedding[SCALE_OF[dst]],
-                )
+                h = h + self.hierarchical_message(rel, x_dict[src], x, edge_index_dict.get(rel))
             out[node_type] = h
         return out
 
     def __repr__(self) -> str:
+        block = "" if self.hier_block == "per_relation" else f", hier_block={self.hier_block}"
         return (
             f"{type(self).__name__}({self.channels}, heads={self.heads}, "
-            f"hier_attention={self.hier_attention})"
+            f"hier_attention={self.hier_attention}{block})"
         )
 
 
@@ -231,6 +348,8 @@ class HierarchicalHeteroGNN(nn.Module):
         heads (int, optional): Attention heads per hierarchical relation. (default: :obj:`2`)
         hier_attention (str, optional): :obj:`"edges"` (parent-child only, linear memory) or :obj:`"dense"`
             (the reference code: all pairs across scales, quadratic memory). (default: :obj:`"edges"`)
+        hier_block (str, optional): :obj:`"per_relation"` (ours) or :obj:`"shared"` (the reference code's
+            attention block, :class:`SharedHierarchicalAttention`). (default: :obj:`"per_relation"`)
 
     Shapes:
         - **input:** `x_dict` {node type: :math:`(|\mathcal{V}_t|, F)`}, `edge_index_dict`
@@ -238,7 +357,10 @@ class HierarchicalHeteroGNN(nn.Module):
         - **output:** `x_dict` {node type: :math:`(|\mathcal{V}_t|, F)`}, rows of unit length
     """
 
-    def __init__(self, channels: int, num_layers: int = 2, heads: int = 2, hier_attention: str = "edges"):
+    def __init__(
+        self, channels: int, num_layers: int = 2, heads: int = 2, hier_attention: str = "edges",
+        hier_block: str = "per_relation",
+    ):
         super().__init__()
         if hier_attention not in HIER_MODES:
             raise ValueError(
@@ -250,8 +372,9 @@ class HierarchicalHeteroGNN(nn.Module):
         self.num_layers = num_layers
         self.heads = heads
         self.hier_attention = hier_attention
+        self.hier_block = hier_block
         self.layers = nn.ModuleList(
-            [HierarchicalHeteroLayer(channels, heads, hier_attention) for _ in range(num_layers)]
+            [HierarchicalHeteroLayer(channels, heads, hier_attention, hier_block) for _ in range(num_layers)]
         )
         self.reset_parameters()
 
@@ -271,9 +394,10 @@ class HierarchicalHeteroGNN(nn.Module):
         return {t: F.normalize(x, dim=-1) for t, x in x_dict.items()}
 
     def __repr__(self) -> str:
+        block = "" if self.hier_block == "per_relation" else f", hier_block={self.hier_block}"
         return (
             f"{type(self).__name__}({self.channels}, num_layers={self.num_layers}, heads={self.heads}, "
-            f"hier_attention={self.hier_attention})"
+            f"hier_attention={self.hier_attention}{block})"
         )
 
 

@@ -27,13 +27,23 @@ from pipeline.model.graph import (
     HierarchicalHeteroGNN,
     NodeType,
 )
-from pipeline.model.options import HIER_MODES, LOGIT_SCALE_MODES
+from pipeline.model.options import (
+    FILTER_STD_MODES,
+    HIER_BLOCKS,
+    HIER_MODES,
+    LOGIT_SCALE_MODES,
+    apply_reference,
+)
 from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, FINE_PER_COARSE, TEXTS_PER_CLASS
 
 
 @dataclass
 class HiveMILConfig:
-    """Hyperparameters and the switches for the reference code's departures from the paper (HIVEMIL.md)."""
+    """Hyperparameters and the switches for the reference code's departures from the paper (HIVEMIL.md).
+
+    `reference=True` sets every switch to the reference code's value (pipeline.model.options.REFERENCE_SWITCHES),
+    whatever the others say; each switch alone moves one departure.
+    """
 
     num_layers: int = 2
     heads: int = 2
@@ -41,16 +51,27 @@ class HiveMILConfig:
     top_k_5x: int = 2
     top_k_20x: int = 100
     htcl_weight: float = 0.5
+    reference: bool = False  # all of the switches below as the reference code
     hier_attention: str = "edges"  # reference code: "dense"
+    hier_block: str = "per_relation"  # reference code: "shared" (one attention per layer, update 2h + attn + SAGE)
     htcl_negatives: bool = True  # reference code: False
     logit_scale: str = "exp"  # reference code: "raw"
     filter_at_eval: bool = False  # reference code: True
+    normalize_inputs: bool = True  # reference code: False (raw features filtered and fed to the graph)
+    keep_padded_children: bool = False  # reference code: True (all 16 slots of a kept parent are 20x nodes)
+    filter_std: str = "population"  # reference code: "sample"
 
     def __post_init__(self) -> None:
+        if self.reference:
+            apply_reference(self)
         if self.hier_attention not in HIER_MODES:
             raise ValueError(f"hier_attention must be one of {HIER_MODES}, got {self.hier_attention!r}")
+        if self.hier_block not in HIER_BLOCKS:
+            raise ValueError(f"hier_block must be one of {HIER_BLOCKS}, got {self.hier_block!r}")
         if self.logit_scale not in LOGIT_SCALE_MODES:
             raise ValueError(f"logit_scale must be one of {LOGIT_SCALE_MODES}, got {self.logit_scale!r}")
+        if self.filter_std not in FILTER_STD_MODES:
+            raise ValueError(f"filter_std must be one of {FILTER_STD_MODES}, got {self.filter_std!r}")
         if self.top_k_5x < 1 or self.top_k_20x < 1:
             raise ValueError(f"top-k must be >= 1, got 5x={self.top_k_5x}, 20x={self.top_k_20x}")
 
@@ -70,12 +91,13 @@ def score_scale(logit_scale: float, mode: str = "exp") -> float:
 # --- text-guided dynamic filtering ----------------------------------------------------------------------------
 
 
-def tgdf_keep(similarity: Tensor, alpha: float = 0.5) -> Tensor:
+def tgdf_keep(similarity: Tensor, alpha: float = 0.5, std: str = "population") -> Tensor:
     """Boolean `[N, T]`: entries at or above their column's mean + alpha * std after min-max normalisation.
 
-    Each text's column is rescaled to [0, 1] over the patches, then thresholded by its own mean and (population)
-    standard deviation, so every text keeps the patches that stand out for it, whatever its absolute similarity
-    level. A constant column normalises to zeros and keeps everything.
+    Each text's column is rescaled to [0, 1] over the patches, then thresholded by its own mean and standard
+    deviation (population, or `std="sample"` as the reference code's `torch.std`), so every text keeps the patches
+    that stand out for it, whatever its absolute similarity level. A constant column normalises to zeros and keeps
+    everything (the reference code keeps nothing of it: a kept zero is no edge there).
     """
     if similarity.dim() != 2:
         raise ValueError(f"tgdf_keep expects a [patches, texts] matrix, got shape {tuple(similarity.shape)}")
@@ -84,7 +106,12 @@ def tgdf_keep(similarity: Tensor, alpha: float = 0.5) -> Tensor:
     low = similarity.min(dim=0, keepdim=True).values
     high = similarity.max(dim=0, keepdim=True).values
     norm = (similarity - low) / (high - low).clamp_min(1e-12)
-    threshold = norm.mean(dim=0, keepdim=True) + alpha * norm.std(dim=0, correction=0, keepdim=True)
+    correction = FILTER_STD_MODES.index(std)  # population: 0, sample: 1
+    if similarity.size(0) > correction:
+        spread = norm.std(dim=0, correction=correction, keepdim=True)
+    else:  # one patch: no spread (the reference code's sample std is NaN there and keeps nothing)
+        spread = torch.zeros_like(low)
+    threshold = norm.mean(dim=0, keepdim=True) + alpha * spread
     return norm >= threshold
 
 
@@ -106,12 +133,23 @@ def fine_to_coarse(n_classes: int) -> Tensor:
 
 
 def build_slide_graph(
-    x5: Tensor, x20: Tensor, mask: Tensor, t5: Tensor, t20: Tensor, filtering: bool, alpha: float = 0.5
+    x5: Tensor,
+    x20: Tensor,
+    mask: Tensor,
+    t5: Tensor,
+    t20: Tensor,
+    filtering: bool,
+    alpha: float = 0.5,
+    normalize: bool = True,
+    keep_padded: bool = False,
+    std: str = "population",
 ) -> SlideGraph:
     """Nodes and edges of one slide: TGDF (or all pairs when `filtering` is off) plus parent-child links.
 
-    Inputs are L2-normalised here so that the filtering similarities are cosines and image and text nodes start
-    on the same scale. With filtering on, only the masked-in children of matched 5x patches become 20x nodes.
+    Inputs are L2-normalised here (`normalize`) so that the filtering similarities are cosines and image and text
+    nodes start on the same scale; the reference code filters and builds its graph on the raw features. With
+    filtering on, only the masked-in children of matched 5x patches become 20x nodes; `keep_padded` (the reference
+    code) makes all 16 slots of those parents nodes, the missing children as zero vectors.
     """
     n5, slots, dim = x20.shape
     if x5.shape != (n5, dim) or mask.shape != (n5, slots):
@@ -125,17 +163,25 @@ def build_slide_graph(
             f"text features: {t5.size(0)} coarse and {t20.size(0)} fine; expected 4 and 12 per class"
         )
     device = x5.device
-    x5 = F.normalize(x5, dim=-1)
-    t5 = F.normalize(t5, dim=-1)
-    t20 = F.normalize(t20, dim=-1)
-    with torch.no_grad():
-        keep5 = tgdf_keep(x5 @ t5.T, alpha) if filtering else torch.ones(n5, t5.size(0), dtype=torch.bool, device=device)
-    matched = keep5.any(dim=1)
-    child_parent, child_slot = (mask.to(device=device, dtype=torch.bool) & matched.unsqueeze(1)).nonzero(as_tuple=True)
-    x20_nodes = F.normalize(x20[child_parent, child_slot], dim=-1)
+    mask = mask.to(device=device, dtype=torch.bool)
+    if normalize:
+        x5, t5, t20 = F.normalize(x5, dim=-1), F.normalize(t5, dim=-1), F.normalize(t20, dim=-1)
     with torch.no_grad():
         if filtering:
-            keep20 = tgdf_keep(x20_nodes @ t20.T, alpha)
+            keep5 = tgdf_keep(x5 @ t5.T, alpha, std)
+        else:
+            keep5 = torch.ones(n5, t5.size(0), dtype=torch.bool, device=device)
+    matched = keep5.any(dim=1)
+    slots = torch.ones_like(mask) if keep_padded else mask
+    child_parent, child_slot = (slots & matched.unsqueeze(1)).nonzero(as_tuple=True)
+    x20_nodes = x20[child_parent, child_slot]
+    if keep_padded:  # a missing child is a zero vector, whatever its row holds
+        x20_nodes = x20_nodes * mask[child_parent, child_slot].unsqueeze(1).to(x20_nodes.dtype)
+    if normalize:
+        x20_nodes = F.normalize(x20_nodes, dim=-1)
+    with torch.no_grad():
+        if filtering:
+            keep20 = tgdf_keep(x20_nodes @ t20.T, alpha, std)
         else:
             keep20 = torch.ones(x20_nodes.size(0), t20.size(0), dtype=torch.bool, device=device)
     img5_txt5 = keep5.nonzero().T  # rows: image, text
@@ -232,7 +278,7 @@ class HiveMIL(nn.Module):
         self.logit_scale_value = float(logit_scale)
         self.text_encoder = text_encoder
         self.gnn = HierarchicalHeteroGNN(
-            embed_dim, self.config.num_layers, self.config.heads, self.config.hier_attention
+            embed_dim, self.config.num_layers, self.config.heads, self.config.hier_attention, self.config.hier_block
         )
         self.reset_parameters()
 
@@ -268,7 +314,9 @@ class HiveMIL(nn.Module):
             )
         t5, t20 = self.split_texts(texts)
         filtering = self.training or self.config.filter_at_eval
-        graph = build_slide_graph(x5, x20, mask, t5, t20, filtering, self.config.alpha)
+        c = self.config
+        graph = build_slide_graph(x5, x20, mask, t5, t20, filtering, c.alpha, c.normalize_inputs,
+                                  c.keep_padded_children, c.filter_std)
         nodes = self.gnn(graph.x_dict, graph.edge_index_dict)
         s5 = topk_class_scores(nodes[IMG5], nodes[TXT5], self.n_classes, self.config.top_k_5x)
         s20 = topk_class_scores(nodes[IMG20], nodes[TXT20], self.n_classes, self.config.top_k_20x)
@@ -283,8 +331,11 @@ class HiveMIL(nn.Module):
 
     def __repr__(self) -> str:
         c = self.config
+        default = HiveMILConfig()
+        more = "".join(f", {k}={getattr(c, k)}" for k in ("hier_block", "normalize_inputs", "keep_padded_children",
+                                                            "filter_std") if getattr(c, k) != getattr(default, k))
         return (
             f"{type(self).__name__}({self.embed_dim}, n_classes={self.n_classes}, "
             f"hier_attention={c.hier_attention}, htcl_negatives={c.htcl_negatives}, "
-            f"logit_scale={c.logit_scale}, filter_at_eval={c.filter_at_eval})"
+            f"logit_scale={c.logit_scale}, filter_at_eval={c.filter_at_eval}{more})"
         )

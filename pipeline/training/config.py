@@ -2,7 +2,8 @@
 
 The `train` command builds its flags from these fields, the workflow turns config.yaml's `train:` section into
 those flags (pipeline.wiring.flags), and a test checks that the config schema's defaults equal them. Defaults are
-HiVE-MIL's paper values (HIVEMIL.md); the switches marked "reference" reproduce the public reference code.
+HiVE-MIL's paper values (HIVEMIL.md); the switches marked "reference" reproduce the public reference code, and
+`reference` turns all of them on at once (pipeline.model.options.REFERENCE_SWITCHES).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.model.options import HIER_MODES, LOGIT_SCALE_MODES
+from pipeline.model.options import (
+    BEST_EPOCH_MODES,
+    FILTER_STD_MODES,
+    HIER_BLOCKS,
+    HIER_MODES,
+    LOGIT_SCALE_MODES,
+    apply_reference,
+)
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -27,14 +35,29 @@ class TrainConfig:
     lr: float = _opt(1e-4, "Adam learning rate")
     weight_decay: float = _opt(1e-5, "Adam weight decay")
     seed: int = _opt(1, "seed, reset before every fold and method (same seed -> same metrics on a CPU)")
+    reference: bool = _opt(False, "every switch below as the public reference code (overrides them); default paper")
+    best_epoch: str = _opt(
+        "lowest_loss", "weights restored: of the lowest-error epochs the lowest validation loss; first: the first "
+        "(reference)", choices=BEST_EPOCH_MODES
+    )
     hier_attention: str = _opt(
         "edges", "edges: parent-child attention, linear memory (paper); dense: all pairs (reference)", choices=HIER_MODES
+    )
+    hier_block: str = _opt(
+        "per_relation", "per_relation: q/k/v per relation, update h + attn + SAGE; shared: one attention per layer, "
+        "update 2h + attn + SAGE (reference)", choices=HIER_BLOCKS
     )
     htcl_negatives: bool = _opt(True, "HTCL's other-class negative term (paper); off as the reference code")
     logit_scale: str = _opt(
         "exp", "exp: slide logits x exp(theta) (paper); raw: x theta (reference)", choices=LOGIT_SCALE_MODES
     )
     filter_at_eval: bool = _opt(False, "text-guided filtering at evaluation too (reference); default training only")
+    normalize_inputs: bool = _opt(True, "L2-normalise features before filtering and as graph inputs; off: raw "
+                                  "(reference)")
+    keep_padded_children: bool = _opt(False, "all 16 child slots of a kept parent are 20x nodes, zeros too (reference)")
+    filter_std: str = _opt(
+        "population", "filtering threshold's std: population, or sample (reference)", choices=FILTER_STD_MODES
+    )
     top_k_5x: int = _opt(2, "5x patches averaged per coarse text in the slide logits")
     top_k_20x: int = _opt(100, "20x patches averaged per fine text in the slide logits")
     n_ctx: int = _opt(16, "learnable prompt context vectors shared by all texts")
@@ -68,6 +91,8 @@ class TrainConfig:
     cache_gb: float = _opt(4.0, "slide features kept in memory (GB)")
 
     def __post_init__(self) -> None:
+        if self.reference:
+            apply_reference(self)
         if min(self.epochs, self.patience, self.hmil_epochs, self.hmil_patience, self.hmil_batch_size,
                self.survival_epochs, self.survival_batch_size) < 1:
             raise PipelineError(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline.model.options import BEST_EPOCH_MODES
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import SlideBag
 from pipeline.training.methods.base import Method
@@ -66,12 +67,16 @@ class EarlyStopping:
     """Stop when the validation error has not improved for `patience` epochs; keep the best weights.
 
     Stopping follows the error alone (as HIVEMIL.md and the CLAM-derived reference code do), so a plateau of
-    equal errors ends training. Which weights are kept is decided by (error, loss): among the epochs with the
-    lowest error, the one with the lowest validation loss, rather than simply the first.
+    equal errors ends training. Which weights are kept: with `best_epoch="lowest_loss"` (default) among the epochs
+    with the lowest error the one with the lowest validation loss, since few-shot validation errors tie often;
+    with `"first"` the first lowest-error epoch, as the reference code keeps it.
     """
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int, best_epoch: str = "lowest_loss"):
+        if best_epoch not in BEST_EPOCH_MODES:
+            raise ValueError(f"best_epoch must be one of {BEST_EPOCH_MODES}, got {best_epoch!r}")
         self.patience = patience
+        self.by_loss = best_epoch == "lowest_loss"
         self.best_key: tuple[float, float] | None = None
         self.best_epoch = -1
         self.best_state: dict[str, Tensor] | None = None
@@ -80,8 +85,9 @@ class EarlyStopping:
 
     def step(self, epoch: int, error: float, loss: float, model: nn.Module) -> bool:
         """Record an epoch; return True when training should stop."""
-        if self.best_key is None or (error, loss) < self.best_key:
-            self.best_key = (error, loss)
+        key = (error, loss if self.by_loss else 0.0)
+        if self.best_key is None or key < self.best_key:
+            self.best_key = key
             self.best_epoch = epoch
             self.best_state = copy.deepcopy(model.state_dict())
         if self.best_error is None or error < self.best_error:
@@ -117,7 +123,7 @@ def fit(
     optimizer = torch.optim.Adam(params, lr=method.learning_rate(), weight_decay=cfg.weight_decay)
     scheduler = method.lr_scheduler(optimizer)
     epochs, batch_size = method.max_epochs(), method.train_batch_size()
-    stopper = EarlyStopping(method.patience())
+    stopper = EarlyStopping(method.patience(), cfg.best_epoch)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     for epoch in range(epochs):

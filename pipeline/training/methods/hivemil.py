@@ -30,8 +30,10 @@ class HiveMILMethod(Method):
         c = self.config
         try:
             return HiveMILConfig(num_layers=c.num_layers, heads=c.heads, top_k_5x=c.top_k_5x, top_k_20x=c.top_k_20x,
-                                 hier_attention=c.hier_attention, htcl_negatives=c.htcl_negatives,
-                                 logit_scale=c.logit_scale, filter_at_eval=c.filter_at_eval)
+                                 reference=c.reference, hier_attention=c.hier_attention, hier_block=c.hier_block,
+                                 htcl_negatives=c.htcl_negatives, logit_scale=c.logit_scale,
+                                 filter_at_eval=c.filter_at_eval, normalize_inputs=c.normalize_inputs,
+                                 keep_padded_children=c.keep_padded_children, filter_std=c.filter_std)
         except ValueError as err:
             raise PipelineError(f"train config: {err}") from err
 
@@ -60,7 +62,8 @@ class HiveMILMethod(Method):
         self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None, target: int | None = None
     ) -> "PatchScores":
         """Cosine similarity of the graph's output nodes to class `target`'s texts: one map per coarse text at 5x,
-        per fine text at 20x (children outside the graph, e.g. filtered out, are NaN)."""
+        per fine text at 20x (children outside the graph, e.g. filtered out, are NaN, and so are the zero-padded
+        slots that `keep_padded_children` makes nodes: there is no patch to show)."""
         import torch
 
         from pipeline.explain.scores import scatter_children, text_similarity_scores
@@ -75,6 +78,7 @@ class HiveMILMethod(Method):
         nodes20 = (out.nodes["img20"] @ t20.T).float().cpu().numpy()
         graph = out.graph
         sim20 = scatter_children(nodes20, graph.child_parent.cpu().numpy(), graph.child_slot.cpu().numpy(), len(sim5))
+        sim20[~bag.mask.cpu().numpy().astype(bool)] = float("nan")
         return text_similarity_scores(self.task.texts, cls, sim5, sim20)
 
     def inference_payload(self, model: "nn.Module") -> dict[str, Any]:
