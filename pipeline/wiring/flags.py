@@ -84,3 +84,14 @@ AUTO_EXTRACT_THREADS = 4
 def extract_threads(features: dict[str, Any]) -> int:
     workers = features["num_workers"]
     return AUTO_EXTRACT_THREADS if workers == "auto" else max(1, int(workers))
+
+
+def chunk_backbone_flags(backbones: dict[str, dict[str, Any]]) -> str:
+    """--backbones/--weights/--tokenizers of the extract-chunk command, one value per backbone ('' quoted, so an
+    empty weights or tokenizer entry keeps its place)."""
+    names = list(backbones)
+    return " ".join([
+        "--backbones", _quote(names),
+        "--weights", _quote([backbones[n]["weights"] for n in names]),
+        "--tokenizers", _quote([backbones[n]["tokenizer"] for n in names]),
+    ])  # fmt: skip

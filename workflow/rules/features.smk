@@ -63,15 +63,12 @@ else:
             runtime=lambda wildcards: 120 * len(extract_chunks()[wildcards.chunk]) * len(BACKBONES),
         params:
             ids=lambda wildcards: extract_chunks()[wildcards.chunk],
-            backbones=list(BACKBONES),
-            weights=[b["weights"] for b in BACKBONES.values()],
-            tokenizers=[b["tokenizer"] for b in BACKBONES.values()],
+            backbones=flags.chunk_backbone_flags(BACKBONES),
             options=EXTRACT_FLAGS,
             status=f"{OUT}/status",
         shell:
             "$HIVE_PYTHON -m pipeline extract-chunk --slides {input.slides:q} --slide-ids {params.ids:q} "
-            "--patches {input.patches:q} --backbones {params.backbones:q} --weights {params.weights:q} "
-            "--tokenizers {params.tokenizers:q} {params.options} --threads {threads} "
+            "--patches {input.patches:q} {params.backbones} {params.options} --threads {threads} "
             "--status-dir {params.status:q} --out-dir {output:q} --no-progress > {log:q} 2>&1"
 
     rule extract:
