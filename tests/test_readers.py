@@ -28,10 +28,8 @@ def zarr_of(tmp_path_factory, slide_40x):
     """CMU-1 and the synthetic 40x slide converted to OME-Zarr (bioformats2raw layout), by name."""
     out = {}
     for name, path in (("cmu", CMU1), ("syn40x", slide_40x)):
-        with open_slide(path, reader="openslide") as slide:
-            mpp = slide.mpp
-        out[name] = write_ome_zarr(open_reader(path, name, "openslide"), tmp_path_factory.mktemp("zarr") / f"{name}.zarr",
-                                   mpp)
+        with open_slide(path, name, reader="openslide") as slide:
+            out[name] = write_ome_zarr(slide, tmp_path_factory.mktemp("zarr") / f"{name}.zarr")
     return out
 
 
@@ -77,8 +75,8 @@ def test_loader_patches_equal_openslides(reader, tmp_path):
     grid = PatchGrid(coords_5x, children, np.repeat(np.arange(3), 4), attrs)
     path = CMU1
     if reader == "omezarr":
-        path = write_ome_zarr(open_reader(CMU1, "cmu", "openslide"), tmp_path / "cmu.zarr", attrs["mpp"],
-                              min_side=10**6)
+        with open_slide(CMU1, reader="openslide") as slide:
+            path = write_ome_zarr(slide, tmp_path / "cmu.zarr", min_side=10**6)
     ours, ref = (ParentDataset(p, "cmu", grid, tiny.preprocess, reader=r) for p, r in ((path, reader), (CMU1, "openslide")))
     for i in range(len(grid.coords_5x)):
         assert torch.equal(ours[i]["images"][0], ref[i]["images"][0]), i
@@ -90,11 +88,16 @@ def test_ome_zarr_slide_metadata_and_ngff_05(tmp_path, zarr_of):
     """mpp and levels from the NGFF metadata, through `auto`; an NGFF 0.5 (Zarr v3) image with c,y,x axes reads too."""
     import zarr
 
-    with open_slide(zarr_of["cmu"]) as slide:  # auto: a zarr folder is read with omezarr
+    from pipeline.cli import main
+
+    assert main(["to-ome-zarr", "--slide", str(CMU1), "--out", str(tmp_path / "cli.zarr")]) == 0
+    assert main(["to-ome-zarr", "--slide", str(CMU1), "--out", str(tmp_path / "cli.zarr")]) == 1  # never overwrites
+    with open_slide(zarr_of["cmu"]) as slide, open_slide(tmp_path / "cli.zarr") as cli:  # auto: zarr -> omezarr
         assert slide.reader == "omezarr" and slide.mpp == pytest.approx(0.499)
         assert slide.mpp_source == MPP_KEY and slide.level0_magnification == 20
         assert slide.level_downsamples == (1.0, 2.0, 4.0)
         ref = slide.read_level(300, 500, 0, (400, 300))
+        np.testing.assert_array_equal(cli.read_level(300, 500, 0, (400, 300)), ref)
     root = zarr.open_group(str(tmp_path / "v05.zarr"), mode="w", zarr_format=3)
     arr = root.create_array("s0", shape=(3, 300, 400), chunks=(3, 128, 128), dtype="uint8")
     arr[:] = ref.transpose(2, 0, 1)

@@ -158,7 +158,7 @@ def test_chunked_extraction_decodes_once_for_every_backbone_and_stays_up_to_date
                for slide in ("CMU-1-Small-Region", "demo_glandular_00", "demo_glandular_01", "demo_solid_00",
                              "demo_solid_01")]
     proc = snakemake(demo_run, config, *targets)
-    assert _job_count(proc.stderr, "extract_chunk") == 2 and _job_count(proc.stderr, "extract") == 10
+    assert _job_count(proc.stderr, "extract_chunk") == 2 and _job_count(proc.stderr, "take_features") == 10
     results = demo_run / "results"
     single = extract_slide(results / "demo" / "slides" / "demo_solid_01.tiff", results / "patches" / "demo_solid_01.h5",
                            demo_run / "one_5x.h5", demo_run / "one_20x.h5", "plip", weights="random", device="cpu",

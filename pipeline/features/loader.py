@@ -36,12 +36,12 @@ from pipeline.features.architectures.base import Preprocess
 from pipeline.features.registry import ON_READ_ERROR
 from pipeline.formats import CHILDREN_PER_PARENT, CHILDREN_PER_SIDE, PatchGrid
 from pipeline.readers import DEFAULT_READER
+from pipeline.readers.base import WHITE
 from pipeline.slide import Slide, open_slide, recorded_mpp, resize_square
 
 log = logging.getLogger(__name__)
 
 N_CHILDREN = CHILDREN_PER_PARENT
-WHITE = 255
 #: kept children must fill at least this share of their bounding box for it to be read as one box.
 MIN_BOX_FILL = 0.75
 

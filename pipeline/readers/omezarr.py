@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import SlideError
+from pipeline.errors import PipelineError, SlideError
 from pipeline.readers.base import SlideReader, white
 
 #: metadata key of the level-0 x scale in micrometers (pipeline.slide's MPP_KEYS lists it).
@@ -95,10 +95,11 @@ class OmeZarrReader(SlideReader):
         return out
 
 
-def write_ome_zarr(reader: SlideReader, out: str | Path, mpp: float, chunk: int = 512, min_side: int = 512) -> Path:
-    """Convert a slide to OME-Zarr in bioformats2raw's layout (NGFF 0.4, Zarr v2, axes tczyx, 2x pyramid), atomically.
+def write_ome_zarr(slide: Any, out: str | Path, chunk: int = 512, min_side: int = 512) -> Path:
+    """Convert an open `pipeline.slide.Slide` to OME-Zarr in bioformats2raw's layout (NGFF 0.4, Zarr v2, axes tczyx,
+    2x pyramid, the slide's mpp as the x/y scale), atomically; `python -m pipeline to-ome-zarr` runs it.
 
-    Level 0 is copied from the reader band by band of `chunk` rows; each further level halves the previous one
+    Level 0 is copied from the slide band by band of `chunk` rows; each further level halves the previous one
     with area averaging, band by band from the store, until its shorter side is under `min_side`. Memory stays
     bounded by a band, so a whole TCGA slide converts on a laptop.
     """
@@ -107,13 +108,14 @@ def write_ome_zarr(reader: SlideReader, out: str | Path, mpp: float, chunk: int 
 
     out = Path(out)
     if out.exists():
-        raise FileExistsError(f"{out} exists; remove it first (a finished conversion is never overwritten)")
+        raise PipelineError(f"{out} exists; remove it first (a finished conversion is never overwritten)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         root.attrs["bioformats2raw.layout"] = 3
         image = root.create_group(BIOFORMATS2RAW_SERIES)
-        w, h = reader.dimensions
+        w, h = slide.dimensions
+        mpp = float(slide.mpp)
         level, datasets, scale = 0, [], 1.0
         previous = None
         while True:
@@ -121,7 +123,7 @@ def write_ome_zarr(reader: SlideReader, out: str | Path, mpp: float, chunk: int 
             for y in range(0, h, chunk):
                 rows = min(chunk, h - y)
                 if previous is None:
-                    band = reader.read(0, y, 0, (w, rows))
+                    band = slide.read_level(0, y, 0, (w, rows))
                 else:  # the band's source rows of the previous level, read back from the store
                     source = np.asarray(previous[0, :, 0, 2 * y : 2 * y + 2 * rows]).transpose(1, 2, 0)
                     band = cv2.resize(source, (w, rows), interpolation=cv2.INTER_AREA)
@@ -134,7 +136,7 @@ def write_ome_zarr(reader: SlideReader, out: str | Path, mpp: float, chunk: int 
             w, h, scale, level = w // 2, h // 2, scale * 2, level + 1
         image.attrs["multiscales"] = [{
             "version": "0.4",
-            "name": reader.slide_id,
+            "name": slide.slide_id,
             "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
                      {"name": "z", "type": "space", "unit": "micrometer"},
                      {"name": "y", "type": "space", "unit": "micrometer"},

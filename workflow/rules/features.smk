@@ -43,7 +43,7 @@ if not CHUNKED:
 else:
 
     # features.slides_per_job > 1 or shared_decode: a job per chunk of slides, every backbone from one decode
-    # (pipeline/features/chunks.py), then each slide's files linked into place by a light per-slide job.
+    # (pipeline/features/chunks.py), then each slide's files linked into place by a light local job.
     rule extract_chunk:
         input:
             slides=lambda wildcards: [slide_file(s) for s in extract_chunks()[wildcards.chunk]],
@@ -71,7 +71,10 @@ else:
             "--patches {input.patches:q} {params.backbones} {params.options} --threads {threads} "
             "--status-dir {params.status:q} --out-dir {output:q} --no-progress > {log:q} 2>&1"
 
-    rule extract:
+    localrules:
+        take_features,
+
+    rule take_features:
         input:
             chunk=lambda wildcards: out(layout.EXTRACT_CHUNK).format(chunk=chunk_of_slide(wildcards.slide)),
         output:
@@ -123,6 +126,6 @@ rule text_embeddings:
 
 rule extract_all:
     input:
-        lambda wildcards: expand(rules.extract.output.x5, slide=extract_ids(), backbone=list(BACKBONES)),
-        lambda wildcards: expand(rules.extract.output.x20, slide=extract_ids(), backbone=list(BACKBONES)),
+        lambda wildcards: expand(out(layout.FEATURES_5X), slide=extract_ids(), backbone=list(BACKBONES)),
+        lambda wildcards: expand(out(layout.FEATURES_20X), slide=extract_ids(), backbone=list(BACKBONES)),
         expand(rules.text_embeddings.output[0], backbone=list(BACKBONES), task=list(TASKS)),

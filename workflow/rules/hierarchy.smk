@@ -4,8 +4,8 @@
 
 rule hierarchy:
     input:
-        x5=rules.extract.output.x5,
-        x20=rules.extract.output.x20,
+        x5=out(layout.FEATURES_5X),  # made by `extract`, or by `take_features` from an extract_chunk job
+        x20=out(layout.FEATURES_20X),
     output:
         h5=out(layout.HIERARCHICAL),
     log:
