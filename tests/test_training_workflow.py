@@ -94,7 +94,8 @@ def test_duplicate_task_names_are_refused(tmp_path):
 
 @pytest.mark.workflow
 def test_two_backbones_train_every_method_and_write_the_cross_backbone_comparison(tmp_path):
-    config = {**SMALL, "features": {"backbones": [TINY, QUILT], "batch_size": 32}}
+    """Extracted in chunk jobs of 4 slides, each parent decoded once for both backbones, through to prediction."""
+    config = {**SMALL, "features": {"backbones": [TINY, QUILT], "batch_size": 32, "slides_per_job": 4}}
     run_snakemake(tmp_path, config, "train_all", "predict_all")
     results = tmp_path / "results"
     for backbone in ("tiny", "quiltnet"):
