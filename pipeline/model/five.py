@@ -157,8 +157,8 @@ class SelfAttentionBranch(nn.Module):
         \mathbf{g} = \operatorname{mean}_{i \in \text{valid}}(\mathbf{h}_i + \mathbf{x}_i)
 
     Shapes:
-        - **input:** x :math:`(M, D)`, encoding :math:`(M, D)`, valid :math:`(M,)` bool
-        - **output:** g :math:`(D,)`
+        - **input:** x :math:`(B, M, D)`, encoding :math:`(B, M, D)`, valid :math:`(B, M)` bool
+        - **output:** g :math:`(B, D)`
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
@@ -169,12 +169,12 @@ class SelfAttentionBranch(nn.Module):
         self.mlp = _mlp(dim, mlp_ratio)
 
     def forward(self, x: Tensor, encoding: Tensor, valid: Tensor) -> Tensor:
-        h = (x + encoding).unsqueeze(0)
+        h = x + encoding
         n = self.norm_attn(h)
-        h = h + self.attn(n, n, n, key_padding_mask=~valid.unsqueeze(0), need_weights=False)[0]
+        h = h + self.attn(n, n, n, key_padding_mask=~valid, need_weights=False)[0]
         h = h + self.mlp(self.norm_mlp(h))
-        out = (h[0] + x) * valid.unsqueeze(-1)
-        return out.sum(0) / valid.sum().clamp_min(1)
+        out = (h + x) * valid.unsqueeze(-1)
+        return out.sum(1) / valid.sum(1, keepdim=True).clamp_min(1)
 
 
 class CrossAttentionBranch(nn.Module):
@@ -187,8 +187,8 @@ class CrossAttentionBranch(nn.Module):
         \mathbf{p} = \operatorname{mean}_l \operatorname{MLP}(\operatorname{LN}(\mathbf{a} \mathbf{V}))_l
 
     Shapes:
-        - **input:** x :math:`(M, D)`, encoding :math:`(M, D)`, valid :math:`(M,)`, queries :math:`(L, D)`
-        - **output:** p :math:`(D,)` and the attention :math:`(L, M)` (mean over heads; 0 on padding)
+        - **input:** x :math:`(B, M, D)`, encoding :math:`(B, M, D)`, valid :math:`(B, M)`, queries :math:`(L, D)`
+        - **output:** p :math:`(B, D)` and the attention :math:`(B, L, M)` (mean over heads; 0 on padding)
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
@@ -200,16 +200,15 @@ class CrossAttentionBranch(nn.Module):
         self.mlp = _mlp(dim, mlp_ratio)
 
     def forward(self, x: Tensor, encoding: Tensor, valid: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
-        k = self.norm_key(x + encoding).unsqueeze(0)
-        q = self.norm_query(queries.to(x.dtype)).unsqueeze(0)
-        out, weights = self.attn(q, k, k, key_padding_mask=~valid.unsqueeze(0), need_weights=True,
-                                 average_attn_weights=True)
-        return self.mlp(self.norm_mlp(out[0])).mean(0), weights[0]
+        k = self.norm_key(x + encoding)
+        q = self.norm_query(queries.to(x.dtype)).unsqueeze(0).expand(x.size(0), -1, -1)
+        out, weights = self.attn(q, k, k, key_padding_mask=~valid, need_weights=True, average_attn_weights=True)
+        return self.mlp(self.norm_mlp(out)).mean(1), weights
 
 
 class FiVEOutput(NamedTuple):
-    slide: Tensor  # [D] the slide embedding s
-    attention: Tensor  # [L, M] each query's attention over the instances
+    slide: Tensor  # [D] the slide embedding s ([B, D] for a batch)
+    attention: Tensor  # [L, M] each query's attention over the instances ([B, L, M])
 
 
 class FiVE(nn.Module):
@@ -219,8 +218,10 @@ class FiVE(nn.Module):
         \mathbf{s} = \mathbf{W}[\mathbf{p}; \mathbf{g}] + \mathbf{b}, \qquad
         \text{logit}_j = 300 \cos(\mathbf{s}, \mathbf{t}_j)
 
-    The text side is held, not used, here: `queries` (a module returning the query prompts `[L, D]` for the kept
-    fields) and `descriptions` (a module encoding a list of texts), so one state dict holds every trained weight.
+    One slide's instances `[M, D]`, or a batch of slides padded to one length `[B, M, D]` with `valid` marking
+    the real instances (padding changes nothing). The text side is held, not used, here: `queries` (a module
+    returning the query prompts `[L, D]` for the kept fields) and `descriptions` (a module encoding a list of
+    texts), so one state dict holds every trained weight.
 
     Args:
         dim (int): Feature size D of the instances and the texts.
@@ -229,8 +230,9 @@ class FiVE(nn.Module):
         descriptions (nn.Module, optional): `descriptions(texts) -> [T, D]`.
 
     Shapes:
-        - **input:** x :math:`(M, D)`, ratio :math:`(M,)` index ratios, valid :math:`(M,)` bool, queries :math:`(L, D)`
-        - **output:** :class:`FiVEOutput`
+        - **input:** x :math:`([B,] M, D)`, ratio :math:`([B,] M)` index ratios, valid :math:`([B,] M)` bool,
+          queries :math:`(L, D)`
+        - **output:** :class:`FiVEOutput` with the slide embedding :math:`([B,] D)` and attention :math:`([B,] L, M)`
     """
 
     def __init__(self, dim: int, config: FiVEConfig | None = None, queries: nn.Module | None = None,
@@ -247,22 +249,39 @@ class FiVE(nn.Module):
         self.descriptions = descriptions
 
     def forward(self, x: Tensor, ratio: Tensor, valid: Tensor, queries: Tensor) -> FiVEOutput:
-        if x.dim() != 2 or x.size(1) != self.dim:
-            raise ValueError(f"'{type(self).__name__}': instances must be [M, {self.dim}], got {tuple(x.shape)}")
-        if not bool(valid.any()):
-            raise ValueError(f"'{type(self).__name__}': the slide has no valid instance")
+        single = x.dim() == 2
+        if single:
+            x, ratio, valid = x.unsqueeze(0), ratio.unsqueeze(0), valid.unsqueeze(0)
+        if x.dim() != 3 or x.size(-1) != self.dim:
+            raise ValueError(f"'{type(self).__name__}': instances must be [M, {self.dim}] or [B, M, {self.dim}], "
+                             f"got {tuple(x.shape)}")
+        if not bool(valid.any(1).all()):
+            raise ValueError(f"'{type(self).__name__}': a slide has no valid instance")
         encoding = index_encoding(ratio, self.dim).to(x.dtype)
         x = x.masked_fill(~valid.unsqueeze(-1), 0.0)  # padding carries nothing, whatever it held
         g = self.self_branch(x, encoding, valid)
         p, attention = self.cross_branch(x, encoding, valid, F.normalize(queries, dim=-1))
-        return FiVEOutput(self.fuse(torch.cat([p, g])), attention)
+        slide = self.fuse(torch.cat([p, g], dim=-1))
+        return FiVEOutput(slide[0], attention[0]) if single else FiVEOutput(slide, attention)
 
     def logits(self, slide: Tensor, texts: Tensor) -> Tensor:
-        """Fixed-scale cosines `[T]` of the slide embedding with each text."""
-        return self.config.logit_scale * (F.normalize(texts, dim=-1) @ F.normalize(slide, dim=-1))
+        """Fixed-scale cosines of the slide embedding(s) `[D]` or `[B, D]` with each text: `[T]` or `[B, T]`."""
+        return self.config.logit_scale * (F.normalize(slide, dim=-1) @ F.normalize(texts, dim=-1).T)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dim}, heads={self.config.heads}, logit_scale={self.config.logit_scale:g})"
+
+
+def pad_instances(bags: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Slides of different sizes as one padded batch: instances `[B, M, D]`, ratios `[B, M]`, valid `[B, M]`."""
+    m = max(len(x) for x, _ in bags)
+    x0 = bags[0][0]
+    x = x0.new_zeros(len(bags), m, x0.size(1))
+    ratio = x0.new_zeros(len(bags), m)
+    valid = torch.zeros(len(bags), m, dtype=torch.bool, device=x0.device)
+    for i, (xi, ri) in enumerate(bags):
+        x[i, : len(xi)], ratio[i, : len(xi)], valid[i, : len(xi)] = xi, ri.to(ratio.dtype), True
+    return x, ratio, valid
 
 
 class TFSQueries(nn.Module):
@@ -307,5 +326,6 @@ class FixedDescriptions(nn.Module):
         return self.features[[self.texts.index(t) for t in texts]]
 
 
-def cross_entropy(logits: Tensor, target: int) -> Tensor:
-    return F.cross_entropy(logits.unsqueeze(0), torch.tensor([target], device=logits.device))
+def cross_entropy(logits: Tensor, targets: Sequence[int]) -> Tensor:
+    """Mean cross-entropy of logits `[B, T]` against target indices (one per row)."""
+    return F.cross_entropy(logits, torch.tensor(list(targets), device=logits.device))

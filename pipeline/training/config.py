@@ -64,13 +64,14 @@ class TrainConfig:
     hila_attr_temperature: float = _opt(0.1, "HiLa softmax temperature of the attribute weights")
     hila_mcl_temperature: float = _opt(0.1, "HiLa mutual contrastive learning temperature")
     hila_mcl_weight: float = _opt(0.1, "HiLa weight of the mutual contrastive loss")
-    five_lr: float = _opt(1e-3, "FiVE Adam learning rate (ours: a few-shot fold has tens of steps; the reference's "
-                                "3e-6, x10 for its fusion, run for ~10,000)")
+    five_lr: float = _opt(3e-4, "FiVE Adam learning rate (ours: a few-shot fold has tens of steps; the reference's "
+                                "3e-6, x10 for its fusion, runs for ~10,000)")
     five_prompts: int = _opt(16, "FiVE learnable query prompts beside the question prompts (reference 16)")
     five_n_ctx: int = _opt(8, "FiVE learnable context tokens of each query prompt and of the description texts")
     five_heads: int = _opt(8, "FiVE attention heads of both branches (reference: D / 64 = 8)")
     five_logit_scale: float = _opt(300.0, "FiVE's fixed logit scale on the cosines (reference 300)")
-    five_batch_size: int = _opt(8, "FiVE slides per step (the reference accumulates 8 slides' gradients)")
+    five_batch_size: int = _opt(2, "FiVE slides per step (ours; the reference accumulates 8 slides' gradients, which "
+                                   "would leave a 4-shot fold one step per epoch)")
     five_sample_ratio: float = _opt(0.25, "FiVE few-shot: share p of a slide's instances drawn per step (reference "
                                           "fine-tuning 0.25)")
     five_zeroshot_sample_ratio: float = _opt(1.0, "FiVE zero-shot protocol: share p drawn per step (reference 1.0)")

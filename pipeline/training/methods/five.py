@@ -159,42 +159,38 @@ class _FiVE(Method):
         out[with_grad], out[without] = a, b.to(a.dtype)
         return out
 
-    def training_instances(self, bag: "SlideBag", device: "torch.device") -> tuple["Tensor", "Tensor", "Tensor"]:
-        """Segment-sampled instances, their index ratios and validity (all valid)."""
-        import torch
-
+    def training_instances(self, bag: "SlideBag", device: "torch.device") -> tuple["Tensor", "Tensor"]:
+        """Segment-sampled instances and their index ratios (index / the slide's instance count)."""
         from pipeline.model.five import segment_sample
 
         x, _, _ = instances(bag, device)
         m = len(x)
         idx = segment_sample(m, self.sample_ratio, self.config.five_max_instances, self._rng).to(x.device)
-        return x[idx], idx.float() / m, torch.ones(len(idx), dtype=torch.bool, device=x.device)
+        return x[idx], idx.float() / m
 
     def training_loss(
         self, model: "nn.Module", batch: "list[tuple[SlideBag, Any]]", device: "torch.device", epoch: int, epochs: int
     ) -> "Tensor":
-        import torch
-
-        from pipeline.model.five import cross_entropy, drop_fields
+        """Mean over the batch's slides (one padded forward) of the class-description CE (few-shot) plus the weighted
+        report-description CE of the slides with a description left this step."""
+        from pipeline.model.five import cross_entropy, drop_fields, pad_instances
 
         questions = self._labels.questions
         step = self.step_targets([bag.slide_id for bag, _ in batch], drop_fields(len(questions.fields), self._rng))
-        queries = model.queries(step.kept)
         classes = [] if self.zero_shot else list(model.class_texts)
-        features = self.encode_step_texts(model, step.texts + classes) if step.texts or classes else None
-        described, class_features = (features[: len(step.texts)], features[len(step.texts):]) if features is not None \
-            else (None, None)
-        losses = []
-        for (bag, target), own in zip(batch, step.targets):
-            slide = model(*self.training_instances(bag, device), queries).slide
-            loss = 0.0 * slide.sum()  # keeps the graph when a zero-shot slide has nothing left to train on
-            if not self.zero_shot:
-                loss = loss + cross_entropy(model.logits(slide, class_features), int(target))
-            if own is not None:
-                weight = 1.0 if self.zero_shot else self.config.five_description_weight
-                loss = loss + weight * cross_entropy(model.logits(slide, described), own)
-            losses.append(loss)
-        return torch.stack(losses).mean()
+        features = self.encode_step_texts(model, step.texts + classes)
+        slides = model(*pad_instances([self.training_instances(bag, device) for bag, _ in batch]),
+                       model.queries(step.kept)).slide
+        loss = 0.0 * slides.sum()  # keeps the graph when no slide of a zero-shot batch has a description left
+        if not self.zero_shot:
+            loss = loss + cross_entropy(model.logits(slides, features[len(step.texts):]), [int(t) for _, t in batch])
+        rows = [i for i, t in enumerate(step.targets) if t is not None]
+        if rows:
+            weight = 1.0 if self.zero_shot else self.config.five_description_weight
+            described = cross_entropy(model.logits(slides[rows], features[: len(step.texts)]),
+                                      [step.targets[i] for i in rows])
+            loss = loss + weight * described * len(rows) / len(batch)
+        return loss
 
     def train_batch_size(self) -> int:
         return self.config.five_batch_size
