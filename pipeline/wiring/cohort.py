@@ -263,23 +263,34 @@ def description_tasks(config: dict[str, Any]) -> list[str]:
     return [name for name, task in tasks(config).items() if any(reads_descriptions(m) for m in task["methods"])]
 
 
-def check_reports_source(config: dict[str, Any]) -> None:
-    """Refuse, before any job runs, a reports source that cannot work with the slide source and its settings."""
+def reports_source(config: dict[str, Any]) -> str:
+    """The reports stage's source: `reports.source`, or for `auto` the one the slides imply (the demo's own reports,
+    the GDC's report PDFs for GDC slides, the table when `reports.csv` names one). Refuses, before any job runs, a
+    choice that cannot work while some task needs descriptions."""
     reports = config["reports"]
+    source = reports["source"]
+    if source == "auto":
+        source = "csv" if reports["csv"] else config["source"] if config["source"] in ("demo", "gdc") else ""
     if not description_tasks(config):
-        return
-    if reports["source"] == "demo" and config["source"] != "demo":
+        return source or "csv"
+    if not source:
+        raise ValueError(
+            "config: the FiVE task(s) " + ", ".join(description_tasks(config)) + " need each patient's report; set "
+            "reports.csv to a table case_id,text, or reports.source: gdc for TCGA cases"
+        )
+    if source == "demo" and config["source"] != "demo":
         raise ValueError(
             "config: reports.source is demo (the synthetic cohort's reports) but the slides come from "
             f"'{config['source']}'; set reports.source to gdc or csv (a case_id,text table)"
         )
-    if reports["source"] == "csv" and not reports["csv"]:
+    if source == "csv" and not reports["csv"]:
         raise ValueError("config: reports.source is csv but reports.csv names no table (columns case_id,text)")
+    return source
 
 
 def reports_table(config: dict[str, Any], out: str) -> list[str]:
     """The reports stage's table input: the demo's generated reports, the user's CSV, or none (GDC)."""
-    source = config["reports"]["source"]
+    source = reports_source(config)
     if source == "demo":
         return [f"{out}/{layout.DEMO_REPORTS}"]
     if source == "csv":
@@ -292,7 +303,7 @@ def description_table(config: dict[str, Any], task: dict[str, Any], out: str) ->
     `descriptions:` table, else the demo's precomputed ones (demo reports and the demo question set); '' = the LLM."""
     if task.get("descriptions"):
         return str(task["descriptions"])
-    if config["reports"]["source"] == "demo" and not task.get("questions"):
+    if reports_source(config) == "demo" and not task.get("questions"):
         return f"{out}/{layout.DEMO_DESCRIPTIONS}"
     return ""
 

@@ -4,11 +4,10 @@
 # demo's precomputed descriptions). The logic is pipeline/reports/ and pipeline/descriptions/.
 from pipeline.descriptions.questions import resolve_question_file
 
-ws.check_reports_source(config)
-REPORTS = config["reports"]
+REPORTS_SOURCE = ws.reports_source(config)  # refuses a source that cannot work, before any job runs
 DESCRIBED = ws.description_tasks(config)
 
-if REPORTS["source"] == "gdc":
+if REPORTS_SOURCE == "gdc":
 
     localrules:
         reports,  # the GDC's report PDFs need the internet, which cluster nodes often lack
@@ -58,7 +57,7 @@ rule reports:
         runtime=240,
         gdc_conn=1,
     params:
-        source=REPORTS["source"],
+        source=REPORTS_SOURCE,
         table=lambda wildcards, input: flags.report_table_flags(input.table),
         out_dir=out(layout.REPORTS_DIR),
         client=gdc_wiring.client_args(config["gdc"]),
