@@ -256,6 +256,10 @@ def test_five_maps_each_query_prompts_attention_over_the_children_it_read(name, 
     scores = explain(method, model, cache, bag, 0)
     assert list(scores.maps_20x) == ["query: grade", "learnable prompt 1", "learnable prompt 2"] and not scores.maps_5x
     assert all(np.isclose(np.nanmean(v), 1.0, atol=1e-4) for v in scores.maps_20x.values())  # 1 = a uniform share
+    # each map's weight: how far its query pulls the slide embedding towards the explained class's description
+    other = explain(method, model, cache, bag, 1)
+    assert list(scores.weights_20x) == list(scores.maps_20x) and np.isfinite(list(scores.weights_20x.values())).all()
+    assert scores.weights_20x != other.weights_20x
     method.config = dataclasses.replace(CONFIG, five_eval_instances="spaced", five_sample_ratio=0.5,
                                         five_zeroshot_sample_ratio=0.5)
     spaced = explain(method, model, method.eval_cache(model), bag, 0)

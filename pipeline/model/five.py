@@ -188,7 +188,8 @@ class CrossAttentionBranch(nn.Module):
 
     Shapes:
         - **input:** x :math:`(B, M, D)`, encoding :math:`(B, M, D)`, valid :math:`(B, M)`, queries :math:`(L, D)`
-        - **output:** p :math:`(B, D)` and the attention :math:`(B, L, M)` (mean over heads; 0 on padding)
+        - **output:** p :math:`(B, D)`, the attention :math:`(B, L, M)` (mean over heads; 0 on padding) and each
+          query's output :math:`(B, L, D)` (p is their mean)
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
@@ -199,16 +200,18 @@ class CrossAttentionBranch(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = _mlp(dim, mlp_ratio)
 
-    def forward(self, x: Tensor, encoding: Tensor, valid: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, encoding: Tensor, valid: Tensor, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         k = self.norm_key(x + encoding)
         q = self.norm_query(queries.to(x.dtype)).unsqueeze(0).expand(x.size(0), -1, -1)
         out, weights = self.attn(q, k, k, key_padding_mask=~valid, need_weights=True, average_attn_weights=True)
-        return self.mlp(self.norm_mlp(out)).mean(1), weights
+        per_query = self.mlp(self.norm_mlp(out))
+        return per_query.mean(1), weights, per_query
 
 
 class FiVEOutput(NamedTuple):
     slide: Tensor  # [D] the slide embedding s ([B, D] for a batch)
     attention: Tensor  # [L, M] each query's attention over the instances ([B, L, M])
+    query_outputs: Tensor  # [L, D] each query's cross-attention output, whose mean is p ([B, L, D])
 
 
 class FiVE(nn.Module):
@@ -260,9 +263,16 @@ class FiVE(nn.Module):
         encoding = index_encoding(ratio, self.dim).to(x.dtype)
         x = x.masked_fill(~valid.unsqueeze(-1), 0.0)  # padding carries nothing, whatever it held
         g = self.self_branch(x, encoding, valid)
-        p, attention = self.cross_branch(x, encoding, valid, F.normalize(queries, dim=-1))
+        p, attention, per_query = self.cross_branch(x, encoding, valid, F.normalize(queries, dim=-1))
         slide = self.fuse(torch.cat([p, g], dim=-1))
-        return FiVEOutput(slide[0], attention[0]) if single else FiVEOutput(slide, attention)
+        out = FiVEOutput(slide, attention, per_query)
+        return FiVEOutput(*(t[0] for t in out)) if single else out
+
+    def query_pull(self, query_outputs: Tensor, text: Tensor) -> Tensor:
+        """How far each query moves the slide embedding towards a text `[L]`: its share of s through the fusion
+        (s is linear in the queries' mean output), projected on the unit text."""
+        share = query_outputs @ self.fuse.weight[:, : self.dim].T / query_outputs.size(-2)
+        return share @ F.normalize(text, dim=-1)
 
     def logits(self, slide: Tensor, texts: Tensor) -> Tensor:
         """Fixed-scale cosines of the slide embedding(s) `[D]` or `[B, D]` with each text: `[T]` or `[B, T]`."""

@@ -234,24 +234,30 @@ class _FiVE(Method):
     ) -> "PatchScores":
         """Each query prompt's attention over the instances it read, times their number (1 = a uniform share):
         one map per question prompt and learnable prompt, at 20x (5x for a slide without children); instances
-        left out by `five_eval_instances: spaced` are NaN. The same maps whatever class `target` is."""
+        left out by `five_eval_instances: spaced` are NaN. The maps are the same whatever class `target` is; each
+        map's weight is how far that query moves the slide embedding towards the class's description."""
         import numpy as np
         import torch
 
-        from pipeline.explain.scores import PatchScores, named_maps, scatter_children
+        from pipeline.explain.scores import PatchScores, named_maps, scatter_children, unique_names
+        from pipeline.training.methods.base import explained_class
 
+        cache = cache if cache is not None else self.eval_cache(model)
         with torch.no_grad():
-            out, _, idx = self._forward(model, bag, device, cache)
+            out, logits, idx = self._forward(model, bag, device, cache)
             _, parent, slot = instances(bag, device)
+            pull = model.query_pull(out.query_outputs, cache[1][explained_class(logits, target)])
         attention = (out.attention.float().cpu().numpy() * len(idx)).T  # [M_read, L]
         rows, slots = parent[idx].cpu().numpy(), slot[idx].cpu().numpy()
         n = len(bag.x5)
         kind = "query attention (1 = a uniform share)"
+        weights = dict(zip(unique_names(model.query_names), (float(v) for v in pull.float().cpu())))
         if slots.min(initial=0) < 0:  # no children: the 5x patches were the instances
             values = np.full((n, attention.shape[1]), np.nan)
             values[rows] = attention
-            return PatchScores(named_maps(values, model.query_names), {}, kind)
-        return PatchScores({}, named_maps(scatter_children(attention, rows, slots, n), model.query_names), kind)
+            return PatchScores(named_maps(values, model.query_names), {}, kind, weights_5x=weights)
+        maps = named_maps(scatter_children(attention, rows, slots, n), model.query_names)
+        return PatchScores({}, maps, kind, weights_20x=weights)
 
     def inference_payload(self, model: "nn.Module") -> dict[str, Any]:
         import torch
