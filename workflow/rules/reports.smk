@@ -59,7 +59,7 @@ rule reports:
     params:
         source=REPORTS_SOURCE,
         table=lambda wildcards, input: flags.report_table_flags(input.table),
-        out_dir=out(layout.REPORTS_DIR),
+        out_dir=lambda wildcards, output: str(Path(output.index).parent),  # layout.REPORTS_DIR
         client=gdc_wiring.client_args(config["gdc"]),
     shell:
         "$HIVE_PYTHON -m pipeline reports --source {params.source} --sheet {input.sheet:q} {params.table} "

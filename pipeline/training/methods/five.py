@@ -20,6 +20,7 @@ needs no text tower.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Sequence
 
 from pipeline.errors import PipelineError
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from pipeline.descriptions.table import FineGrainedLabels
     from pipeline.explain.scores import PatchScores
     from pipeline.training.data import SlideBag
+
+log = logging.getLogger(__name__)
 
 
 class StepTargets(NamedTuple):
@@ -119,7 +122,9 @@ class _FiVE(Method):
             raise PipelineError(f"method '{self.name}': prepare() before build()")
         self._fold: dict[str, dict[str, str] | None] = {bag.slide_id: labels.of(bag.slide_id) for bag, _ in train}
         self._rng = torch.Generator().manual_seed(self.config.seed)
-        if self.zero_shot and not any(self._fold.values()):
+        described = sum(a is not None for a in self._fold.values())
+        log.info("%s: %d of %d training slides have a report description", self.name, described, len(self._fold))
+        if self.zero_shot and not described:
             raise PipelineError(
                 f"method '{self.name}': no training slide's patient has a report description (descriptions stage "
                 "outputs: descriptions/{task}.csv and its failures table), so the zero-shot protocol has nothing to "
