@@ -154,3 +154,22 @@ def test_the_reports_source_follows_the_slides_and_refuses_what_cannot_work():
         ws.reports_source({**base, "source": "gdc", "reports": {"source": "demo", "csv": ""}})
     without_five = {**base, "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
     assert ws.description_tasks(without_five) == [] and ws.reports_source({**without_five, "source": "local"})
+
+
+@pytest.mark.workflow
+def test_the_demo_writes_its_reports_and_precomputed_descriptions_without_an_llm(tmp_path):
+    """The default config trains FiVE on the demo task; descriptions_all runs the demo's reports, the reports stage
+    and the descriptions stage (from the precomputed table: no LLM is reachable here) for real."""
+    from pipeline.wiring import cohort as ws
+
+    assert "five" in ws.tasks(yaml.safe_load((REPO / "config.yaml").read_text()))["demo"]["methods"]
+    run_snakemake(tmp_path, {"demo": {"slides_per_class": 2}, "llm": {"base_url": "http://127.0.0.1:9/v1"}},
+                  "descriptions_all")
+    results = tmp_path / "results"
+    index = pd.read_csv(results / "reports" / "index.csv", dtype=str, keep_default_na=False)
+    cases = sorted(index["case_id"][index["status"] == "ok"])
+    assert len(cases) == 4 and set(index["status"][index["case_id"] == "CMU-1-Small-Region"]) == {"none"}
+    assert "Microscopic description" in (results / "reports" / f"{cases[0]}.txt").read_text()
+    described = pd.read_csv(results / "descriptions" / "demo" / "descriptions.csv", dtype=str)
+    assert sorted(described["case_id"]) == cases and list(described.columns)[1] == "growth_pattern"
+    assert (results / "cohort" / "questions" / "demo.json").exists() and not (results / "descriptions" / "demo" / "cache").exists()

@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, write_text_atomic
@@ -270,9 +270,3 @@ def answers_problems(questions: QuestionSet, answers: Mapping[str, Any]) -> tupl
     if extra:
         problems.append(f"unknown field(s) {extra}")
     return out, problems
-
-
-def fields_of(questions: QuestionSet, names: Iterable[str]) -> list[str]:
-    """`names` in the question set's field order (for a description's kept fields)."""
-    wanted = set(names)
-    return [f for f in questions.fields if f in wanted]
