@@ -126,13 +126,13 @@ class _FiVE(Method):
         log.info("%s: %d of %d training slides have a report description", self.name, described, len(self._fold))
         if self.zero_shot and not described:
             raise PipelineError(
-                f"method '{self.name}': no training slide's patient has a report description (descriptions stage "
-                "outputs: descriptions/{task}.csv and its failures table), so the zero-shot protocol has nothing to "
-                "train on"
+                f"method '{self.name}': no training slide's patient has a report description (see the descriptions "
+                "stage's descriptions.csv and failed.csv), so the zero-shot protocol has nothing to train on"
             )
 
     def step_targets(self, batch_ids: Sequence[str], kept: Sequence[int]) -> StepTargets:
         """The step's descriptions (the fold's training descriptions, augmented with `kept`) and the batch's targets."""
+        from pipeline.descriptions.questions import UNKNOWN
         from pipeline.model.five import augment_descriptions
 
         outside = [s for s in batch_ids if s not in self._fold]
@@ -142,7 +142,7 @@ class _FiVE(Method):
         questions = self._labels.questions
         fields = [questions.fields[i] for i in kept]
         train_ids = list(self._fold)
-        parts = [[questions.question(f).phrase(a[f]) for f in fields if a[f] != "Unknown"] if a else []
+        parts = [[questions.question(f).phrase(a[f]) for f in fields if a[f] != UNKNOWN] if a else []
                  for a in (self._fold[s] for s in train_ids)]
         augmented = augment_descriptions(parts, self._rng)
         position = {s: i for i, s in enumerate(train_ids)}
