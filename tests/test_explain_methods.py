@@ -4,11 +4,14 @@ it reads, NaN exactly on padding children, scores that follow the patch's own fe
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 
+from pipeline.descriptions.questions import parse_questions
+from pipeline.descriptions.table import FineGrainedLabels
 from pipeline.explain.scores import PatchScores, mean_scores, scatter_children
 from pipeline.labels import LabelTree
 from pipeline.training.config import TrainConfig
@@ -20,7 +23,7 @@ DIM, K = 32, 3
 CLASSES = ["tumour", "normal"]
 TREE = LabelTree.from_mapping({"lung": ["LUAD", "LUSC"], "kidney": ["CCRCC", "CHRCC", "PRCC"]})
 CONFIG = TrainConfig(n_ctx=4, abmil_hidden=16, hmil_hidden=16, hmil_fine_attention_hidden=8, hila_hidden=16,
-                     hila_heads=2, device="cpu")
+                     hila_heads=2, five_prompts=2, five_n_ctx=2, five_heads=4, device="cpu")
 #: every (method, task type) a method registers for: a new method without explain() fails here
 CASES = [(m, t) for m in list_methods() for t in get_method(m).task_types]
 
@@ -65,13 +68,20 @@ def synthetic_bag(n: int = 7, seed: int = 0) -> SlideBag:
     return SlideBag("s", x5, x20, mask, np.zeros((n, 2)), np.zeros((n, 16, 2)))
 
 
+def descriptions() -> FineGrainedLabels:
+    """A question set over the classification task's classes (FiVE's queries and class descriptions)."""
+    questions = {"questions": [{"field": "grade", "name": "grade", "question": "Which grade?", "answers": ["1", "2"]}],
+                 "classes": {c: f"grade: {i + 1}" for i, c in enumerate(CLASSES)}}
+    return FineGrainedLabels(parse_questions(json.dumps(questions), "test"))
+
+
 def built(name: str, task_type: str, backbone) -> tuple[Method, torch.nn.Module, object]:
     torch.manual_seed(0)
     task = make_task(task_type)
     method = get_method(name)(CONFIG, task)
     texts = torch.randn(len(task.texts), DIM, generator=torch.Generator().manual_seed(1))
     resources = Resources(embed_dim=DIM, device=torch.device("cpu"), logit_scale=float(backbone.logit_scale),
-                          text_features=texts, backbone_factory=lambda: backbone)
+                          text_features=texts, backbone_factory=lambda: backbone, descriptions=descriptions())
     model = method.build(resources).eval()
     with torch.no_grad():
         cache = method.eval_cache(model)
@@ -247,3 +257,21 @@ def test_patch_scores_check_shapes_and_scatter_places_children():
         PatchScores({"a": np.zeros(3)}, {"t": np.zeros((4, 16))}, "attention")
     out = scatter_children(np.array([1.0, 2.0]), np.array([0, 2]), np.array([5, 15]), 3)
     assert out.shape == (3, 16) and out[0, 5] == 1.0 and out[2, 15] == 2.0 and np.isnan(out).sum() == 46
+
+
+@pytest.mark.parametrize("name", ["five", "five_zeroshot"])
+def test_five_maps_each_query_prompts_attention_over_the_children_it_read(name, backbone):
+    method, model, cache = built(name, "classification", backbone)
+    bag = synthetic_bag()
+    scores = explain(method, model, cache, bag, 0)
+    assert list(scores.maps_20x) == ["query: grade", "learnable prompt 1", "learnable prompt 2"] and not scores.maps_5x
+    assert all(np.isclose(np.nanmean(v), 1.0, atol=1e-4) for v in scores.maps_20x.values())  # 1 = a uniform share
+    # each map's weight: how far its query pulls the slide embedding towards the explained class's description
+    other = explain(method, model, cache, bag, 1)
+    assert list(scores.weights_20x) == list(scores.maps_20x) and np.isfinite(list(scores.weights_20x.values())).all()
+    assert scores.weights_20x != other.weights_20x
+    method.config = dataclasses.replace(CONFIG, five_eval_instances="spaced", five_sample_ratio=0.5,
+                                        five_zeroshot_sample_ratio=0.5)
+    spaced = explain(method, model, method.eval_cache(model), bag, 0)
+    read = ~np.isnan(spaced.maps_20x["query: grade"])
+    assert read.sum() == int(bag.mask.sum()) // 2 and not (read & ~bag.mask.numpy()).any()

@@ -115,3 +115,62 @@ def test_two_backbones_train_every_method_and_write_the_cross_backbone_compariso
     # zero-shot reads the text embeddings of its backbone: the checkpoint's buffers are those texts
     heat = results / "predictions" / "demo" / "tiny" / "1shot" / "hivemil" / "heatmaps"
     assert len(list(heat.glob("*_5x.png"))) == 8
+
+
+def test_a_five_task_asks_the_llm_about_the_reports_and_trains_on_the_answers(tmp_path):
+    """Wiring of FiVE with an LLM: reports from a table, the descriptions job with the endpoint (the key by its file
+    only), and FiVE's train job reading the question set and the descriptions; other methods read neither."""
+    table = tmp_path / "reports.csv"
+    table.write_text("case_id,text\n")
+    config = {**SMALL, "tasks": [{**SMALL["tasks"][0], "methods": ["five", "abmil_5x"]}],
+              "reports": {"source": "csv", "csv": str(table)},
+              "llm": {"base_url": "http://127.0.0.1:9/v1", "model": "qwen-local", "key_file": str(tmp_path / "k")}}
+    out = dry_run_jobs(tmp_path, config, "train_all")
+    lines = out.splitlines()
+    [reports] = [x for x in lines if " -m pipeline reports " in x]
+    [described] = [x for x in lines if " -m pipeline descriptions " in x]
+    assert f"--source csv --sheet results/cohort/sheet.csv --table {table}" in reports
+    assert "--reports-index results/reports/index.csv --cache-dir results/descriptions/demo/cache" in described
+    assert "--base-url http://127.0.0.1:9/v1 --model qwen-local" in described and f"--key-file {tmp_path / 'k'}" in described
+    assert "--out results/descriptions/demo/descriptions.csv" in described and "--from-csv" not in described
+    trains = {m: x for x in lines if " -m pipeline train " in x for m in ("five", "abmil_5x") if f"--method {m} " in x}
+    assert "--questions results/cohort/questions/demo.json --descriptions results/descriptions/demo/descriptions.csv" \
+        in trains["five"]
+    assert "--descriptions" not in trains["abmil_5x"]
+
+
+def test_the_reports_source_follows_the_slides_and_refuses_what_cannot_work():
+    from pipeline.reports.collect import SOURCES
+    from pipeline.wiring import cohort as ws
+
+    assert SCHEMA["properties"]["reports"]["properties"]["source"]["enum"] == ["auto", *SOURCES]
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert ws.description_tasks(base) == ["demo"] and ws.reports_source(base) == "demo"
+    assert ws.description_table(base, ws.tasks(base)["demo"], "results") == "results/demo/descriptions.csv"
+    assert ws.reports_source({**base, "source": "gdc"}) == "gdc"
+    assert ws.description_table({**base, "source": "gdc"}, ws.tasks(base)["demo"], "results") == ""  # the LLM
+    with pytest.raises(ValueError, match="need each patient's report"):
+        ws.reports_source({**base, "source": "local"})
+    with pytest.raises(ValueError, match="reports.source is demo .* slides come from 'gdc'"):
+        ws.reports_source({**base, "source": "gdc", "reports": {"source": "demo", "csv": ""}})
+    without_five = {**base, "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+    assert ws.description_tasks(without_five) == [] and ws.reports_source({**without_five, "source": "local"})
+
+
+@pytest.mark.workflow
+def test_the_demo_writes_its_reports_and_precomputed_descriptions_without_an_llm(tmp_path):
+    """The default config trains FiVE on the demo task; descriptions_all runs the demo's reports, the reports stage
+    and the descriptions stage (from the precomputed table: no LLM is reachable here) for real."""
+    from pipeline.wiring import cohort as ws
+
+    assert "five" in ws.tasks(yaml.safe_load((REPO / "config.yaml").read_text()))["demo"]["methods"]
+    run_snakemake(tmp_path, {"demo": {"slides_per_class": 2}, "llm": {"base_url": "http://127.0.0.1:9/v1"}},
+                  "descriptions_all")
+    results = tmp_path / "results"
+    index = pd.read_csv(results / "reports" / "index.csv", dtype=str, keep_default_na=False)
+    cases = sorted(index["case_id"][index["status"] == "ok"])
+    assert len(cases) == 4 and set(index["status"][index["case_id"] == "CMU-1-Small-Region"]) == {"none"}
+    assert "Microscopic description" in (results / "reports" / f"{cases[0]}.txt").read_text()
+    described = pd.read_csv(results / "descriptions" / "demo" / "descriptions.csv", dtype=str)
+    assert sorted(described["case_id"]) == cases and list(described.columns)[1] == "growth_pattern"
+    assert (results / "cohort" / "questions" / "demo.json").exists() and not (results / "descriptions" / "demo" / "cache").exists()

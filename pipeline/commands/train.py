@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
+from pipeline.errors import PipelineError
+
 NAME = "train"
 HELP = "train + evaluate one method (hivemil, abmil_5x, abmil_20x, zeroshot, ...) per fold -> results folder"
 
@@ -46,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features-5x", nargs="+", required=True, help="5x feature files, one per slide")
     parser.add_argument("--hierarchical", nargs="+", required=True, help="hierarchical 5x-20x feature files, one per slide")
     parser.add_argument("--text-embeddings", default="", help="text_{task}.h5 of the same backbone (zero-shot texts)")
+    parser.add_argument("--questions", default="",
+                        help="FiVE: the task's checked question set (cohort/questions/{task}.json)")
+    parser.add_argument("--descriptions", default="",
+                        help="FiVE: the patients' report descriptions (descriptions/{task}.csv: case_id + one column "
+                             "per question)")
     parser.add_argument("--label-tree", nargs="*", default=[], metavar="COARSE=FINE,FINE",
                         help="the task's label tree (hierarchical tasks; classification over the coarse level)")
     parser.add_argument("--labels", nargs="*", default=[],
@@ -85,10 +92,20 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     task = load_task(args.task_type, args.task, args.dataset, args.prompts, parse_tree_args(args.label_tree),
                      config=config, labels=args.labels)
+    descriptions = None
+    if bool(args.questions) != bool(args.descriptions):
+        raise PipelineError("give --questions and --descriptions together (FiVE's question set and descriptions)")
+    if args.descriptions:
+        from pipeline.dataset import read_dataset
+        from pipeline.descriptions.table import load_fine_grained
+
+        dataset = read_dataset(args.dataset)
+        cases = dict(zip(dataset["slide_id"], dataset["case_id"]))
+        descriptions = load_fine_grained(args.questions, args.descriptions, cases, labels=task.classes)
     train_method(
         task=task, method=args.method, split_files=args.splits,
         features=pair_feature_files(args.features_5x, args.hierarchical), backbone_name=args.backbone,
         out_dir=args.out_dir, shots=args.shots, text_embeddings=args.text_embeddings or None, weights=args.weights,
-        tokenizer=args.tokenizer, config=config,
+        tokenizer=args.tokenizer, config=config, descriptions=descriptions,
     )
     return 0

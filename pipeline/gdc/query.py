@@ -110,8 +110,11 @@ def build_filters(
     }
 
 
-def fetch_hits(client: GdcClient, filters: dict[str, Any], page_size: int = 500) -> list[dict[str, Any]]:
-    """Every hit of a `/files` search: pages of `page_size` until `pagination.total`, de-duplicated by id."""
+def fetch_hits(
+    client: GdcClient, filters: dict[str, Any], page_size: int = 500, fields: Iterable[str] = FIELDS
+) -> list[dict[str, Any]]:
+    """Every hit of a `/files` search (the slide fields unless told): pages of `page_size` until
+    `pagination.total`, de-duplicated by id."""
     if page_size < 1:
         raise PipelineError(f"page size must be positive, got {page_size}")
     hits: dict[str, dict[str, Any]] = {}
@@ -119,7 +122,7 @@ def fetch_hits(client: GdcClient, filters: dict[str, Any], page_size: int = 500)
     while total is None or start < total:
         payload = {
             "filters": filters,
-            "fields": ",".join(FIELDS),
+            "fields": ",".join(fields),
             "format": "JSON",
             "size": page_size,
             "from": start,

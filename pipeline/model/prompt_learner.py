@@ -28,20 +28,23 @@ class PromptLearner(nn.Module):
         \mathbf{t}_i = \operatorname{TextTower}\big([\mathbf{e}_{SOT}, \mathbf{c}_1, \dots, \mathbf{c}_{n},
             \mathbf{e}(w_{i,1}), \dots, \mathbf{e}_{EOT}]\big), \quad \mathbf{c}_j \sim \mathcal{N}(0, 0.02^2)
 
-    The context :math:`\mathbf{c}` is shared by all texts of all classes.
+    The context :math:`\mathbf{c}` is shared by all texts of all classes, unless `shared` is False: then each text
+    has its own (FiVE's learnable query prompts: an empty text each, nothing but context).
 
     Args:
         backbone: Frozen backbone exposing `tokenize`, `token_embedding`, `encode_text_embeddings`, `text_width`.
         texts (Sequence[str]): The texts to encode, in the order the model expects (per class: 4 coarse, 12 fine).
         n_ctx (int, optional): Number of context vectors. (default: :obj:`16`)
         init_std (float, optional): Standard deviation of the context initialisation. (default: :obj:`0.02`)
+        shared (bool, optional): One context for all texts, or one per text. (default: :obj:`True`)
 
     Shapes:
         - **input:** none (the texts are fixed at construction)
         - **output:** text features :math:`(T, D)`
     """
 
-    def __init__(self, backbone: Any, texts: Sequence[str], n_ctx: int = 16, init_std: float = 0.02):
+    def __init__(self, backbone: Any, texts: Sequence[str], n_ctx: int = 16, init_std: float = 0.02,
+                 shared: bool = True):
         super().__init__()
         if n_ctx < 1:
             raise ValueError(f"'{type(self).__name__}': n_ctx must be >= 1, got {n_ctx}")
@@ -51,14 +54,10 @@ class PromptLearner(nn.Module):
         self.n_ctx = n_ctx
         self.init_std = init_std
         self.n_texts = len(texts)
-        self.ctx = nn.Parameter(torch.empty(n_ctx, int(backbone.text_width)))
-        tokens = backbone.tokenize([" ".join([PLACEHOLDER] * n_ctx) + " " + text for text in texts])
-        placeholder_id = backbone.tokenize([PLACEHOLDER])[0, 1]
-        if not bool((tokens[:, 1 : 1 + n_ctx] == placeholder_id).all()):
-            raise ValueError(
-                f"'{type(self).__name__}': the backbone's tokenizer does not map each of {n_ctx} "
-                f"'{PLACEHOLDER}' placeholders to one token after the start token; cannot place the context"
-            )
+        self.shared = shared
+        width = int(backbone.text_width)
+        self.ctx = nn.Parameter(torch.empty(n_ctx, width) if shared else torch.empty(len(texts), n_ctx, width))
+        tokens = context_tokens(backbone, texts, n_ctx, type(self).__name__)
         with torch.no_grad():
             embeddings = backbone.token_embedding(tokens)
         self.register_buffer("tokens", tokens, persistent=False)
@@ -70,12 +69,74 @@ class PromptLearner(nn.Module):
         nn.init.normal_(self.ctx, std=self.init_std)
 
     def forward(self) -> Tensor:
-        ctx = self.ctx.unsqueeze(0).expand(self.n_texts, -1, -1).to(self.token_prefix.dtype)
-        embeddings = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+        ctx = self.ctx.unsqueeze(0).expand(self.n_texts, -1, -1) if self.shared else self.ctx
+        embeddings = torch.cat([self.token_prefix, ctx.to(self.token_prefix.dtype), self.token_suffix], dim=1)
         return self.backbone.encode_text_embeddings(embeddings, self.tokens)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(texts={self.n_texts}, n_ctx={self.n_ctx}, width={self.ctx.size(1)})"
+        shared = "" if self.shared else ", shared=False"
+        return f"{type(self).__name__}(texts={self.n_texts}, n_ctx={self.n_ctx}, width={self.ctx.size(-1)}{shared})"
+
+
+def context_tokens(backbone: Any, texts: Sequence[str], n_ctx: int, owner: str) -> Tensor:
+    """Token ids of `n_ctx` placeholders followed by each text `[T, L]`; the placeholders' slots (1..n_ctx) are
+    where a learnable context goes. Refuses a tokenizer that does not give each placeholder one token."""
+    tokens = backbone.tokenize([" ".join([PLACEHOLDER] * n_ctx) + " " + text for text in texts])
+    placeholder_id = backbone.tokenize([PLACEHOLDER])[0, 1]
+    if not bool((tokens[:, 1 : 1 + n_ctx] == placeholder_id).all()):
+        raise ValueError(
+            f"'{owner}': the backbone's tokenizer does not map each of {n_ctx} '{PLACEHOLDER}' placeholders to one "
+            "token after the start token; cannot place the context"
+        )
+    return tokens
+
+
+class ContextTextEncoder(nn.Module):
+    r"""One learnable context prepended to whatever texts each call brings, through the frozen text tower.
+
+    :class:`PromptLearner` fixes its texts at construction; FiVE's descriptions change every step (fields dropped
+    and shuffled), so this encoder tokenizes at call time. The context is shared by all texts.
+
+    .. math::
+        \mathbf{t} = \operatorname{TextTower}\big([\mathbf{e}_{SOT}, \mathbf{c}_1, \dots, \mathbf{c}_{n},
+            \mathbf{e}(w_1), \dots, \mathbf{e}_{EOT}]\big)
+
+    Args:
+        backbone: Frozen backbone exposing `tokenize`, `token_embedding`, `encode_text_embeddings`, `text_width`.
+        n_ctx (int, optional): Number of context vectors. (default: :obj:`8`)
+        init_std (float, optional): Standard deviation of the context initialisation. (default: :obj:`0.02`)
+
+    Shapes:
+        - **input:** a list of T texts
+        - **output:** text features :math:`(T, D)`
+    """
+
+    def __init__(self, backbone: Any, n_ctx: int = 8, init_std: float = 0.02):
+        super().__init__()
+        if n_ctx < 1:
+            raise ValueError(f"'{type(self).__name__}': n_ctx must be >= 1, got {n_ctx}")
+        object.__setattr__(self, "backbone", backbone)  # frozen, kept out of the state dict
+        self.n_ctx = n_ctx
+        self.init_std = init_std
+        self.ctx = nn.Parameter(torch.empty(n_ctx, int(backbone.text_width)))
+        context_tokens(backbone, ["a"], n_ctx, type(self).__name__)  # refuse an unusable tokenizer now
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.ctx, std=self.init_std)
+
+    def forward(self, texts: Sequence[str]) -> Tensor:
+        if not len(texts):
+            return self.ctx.new_zeros(0, int(self.backbone.embed_dim))
+        tokens = context_tokens(self.backbone, texts, self.n_ctx, type(self).__name__)
+        with torch.no_grad():
+            embeddings = self.backbone.token_embedding(tokens)
+        ctx = self.ctx.unsqueeze(0).expand(len(texts), -1, -1).to(embeddings.device, embeddings.dtype)
+        embeddings = torch.cat([embeddings[:, :1], ctx, embeddings[:, 1 + self.n_ctx :]], dim=1)
+        return self.backbone.encode_text_embeddings(embeddings, tokens)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_ctx={self.n_ctx}, width={self.ctx.size(1)})"
 
 
 def freeze(backbone: Any) -> Any:

@@ -87,6 +87,24 @@ class TrainConfig:
     hila_attr_temperature: float = _opt(0.1, "HiLa softmax temperature of the attribute weights")
     hila_mcl_temperature: float = _opt(0.1, "HiLa mutual contrastive learning temperature")
     hila_mcl_weight: float = _opt(0.1, "HiLa weight of the mutual contrastive loss")
+    five_lr: float = _opt(3e-4, "FiVE Adam learning rate (ours: a few-shot fold has tens of steps; the reference's "
+                                "3e-6, x10 for its fusion, runs for ~10,000)")
+    five_prompts: int = _opt(16, "FiVE learnable query prompts beside the question prompts (reference 16)")
+    five_n_ctx: int = _opt(8, "FiVE learnable context tokens of each query prompt and of the description texts")
+    five_heads: int = _opt(8, "FiVE attention heads of both branches (reference: D / 64 = 8)")
+    five_logit_scale: float = _opt(300.0, "FiVE's fixed logit scale on the cosines (reference 300)")
+    five_batch_size: int = _opt(2, "FiVE slides per step (ours; the reference accumulates 8 slides' gradients, which "
+                                   "would leave a 4-shot fold one step per epoch)")
+    five_sample_ratio: float = _opt(0.25, "FiVE few-shot: share p of a slide's instances drawn per step (reference "
+                                          "fine-tuning 0.25)")
+    five_zeroshot_sample_ratio: float = _opt(1.0, "FiVE zero-shot protocol: share p drawn per step (reference 1.0)")
+    five_max_instances: int = _opt(16384, "FiVE: at most T instances drawn per step (reference 16384)")
+    five_eval_instances: str = _opt("all", "FiVE at evaluation: all instances, or evenly spaced ones (reference)",
+                                    choices=("all", "spaced"))
+    five_description_weight: float = _opt(1.0, "FiVE few-shot: weight of the report-description loss beside the "
+                                               "class-description loss")
+    five_grad_descriptions: int = _opt(96, "FiVE: descriptions per step encoded with gradient (reference 96); "
+                                           "the others without")
     device: str = _opt("auto", "auto (GPU if present), cpu, cuda or cuda:N")
     cache_gb: float = _opt(4.0, "slide features kept in memory (GB)")
 
@@ -107,6 +125,16 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise PipelineError(f"train config: {f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+        if min(self.five_prompts, self.five_n_ctx, self.five_heads, self.five_batch_size, self.five_max_instances,
+               self.five_grad_descriptions) < 1:
+            raise PipelineError("train config: five_prompts, five_n_ctx, five_heads, five_batch_size, "
+                                "five_max_instances and five_grad_descriptions must be >= 1")
+        if self.five_lr <= 0 or self.five_logit_scale <= 0:
+            raise PipelineError(f"train config: five_lr and five_logit_scale must be > 0, got {self.five_lr}, "
+                                f"{self.five_logit_scale}")
+        for name in ("five_sample_ratio", "five_zeroshot_sample_ratio"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise PipelineError(f"train config: {name} must be in (0, 1], got {getattr(self, name)}")
         if self.top_k_5x < 1 or self.top_k_20x < 1:
             raise PipelineError(f"train config: top-k must be >= 1, got 5x={self.top_k_5x}, 20x={self.top_k_20x}")
 

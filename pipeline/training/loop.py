@@ -125,6 +125,8 @@ def fit(
     epochs, batch_size = method.max_epochs(), method.train_batch_size()
     stopper = EarlyStopping(method.patience(), cfg.best_epoch)
     order_gen = torch.Generator().manual_seed(cfg.seed)
+    method.prepare(model, train)
+    select = bool(val) and method.selects_on_validation()
     history: list[dict[str, float]] = []
     for epoch in range(epochs):
         model.train()
@@ -138,13 +140,13 @@ def fit(
             optimizer.step()
             total += loss.item() * len(batch)
         row = {"epoch": epoch, "train_loss": total / max(len(train), 1)}
-        if val:
+        if select:
             ev = evaluate(method, model, [b for b, _ in val], [y for _, y in val], device)
             row.update(val_loss=ev.loss, val_error=ev.error)
             stop = stopper.step(epoch, ev.error, ev.loss, model)
             if scheduler is not None:
                 scheduler.step(ev.loss)
-        else:  # no validation slides: keep the last epoch
+        else:  # no validation slides, or a method that must not choose by them: keep the last epoch
             row.update(val_loss=float("nan"), val_error=float("nan"))
             stop = stopper.step(epoch, -epoch, 0.0, model)
         history.append(row)

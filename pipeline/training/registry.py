@@ -13,8 +13,9 @@ from typing import Callable, TypeVar
 from pipeline.errors import PipelineError
 
 #: what a method may read: 5x features, the hierarchical 20x children, the prompt texts' frozen embeddings
-#: (text_{task}.h5), and the backbone's text tower itself (prompt learning: the backbone is built at training).
-INPUTS = frozenset({"5x", "20x", "text_embeddings", "text_tower"})
+#: (text_{task}.h5), the backbone's text tower itself (prompt learning: the backbone is built at training), and the
+#: patients' fine-grained report descriptions with the task's question set (FiVE: descriptions/{task}.csv).
+INPUTS = frozenset({"5x", "20x", "text_embeddings", "text_tower", "descriptions"})
 
 T = TypeVar("T", bound=type)
 

@@ -64,7 +64,7 @@ def text_features_for(task: TaskType, path: PathLike) -> tuple[torch.Tensor, flo
 
 def make_resources(
     embed_dim: int, device: torch.device, task: TaskType, text_embeddings: PathLike | None, backbone: Any,
-    backbone_name: str, weights: str | None, tokenizer: str | None,
+    backbone_name: str, weights: str | None, tokenizer: str | None, descriptions: Any = None,
 ) -> Resources:
     """What the methods may use; the backbone is built only if a method asks for its text tower."""
     from pipeline.model.prompt_learner import freeze
@@ -80,7 +80,7 @@ def make_resources(
             raise PipelineError(f"backbone '{backbone_name}' has embed_dim {found.embed_dim}, the features {embed_dim}")
         return found
 
-    res = Resources(embed_dim=embed_dim, device=device, backbone_factory=build_backbone)
+    res = Resources(embed_dim=embed_dim, device=device, backbone_factory=build_backbone, descriptions=descriptions)
     if text_embeddings:
         res.text_features, res.logit_scale = text_features_for(task, text_embeddings)
         res.text_features = res.text_features.to(device)
@@ -106,11 +106,13 @@ def train_method(
     tokenizer: str | None = None,
     config: TrainConfig | None = None,
     title: str = "",
+    descriptions: Any = None,
 ) -> pd.DataFrame:
     """Train and evaluate `method` on every fold; write its outputs to `out_dir`; return the per-fold summary.
 
     `backbone` may be passed in (tests, notebooks); otherwise it is built from the registry with `weights`, and only
-    if the method reads the text tower.
+    if the method reads the text tower. `descriptions` (pipeline.descriptions.table.FineGrainedLabels) are the
+    question set and the slides' report descriptions, for methods that read them (FiVE).
     """
     cfg = config or TrainConfig()
     runner: Method = get_method(method)(cfg, task)
@@ -143,7 +145,7 @@ def train_method(
         val = [(store.get(s), task.target(s, where)) for s in parts["val"]]
         if resources is None:
             resources = make_resources(train[0][0].embed_dim, device, task, text_embeddings, backbone, backbone_name,
-                                       weights, tokenizer)
+                                       weights, tokenizer, descriptions)
             if "text_tower" in runner.inputs:  # built before the seed reset, so model init draws the same numbers
                 resources.backbone(method)
         seed_everything(cfg.seed)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.demo_cohort import demo_slides
 from pipeline.labels import LabelTree
+from pipeline.wiring import layout
 
 #: the real slide bundled for the demo (see pipeline/data/slides/SOURCES.md).
 BUNDLED_SLIDE = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -245,3 +246,76 @@ def backbones(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def name_regex(names: list[str]) -> str:
     """A wildcard constraint matching exactly these names (a task or backbone not in the config matches no rule)."""
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or r"[^/]+"
+
+
+# --- reports and descriptions (FiVE) ----------------------------------------------------------------------------
+
+
+def reads_descriptions(method: str) -> bool:
+    """Whether a registered method trains on the patients' report descriptions (FiVE)."""
+    from pipeline.training.registry import get_method
+
+    return "descriptions" in get_method(method).inputs
+
+
+def description_tasks(config: dict[str, Any]) -> list[str]:
+    """The tasks with a method that reads report descriptions: each gets a descriptions job."""
+    return [name for name, task in tasks(config).items() if any(reads_descriptions(m) for m in task["methods"])]
+
+
+def reports_source(config: dict[str, Any]) -> str:
+    """The reports stage's source: `reports.source`, or for `auto` the one the slides imply (the demo's own reports,
+    the GDC's report PDFs for GDC slides, the table when `reports.csv` names one). Refuses, before any job runs, a
+    choice that cannot work while some task needs descriptions."""
+    reports = config["reports"]
+    source = reports["source"]
+    if source == "auto":
+        source = "csv" if reports["csv"] else config["source"] if config["source"] in ("demo", "gdc") else ""
+    if not description_tasks(config):
+        return source or "csv"
+    if not source:
+        raise ValueError(
+            "config: the FiVE task(s) " + ", ".join(description_tasks(config)) + " need each patient's report; set "
+            "reports.csv to a table case_id,text, or reports.source: gdc for TCGA cases"
+        )
+    if source == "demo" and config["source"] != "demo":
+        raise ValueError(
+            "config: reports.source is demo (the synthetic cohort's reports) but the slides come from "
+            f"'{config['source']}'; set reports.source to gdc or csv (a case_id,text table)"
+        )
+    if source == "csv" and not reports["csv"]:
+        raise ValueError("config: reports.source is csv but reports.csv names no table (columns case_id,text)")
+    return source
+
+
+def reports_table(config: dict[str, Any], out: str) -> list[str]:
+    """The reports stage's table input: the demo's generated reports, the user's CSV, or none (GDC)."""
+    source = reports_source(config)
+    if source == "demo":
+        return [f"{out}/{layout.DEMO_REPORTS}"]
+    if source == "csv":
+        return [config["reports"]["csv"]]
+    return []
+
+
+def description_table(config: dict[str, Any], task: dict[str, Any], out: str) -> str:
+    """The ready-made descriptions a task's descriptions job checks instead of asking the LLM: the task's own
+    `descriptions:` table, else the demo's precomputed ones (demo reports and the demo question set); '' = the LLM."""
+    if task.get("descriptions"):
+        return str(task["descriptions"])
+    if reports_source(config) == "demo" and not task.get("questions"):
+        return f"{out}/{layout.DEMO_DESCRIPTIONS}"
+    return ""
+
+
+def description_inputs(config: dict[str, Any], task: dict[str, Any], out: str) -> dict[str, str]:
+    """The descriptions job's named inputs: the question set, and the ready-made table or the reports index."""
+    from pipeline.descriptions.questions import resolve_question_file
+
+    inputs = {"questions": str(resolve_question_file(task["name"], task.get("questions", "")))}
+    table = description_table(config, task, out)
+    if table:
+        inputs["table"] = table
+    else:
+        inputs["reports"] = f"{out}/{layout.REPORTS_INDEX}"
+    return inputs

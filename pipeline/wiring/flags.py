@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from pipeline.mpp_overrides import read_mpp_overrides
 
@@ -95,3 +95,37 @@ def chunk_backbone_flags(backbones: dict[str, dict[str, Any]]) -> str:
         "--weights", _quote([backbones[n]["weights"] for n in names]),
         "--tokenizers", _quote([backbones[n]["tokenizer"] for n in names]),
     ])  # fmt: skip
+
+
+def llm_flags(llm: dict[str, Any]) -> str:
+    """The descriptions command's endpoint flags from config.yaml's `llm:` section (the key by its file only)."""
+    flags: list[Any] = [
+        "--base-url", llm["base_url"], "--model", llm["model"], "--timeout", llm["timeout"],
+        "--retries", llm["retries"], "--max-tokens", llm["max_tokens"], "--seed", llm["seed"],
+        "--answer-attempts", llm["answer_attempts"],
+    ]  # fmt: skip
+    if llm.get("key_file"):
+        flags += ["--key-file", llm["key_file"]]
+    if not llm["json_mode"]:
+        flags.append("--no-json-mode")
+    return _quote(flags)
+
+
+def description_source_flags(inputs: Mapping[str, Any], llm: dict[str, Any], cache_dir: str) -> str:
+    """--from-csv TABLE when the job checks a ready-made table, else the reports index, the cache and the LLM."""
+    if "table" in inputs:
+        return _quote(["--from-csv", str(inputs["table"])])
+    return _quote(["--reports-index", str(inputs["reports"]), "--cache-dir", cache_dir]) + " " + llm_flags(llm)
+
+
+def fine_grained_flags(inputs: Mapping[str, Any]) -> str:
+    """The train command's --questions/--descriptions for a method that reads descriptions (FiVE), else ''."""
+    if "descriptions" not in inputs:
+        return ""
+    return _quote(["--questions", str(inputs["questions"]), "--descriptions", str(inputs["descriptions"])])
+
+
+def report_table_flags(table: Any) -> str:
+    """The reports command's --table from the rule's table input (a list holding one path, or none for the GDC)."""
+    paths = [table] if isinstance(table, str) else list(table)
+    return _quote(["--table", paths[0]]) if paths else ""

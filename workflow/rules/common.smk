@@ -149,14 +149,19 @@ def split_files(wildcards):
 
 
 def train_inputs(wildcards):
-    """Everything a method's training job reads, following its task, backbone and run (shot count or cv) wildcards."""
-    return {
+    """Everything a method's training job reads, following its task, backbone and run (shot count or cv) wildcards;
+    a method that reads report descriptions (FiVE) also gets the task's question set and descriptions."""
+    inputs = {
         "dataset": out(layout.DATASET),
         "prompts": out(layout.PROMPTS, task=wildcards.task),
         "splits": split_files(wildcards),
         "text": out(layout.TEXT_EMBEDDINGS, task=wildcards.task, backbone=wildcards.backbone),
         **features_of(usable_ids(), wildcards.backbone),
     }
+    if ws.reads_descriptions(wildcards.method):
+        inputs["questions"] = out(layout.QUESTIONS, task=wildcards.task)
+        inputs["descriptions"] = out(layout.DESCRIPTIONS, task=wildcards.task)
+    return inputs
 
 
 def method_summaries(wildcards):
@@ -202,6 +207,7 @@ def final_outputs():
         rules.extract_all.input,
         rules.hierarchy_all.input,
         rules.splits_all.input,
+        rules.descriptions_all.input,
         rules.train_all.input,
         rules.predict_all.input,
     ]

@@ -38,13 +38,15 @@ rule train:
         weights=backbone_param("weights"),
         tokenizer=backbone_param("tokenizer"),
         flags=flags.train_flags(config["train"]),
+        fine_grained=lambda wildcards, input: flags.fine_grained_flags(dict(input.items())),
     shell:
         "$HIVE_PYTHON -m pipeline train --task {wildcards.task:q} --task-type {params.task_type} "
         "--method {wildcards.method:q} --label-tree {params.tree:q} --labels {params.labels:q} --dataset {input.dataset:q} "
         "--prompts {input.prompts:q} --splits {input.splits:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --text-embeddings {input.text:q} "
         "--backbone {wildcards.backbone:q} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
-        "--shots={params.shots:q} --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log:q} 2>&1"
+        "--shots={params.shots:q} {params.fine_grained} --out-dir {params.out_dir:q} {params.flags} --threads {threads} "
+        "> {log:q} 2>&1"
 
 
 rule summarize:

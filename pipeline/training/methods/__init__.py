@@ -3,4 +3,4 @@
 A new method is one module here with a `@register_method` class (see `base.Method`), added to this import.
 """
 
-from pipeline.training.methods import abmil, hila, hivemil, hmil, prompt_risk, zeroshot  # noqa: F401  (registers them)
+from pipeline.training.methods import abmil, five, hila, hivemil, hmil, prompt_risk, zeroshot  # noqa: F401  (registers them)

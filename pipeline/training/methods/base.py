@@ -8,7 +8,7 @@ the backbone's towers. The shared loop (pipeline.training.loop) knows nothing el
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from pipeline.errors import PipelineError
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from pipeline.descriptions.table import FineGrainedLabels
     from pipeline.explain.scores import PatchScores
     from pipeline.training.config import TrainConfig
     from pipeline.training.data import SlideBag
@@ -27,7 +28,9 @@ class Resources:
     """What a run offers the methods: feature size, logit scale, the class texts' embeddings, the text tower.
 
     `text_features` are the frozen prompt embeddings `[16C, D]` in the task's text order; `backbone` builds the
-    backbone on first use (only prompt-learning methods ask for it, so a run without them never loads it).
+    backbone on first use (only prompt-learning methods ask for it, so a run without them never loads it);
+    `descriptions` are the task's question set and each slide's fine-grained report description (FiVE), of which a
+    method may use only its training slides' (see `Method.prepare`).
     """
 
     embed_dim: int
@@ -35,6 +38,7 @@ class Resources:
     logit_scale: float | None = None
     text_features: "Tensor | None" = None
     backbone_factory: Callable[[], Any] | None = None
+    descriptions: "FineGrainedLabels | None" = None
     _backbone: Any = field(default=None, repr=False)
 
     def backbone(self, method: str) -> Any:
@@ -51,6 +55,14 @@ class Resources:
             self.backbone(method)
         assert self.logit_scale is not None
         return self.logit_scale
+
+    def require_descriptions(self, method: str) -> "FineGrainedLabels":
+        if self.descriptions is None:
+            raise PipelineError(
+                f"method '{method}' needs the task's question set and report descriptions (--questions, "
+                "--descriptions: the descriptions stage's outputs)"
+            )
+        return self.descriptions
 
     def require_text_features(self, method: str) -> "Tensor":
         if self.text_features is None:
@@ -110,6 +122,16 @@ class Method:
             total = loss if total is None else total + loss
         assert total is not None
         return total / len(batch) if len(batch) > 1 else total
+
+    def prepare(self, model: "nn.Module", train: "Sequence[tuple[SlideBag, Any]]") -> None:
+        """Called by the loop before a fold's training with that fold's training targets only: a method that needs
+        side information per target (FiVE: the training patients' descriptions) takes it from these, so nothing of
+        the validation or test targets can reach training."""
+
+    def selects_on_validation(self) -> bool:
+        """Whether the validation targets choose the epoch kept and stop training early (False: a fixed number of
+        epochs, the last kept, e.g. a zero-shot protocol that must use no labels)."""
+        return True
 
     def step_cache(self, model: "nn.Module") -> Any:
         """Computed once per training step, with gradient, for all the step's targets (e.g. the learned prompts'
