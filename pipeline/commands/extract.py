@@ -1,10 +1,10 @@
 """Patch features of one slide at 5x and 20x with a vision-language backbone.
 
 Reads patches/{slide}.h5 and opens the slide with the mpp recorded there (resolved once, at patching, so no mpp
-override is needed here; a patch file of another slide is refused), then for each kept 5x patch reads its level-0
-region once at 20x resolution, cuts the kept 20x children from it and shrinks it for the 5x patch; both go through
-the backbone's preprocessing and image encoder (bf16 autocast on a GPU, fp32 on the CPU). Writes features [N, D] float32 and coords [N, 2] (level-0, the
-order of patches.h5) to --out-5x and --out-20x, with attrs naming the backbone, its weights (path and sha256, or
+override is needed here; a patch file of another slide is refused), then for each kept 5x patch reads it from the
+pyramid level made for 5x and its kept 20x children from the 20x level (pipeline.features.loader); both go through
+the backbone's preprocessing and image encoder (bf16 autocast on a GPU, fp32 on the CPU). Writes features [N, D]
+float32 and coords [N, 2] (level-0, the order of patches.h5) to --out-5x and --out-20x, with attrs naming the backbone, its weights (path and sha256, or
 "random"), input size and normalisation. A damaged slide fails with its reason unless --on-read-error blank.
 """
 
@@ -17,7 +17,7 @@ from pipeline.commands._common import StatusTarget, add_slide_arguments, recover
 from pipeline.features.registry import ON_READ_ERROR, list_backbones
 
 NAME = "extract"
-HELP = "5x and 20x patch features of one slide (one region read per 5x patch)"
+HELP = "5x and 20x patch features of one slide (only the kept patches decoded)"
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Patch and text features: backbone registry, one-read-per-parent loader, per-slide extraction, prompts."""
+"""Patch and text features: backbone registry, loader that decodes only the encoded patches, per-slide extraction, prompts."""
 
 from pipeline.features import backbones  # noqa: F401,E402  (registers every backbone)
 from pipeline.features.registry import (  # noqa: F401

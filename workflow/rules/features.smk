@@ -1,4 +1,4 @@
-# Features: 5x and 20x patch features per slide for every configured backbone (one region read per 5x parent),
+# Features: 5x and 20x patch features per slide for every configured backbone (only the kept patches decoded),
 # and each task's prompt texts encoded by the same backbone (zero-shot texts). The logic is pipeline/features/.
 
 FEAT = config["features"]
