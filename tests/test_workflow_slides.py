@@ -81,7 +81,7 @@ def test_full_dag_dry_run(tmp_path, snakemake):
     assert _job_count(proc.stdout, "demo_slide") == 20  # 4 subtypes x 5 slides
     assert _job_count(proc.stdout, "segment") == 21
     assert _job_count(proc.stdout, "patch") == 21
-    assert _job_count(proc.stdout, "train") == 4 + 5 + 4  # demo: 4 methods; demo_tree: HMIL and the same 4;
+    assert _job_count(proc.stdout, "train") == 5 + 5 + 4  # demo: 5 methods (FiVE too); demo_tree: HMIL and 4 flat;
     assert _job_count(proc.stdout, "survival_splits") == 1  # demo_survival: HiLa, 2 ABMILs, prompt risk
 
 
