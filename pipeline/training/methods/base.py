@@ -187,3 +187,13 @@ class Method:
         model = self.build(resources)
         model.load_state_dict(ckpt["state_dict"])
         return model.eval()
+
+
+def load_trained_weights(model: "nn.Module", state: dict[str, Any], rebuilt: tuple[str, ...], name: str) -> None:
+    """A checkpoint's trained weights into `model`, less those under the `rebuilt` prefixes (text sides rebuilt from
+    stored features); any other missing or unexpected key means the checkpoint is not this model's."""
+    weights = {k: v for k, v in state.items() if not k.startswith(rebuilt)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    left = [k for k in missing if not k.startswith(rebuilt)]
+    if left or unexpected:
+        raise RuntimeError(f"{name} checkpoint does not fit the model: missing {left}, unexpected {unexpected}")

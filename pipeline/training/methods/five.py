@@ -24,7 +24,7 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Sequence
 
 from pipeline.errors import PipelineError
-from pipeline.training.methods.base import Method, Resources
+from pipeline.training.methods.base import Method, Resources, load_trained_weights
 from pipeline.training.registry import register_method
 
 if TYPE_CHECKING:
@@ -281,12 +281,7 @@ class _FiVE(Method):
         queries, q = ckpt["five_queries"], int(ckpt["five_n_questions"])
         model = FiVE(int(ckpt["embed_dim"]), self.five_config(), TFSQueries(queries[:q], FixedTexts(queries[q:])),
                      FixedDescriptions(ckpt["five_class_texts"], ckpt["five_class_features"]))
-        text_side = ("queries.", "descriptions.")
-        weights = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(text_side)}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        left = [k for k in missing if not k.startswith(text_side)]
-        if left or unexpected:
-            raise RuntimeError(f"{self.name} checkpoint does not fit the model: missing {left}, unexpected {unexpected}")
+        load_trained_weights(model, ckpt["state_dict"], ("queries.", "descriptions."), self.name)
         return self._annotate(model, ckpt["five_class_texts"], ckpt["five_query_names"], device).eval()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.training.methods.base import Method, Resources
+from pipeline.training.methods.base import Method, Resources, load_trained_weights
 from pipeline.training.registry import register_method
 
 if TYPE_CHECKING:
@@ -128,10 +128,5 @@ class HiLaMethod(Method):
         texts, k = ckpt["text_features"], self.task.n_attributes
         resources = Resources(embed_dim=int(ckpt["embed_dim"]), device=device)
         model = self._model(resources, FixedTexts(texts[:k]).to(device), FixedTexts(texts[k:]).to(device))
-        prompts = ("region_text_encoder.", "patch_text_encoder.")
-        weights = {n: v for n, v in ckpt["state_dict"].items() if not n.startswith(prompts)}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        left = [n for n in missing if not n.startswith(prompts)]
-        if left or unexpected:
-            raise RuntimeError(f"hila checkpoint does not fit the model: missing {left}, unexpected {unexpected}")
+        load_trained_weights(model, ckpt["state_dict"], ("region_text_encoder.", "patch_text_encoder."), "hila")
         return model.eval()
