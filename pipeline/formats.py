@@ -241,3 +241,100 @@ def read_text_embeddings(path: PathLike) -> TextEmbeddings:
     classes = json.loads(attrs.pop("classes"))
     texts = json.loads(attrs.pop("texts"))
     return TextEmbeddings(data["embeddings"], classes, texts, attrs)
+
+
+# --- the HLSS tile pool: pretrain/tiles.h5 (pipeline.wiring.layout.PRETRAIN_TILES) ------------------------------------
+
+
+@dataclass
+class TilePoolIndex:
+    """What a tile pool holds, without its pixels: tile i is 20x patch `coords[i]` of slide `slide_ids[slide_of[i]]`,
+    whose patient is `case_ids[slide_of[i]]`."""
+
+    slide_ids: list[str]
+    case_ids: list[str]
+    slide_of: np.ndarray  # [N] int64
+    coords: np.ndarray  # [N, 2] int64, level 0
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.slide_of)
+
+
+def write_tile_pool(
+    dest: PathLike,
+    slides: "Iterator[tuple[str, str, np.ndarray, np.ndarray]]",
+    patch_size: int,
+    attrs: Mapping[str, Any],
+) -> TilePoolIndex:
+    """Stream (slide_id, case_id, tiles [n, S, S, 3] uint8, coords [n, 2]) per slide into one h5, atomically.
+
+    Tiles go to disk slide by slide (one chunk per tile), so a cohort's pool never has to fit in memory.
+    """
+    slide_ids: list[str] = []
+    case_ids: list[str] = []
+    slide_of: list[np.ndarray] = []
+    coords: list[np.ndarray] = []
+    with atomic_path(dest) as tmp:
+        import h5py
+
+        with h5py.File(tmp, "w") as f:
+            tiles = f.create_dataset("tiles", shape=(0, patch_size, patch_size, 3), maxshape=(None, patch_size,
+                                     patch_size, 3), dtype=np.uint8, chunks=(1, patch_size, patch_size, 3))
+            for slide_id, case_id, slide_tiles, slide_coords in slides:
+                if slide_tiles.shape[1:] != (patch_size, patch_size, 3) or slide_tiles.dtype != np.uint8:
+                    raise ValueError(f"slide '{slide_id}': tiles {slide_tiles.shape} {slide_tiles.dtype} are not "
+                                     f"[n, {patch_size}, {patch_size}, 3] uint8")
+                start = tiles.shape[0]
+                tiles.resize(start + len(slide_tiles), axis=0)
+                tiles[start:] = slide_tiles
+                slide_of.append(np.full(len(slide_tiles), len(slide_ids), np.int64))
+                coords.append(np.asarray(slide_coords, np.int64).reshape(-1, 2))
+                slide_ids.append(slide_id)
+                case_ids.append(case_id)
+            index = TilePoolIndex(
+                slide_ids, case_ids,
+                np.concatenate(slide_of) if slide_of else np.zeros(0, np.int64),
+                np.concatenate(coords) if coords else np.zeros((0, 2), np.int64),
+                dict(attrs),
+            )
+            f.create_dataset("slide_of", data=index.slide_of)
+            f.create_dataset("coords", data=index.coords)
+            f.attrs.update(_clean_attrs({
+                "hive_wsi_version": __version__, **attrs, "patch_size": patch_size,
+                "slide_ids": json.dumps(slide_ids), "case_ids": json.dumps(case_ids),
+            }))
+    return index
+
+
+def read_tile_pool_index(path: PathLike) -> TilePoolIndex:
+    data, attrs = read_h5(path, ["slide_of", "coords"])
+    slide_ids = json.loads(attrs.pop("slide_ids"))
+    case_ids = json.loads(attrs.pop("case_ids"))
+    return TilePoolIndex(slide_ids, case_ids, data["slide_of"], data["coords"], attrs)
+
+
+class TileReader:
+    """Random access to a tile pool's pixels (one open file; use as a context manager)."""
+
+    def __init__(self, path: PathLike):
+        import h5py
+
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "r")
+        self._tiles = self._file["tiles"]
+
+    def __enter__(self) -> "TileReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Tiles [len(indices), S, S, 3] uint8 in the order given (repeats allowed)."""
+        indices = np.asarray(indices, np.int64)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        return self._tiles[unique][inverse] if len(unique) else np.zeros((0, *self._tiles.shape[1:]), np.uint8)

@@ -104,6 +104,11 @@ def _entry(name: str) -> _Entry:
     return _REGISTRY[name]
 
 
+def get_builder(name: str) -> Builder:
+    """The registered builder (variants such as `{vlm}_hlss` build their VLM with it)."""
+    return _entry(name).builder
+
+
 def get_backbone_cfg(name: str) -> BackboneCfg:
     """The registered cfg (frozen, so callers cannot change the registry's copy)."""
     return _entry(name).cfg
@@ -139,14 +144,14 @@ def create_backbone(
     if unknown:
         raise PipelineError(f"backbone '{name}': unknown cfg override(s) {unknown}")
     cfg = dataclasses.replace(entry.cfg, **changes)
-    from pipeline.features.weights import find_tokenizer, load_checkpoint, resolve_weights, seeded
+    from pipeline.features.weights import find_tokenizer, resolve_weights, seeded
 
     source = resolve_weights(cfg, weights, seed)
     ctx = BuildContext(tokenizer or find_tokenizer(source.path), source.is_random)
     with seeded(seed):
         backbone = entry.builder(cfg, ctx)
     if not source.is_random:
-        load_checkpoint(backbone, source)
+        backbone.load_weights(source)
     backbone.weights = source
     backbone.freeze()
     return backbone

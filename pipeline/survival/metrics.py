@@ -174,14 +174,14 @@ def kaplan_meier_curves(
 def plot_kaplan_meier(event: np.ndarray, time: np.ndarray, risk: np.ndarray, title: str, path: PathLike) -> float:
     """PNG of the Kaplan-Meier curves of the low- and high-risk halves (median split of `risk`), censored patients
     ticked, group sizes in the legend and the log-rank p-value in the title; returns that p-value (NaN if none)."""
-    from pipeline.training.reports import _pyplot, _save_figure
+    from pipeline.training.reports import pyplot, save_figure
 
     time, event = check_labels(time, event)
     high = risk_groups(_scores(risk, time.size, "risk"))
     curves = kaplan_meier_curves(event, time, high)
     p_value = logrank_p(event, time, high)
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, members, color in zip(GROUPS, (~high, high), ("tab:blue", "tab:red")):
         times, surv, n = curves[name]
@@ -200,5 +200,5 @@ def plot_kaplan_meier(event: np.ndarray, time: np.ndarray, risk: np.ndarray, tit
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"{title}\nlog-rank p = {p_text}", fontsize=9)
-    _save_figure(fig, Path(path))
+    save_figure(fig, Path(path))
     return p_value

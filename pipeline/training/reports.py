@@ -25,7 +25,7 @@ def write_csv(path: PathLike, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False, float_format="%.6g"))
 
 
-def _save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -35,7 +35,7 @@ def _save_figure(fig: Any, path: Path) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +46,7 @@ def _pyplot() -> Any:
 
 def plot_curves(history: list[dict[str, float]], best_epoch: int, title: str, path: Path) -> None:
     """Training loss, validation loss and validation error per epoch, best epoch marked."""
-    plt = _pyplot()
+    plt = pyplot()
     frame = pd.DataFrame(history)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(frame["epoch"], frame["train_loss"], label="train loss")
@@ -62,14 +62,14 @@ def plot_curves(history: list[dict[str, float]], best_epoch: int, title: str, pa
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper right")
     ax.set_title(title, fontsize=9)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(predictions: pd.DataFrame, classes: list[str], title: str, path: Path) -> None:
     """Binary: one ROC curve per fold. Multi-class: one-vs-rest per class, test slides of all folds pooled."""
     from pipeline.metrics import binary_auc, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     y = predictions["label_index"].to_numpy()
     if len(classes) == 2:
@@ -88,14 +88,14 @@ def plot_roc(predictions: pd.DataFrame, classes: list[str], title: str, path: Pa
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(true: Sequence[str], pred: Sequence[str], classes: list[str], title: str, path: Path) -> None:
     """Confusion matrix of the pooled test slides: counts, rows true class, columns predicted, row-shaded."""
     from pipeline.metrics import confusion_matrix
 
-    plt = _pyplot()
+    plt = pyplot()
     index = {c: i for i, c in enumerate(classes)}
     counts = confusion_matrix([index[t] for t in true], [index[p] for p in pred], len(classes))
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
@@ -112,7 +112,7 @@ def plot_confusion(true: Sequence[str], pred: Sequence[str], classes: list[str],
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     ax.set_title(title, fontsize=9)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def aggregate(summary: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:

@@ -172,8 +172,14 @@ def tasks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found = _by_name(config["tasks"], "task", _item_defaults("tasks"))
     out = {name: _with_tree({"methods": DEFAULT_METHODS[task["type"]], **task}) for name, task in found.items()}
     folds = config["cohort"]["folds"]
+    listed = [b["name"] for b in config.get("features", {}).get("backbones", [])]
     for task in out.values():
         _check_methods(task)
+        unknown = [b for b in task.get("backbones") or [] if b not in listed]
+        if unknown:
+            raise ValueError(f"config: task '{task['name']}' trains on backbone(s) {unknown} that features.backbones "
+                             f"does not list ({listed})")
+        task["backbones"] = list(task.get("backbones") or listed)
         task["runs"] = run_names(task, folds)
         task["splits"] = [split_of_run(run) for run in task["runs"]]
     return out

@@ -56,3 +56,13 @@ PREDICTIONS = PREDICT_DIR + "/predictions.csv"
 PREDICT_GALLERY = PREDICT_DIR + "/gallery"
 STATUS_DIR = "status"
 STATUS_TABLE = "status.csv"
+#: HLSS pretraining: the tile pool of the pretraining slides, and per `{vlm}_hlss` backbone its checkpoint (the
+#: backbone's weights), resumable state, loss per step and curve, and the kNN / zero-shot table per task
+PRETRAIN_TILES = "pretrain/tiles.h5"
+HLSS_DIR = "pretrain/{backbone}"
+HLSS_CHECKPOINT = HLSS_DIR + "/hlss.pt"
+HLSS_STATE = HLSS_DIR + "/state/last.pt"
+HLSS_LOSSES = HLSS_DIR + "/losses.csv"
+HLSS_CURVE = HLSS_DIR + "/loss.png"
+HLSS_EVAL = HLSS_DIR + "/knn_{task}.csv"
+HLSS_EVAL_MD = HLSS_DIR + "/knn_{task}.md"

@@ -11,13 +11,17 @@ from pipeline.wiring import cohort as ws
 from pipeline.wiring import flags
 from pipeline.wiring import gdc as gdc_wiring
 from pipeline.wiring import layout
+from pipeline.wiring import pretrain as pw
 
 OUT = config["output_dir"]
 REPO = workflow.basedir
 COHORT = ws.cohort_slides(config)
 SLIDES = sorted(COHORT)
 TASKS = ws.tasks(config)
-BACKBONES = ws.backbones(config)
+BACKBONES = pw.fill_hlss_weights(ws.backbones(config), OUT)
+#: `{vlm}_hlss` backbone -> its VLM; those pretrained here (no weights given) depend on the pretrain rule's checkpoint
+HLSS = pw.hlss_backbones(BACKBONES)
+PRETRAINED = pw.pretrained_here(BACKBONES)
 READER = config["slides"]["reader"]
 
 # The interpreter of every job's `$HIVE_PYTHON -m pipeline` (set in the shell prefix below): the one Snakemake runs in
@@ -102,6 +106,16 @@ def backbone_param(key):
     return lambda wildcards: BACKBONES[wildcards.backbone][key]
 
 
+def hlss_checkpoints(names):
+    """The pretrain checkpoints that backbones `names` load (none for a VLM, or an HLSS backbone given weights)."""
+    return [BACKBONES[name]["weights"] for name in names if name in PRETRAINED]
+
+
+def hlss_checkpoint(wildcards):
+    """An input function: the wildcard backbone's pretrain checkpoint, when it has one made here."""
+    return hlss_checkpoints([wildcards.backbone])
+
+
 def per_slide(pattern, **fixed):
     """An input function expanding `pattern` over the cohort's slides (after the GDC query when source is gdc)."""
     return lambda wildcards: expand(pattern, slide=cohort_ids(), **fixed)
@@ -156,6 +170,7 @@ def train_inputs(wildcards):
         "prompts": out(layout.PROMPTS, task=wildcards.task),
         "splits": split_files(wildcards),
         "text": out(layout.TEXT_EMBEDDINGS, task=wildcards.task, backbone=wildcards.backbone),
+        "hlss": hlss_checkpoint(wildcards),
         **features_of(usable_ids(), wildcards.backbone),
     }
     if ws.reads_descriptions(wildcards.method):
@@ -171,7 +186,7 @@ def method_summaries(wildcards):
 
 def task_results(wildcards):
     task = TASKS[wildcards.task]
-    return expand(out(layout.RESULTS), task=wildcards.task, backbone=list(BACKBONES), run=task["runs"])
+    return expand(out(layout.RESULTS), task=wildcards.task, backbone=task["backbones"], run=task["runs"])
 
 
 def predict_slide_ids():
@@ -189,6 +204,7 @@ def predict_inputs(wildcards):
         "checkpoints": expand(out(layout.CHECKPOINT), **w, k=range(config["cohort"]["folds"])),
         "slides": [slide_file(s) for s in slides],
         "patches": expand(out(layout.PATCHES), slide=slides),
+        "hlss": hlss_checkpoint(wildcards),
         **features_of(slides, wildcards.backbone),
     }
 
@@ -197,7 +213,7 @@ def every_run(pattern):
     """`pattern` for every task x backbone x run (shot count or cv) x method of the config."""
     paths = []
     for name, task in TASKS.items():
-        paths += expand(out(pattern), task=name, backbone=list(BACKBONES), run=task["runs"], method=task["methods"])
+        paths += expand(out(pattern), task=name, backbone=task["backbones"], run=task["runs"], method=task["methods"])
     return sorted(set(paths))
 
 
@@ -210,6 +226,7 @@ def final_outputs():
         rules.descriptions_all.input,
         rules.train_all.input,
         rules.predict_all.input,
+        rules.pretrain_all.input,
     ]
 
 

@@ -14,6 +14,7 @@ if not CHUNKED:
         input:
             slide=slide_path,
             patches=rules.patch.output.h5,
+            hlss=hlss_checkpoint,
         output:
             x5=out(layout.FEATURES_5X),
             x20=out(layout.FEATURES_20X),
@@ -48,6 +49,7 @@ else:
         input:
             slides=lambda wildcards: [slide_file(s) for s in extract_chunks()[wildcards.chunk]],
             patches=lambda wildcards: expand(rules.patch.output.h5, slide=extract_chunks()[wildcards.chunk]),
+            hlss=hlss_checkpoints(BACKBONES),
         output:
             directory(out(layout.EXTRACT_CHUNK)),
         log:
@@ -101,6 +103,7 @@ else:
 rule text_embeddings:
     input:
         prompts=rules.check_prompts.output[0],
+        hlss=hlss_checkpoint,
     output:
         out(layout.TEXT_EMBEDDINGS),
     log:

@@ -132,6 +132,13 @@ class Backbone:
         """exp of the learned temperature parameter (about 100 for trained CLIP models, 14.3 at random init)."""
         return float(self.model.logit_scale.detach().exp())
 
+    def load_weights(self, source: "WeightsSource") -> None:
+        """Load a resolved weights file (strictly, see `pipeline.features.weights.load_checkpoint`); variants whose
+        file is not a state dict of `model` (HLSS) override this."""
+        from pipeline.features.weights import load_checkpoint
+
+        load_checkpoint(self, source)
+
     def convert_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Map a foreign checkpoint layout onto `model`'s keys (default: already ours)."""
         return state
