@@ -23,8 +23,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pretraining (defaults: pipeline.pretrain.config)")
     for f in fields(PretrainConfig):
         assert f.default is not MISSING
-        group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+        group.add_argument(config_flag(f.name), dest=f.name, type=type(f.default), default=f.default,
                            choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default {f.default})")
+
+
+def config_flag(field: str) -> str:
+    """The flag of a PretrainConfig field; its `seed` is --pretrain-seed, since --seed seeds the VLM's weights."""
+    return "--pretrain-seed" if field == "seed" else "--" + field.replace("_", "-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from pipeline.errors import PipelineError
 from pipeline.formats import TilePoolIndex, TileReader
-from pipeline.pretrain.model import LEVELS
+from pipeline.pretrain import LEVELS
 
 
 @dataclass(frozen=True)

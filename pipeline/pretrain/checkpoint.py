@@ -27,7 +27,7 @@ class HlssCheckpointError(PipelineError):
 
 def save_hlss_checkpoint(dest: PathLike, payload: dict[str, Any]) -> None:
     """Write atomically (a killed job never leaves a half checkpoint that looks finished)."""
-    missing = [k for k in REQUIRED if k not in payload]
+    missing = [k for k in REQUIRED if k not in payload and k != "format"]
     if missing:
         raise ValueError(f"HLSS checkpoint {dest}: missing {missing}")
     with atomic_path(dest) as tmp:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.pretrain.model import LEVELS
+from pipeline.pretrain import LEVELS
 
 
 def supervised_contrastive(z: Tensor, groups: Tensor, temperature: float = 0.07) -> Tensor:

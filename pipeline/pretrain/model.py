@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: the hierarchy levels, in the order of HLSS's three heads.
-LEVELS = ("patch", "slide", "patient")
+from pipeline.pretrain import LEVELS
 
 
 class ResidualAdapter(nn.Module):
@@ -47,6 +46,13 @@ class ResidualAdapter(nn.Module):
         return f + norm * self.up(F.gelu(self.down(f / norm)))
 
 
+def _standardise(h: Tensor) -> Tensor:
+    """Centre and scale each output over the batch (a BatchNorm without parameters)."""
+    if h.shape[0] < 2:
+        return h
+    return (h - h.mean(dim=0, keepdim=True)) / h.std(dim=0, keepdim=True).clamp_min(1e-6)
+
+
 class LevelHeads(nn.Module):
     """One linear head per level, initialised to that level's attribute text embeddings (bias zero).
 
@@ -62,14 +68,15 @@ class LevelHeads(nn.Module):
         self.heads = nn.ModuleDict()
         for level in LEVELS:
             weight = torch.as_tensor(np.asarray(attribute_embeddings[level]), dtype=torch.float32)
-            head = nn.Linear(weight.shape[1], weight.shape[0])
+            weight = F.normalize(weight - weight.mean(dim=0, keepdim=True), dim=-1)
+            head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
             with torch.no_grad():
                 head.weight.copy_(weight)
-                head.bias.zero_()
+                pass
             self.heads[level] = head
 
     def forward(self, e_hat: Tensor) -> dict[str, Tensor]:
-        return {level: F.normalize(head(e_hat), dim=-1) for level, head in self.heads.items()}
+        return {level: F.normalize(_standardise(head(e_hat)), dim=-1) for level, head in self.heads.items()}
 
 
 #: image-tower layouts: where the transformer blocks are, and the modules after them that make the embedding.

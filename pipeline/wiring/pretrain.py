@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from pipeline.commands.pretrain import config_flag
 from pipeline.features.backbones.hlss import vlm_of
 from pipeline.pretrain.config import PretrainConfig
 from pipeline.wiring import layout
@@ -70,7 +71,7 @@ def pretrain_flags(section: dict[str, Any]) -> str:
             continue
         if key not in fields:
             raise ValueError(f"config: pretrain.{key} is not a pretraining setting ({sorted(fields)})")
-        flags += ["--" + key.replace("_", "-"), str(value)]
+        flags += [config_flag(key), str(value)]
     return " ".join(shlex.quote(f) for f in flags)
 
 

@@ -1,9 +1,6 @@
 """Every backbone, imported explicitly here so registering never depends on import side effects elsewhere."""
 
-from pipeline.features.backbones import (  # noqa: F401  (registers them)
-    conch,
-    hlss,  # noqa: F401, E402  (after every VLM: registers their variants)
-    plip,
-    quiltnet,
-    tiny,
-)
+from pipeline.features.backbones import conch, hlss, plip, quiltnet, tiny  # noqa: F401  (registers them)
+from pipeline.features.registry import list_backbones
+
+hlss.register_variants(list_backbones())  # after every VLM: `{vlm}_hlss` for each

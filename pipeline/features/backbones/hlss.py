@@ -1,6 +1,6 @@
 """`{vlm}_hlss` for every registered VLM: the VLM plus the adapter the pretrain stage trains on it.
 
-Imported after every VLM so each one gets its variant. Its weights are the pretrain stage's checkpoint
+`register_variants` runs once every VLM is registered (pipeline/features/backbones/__init__.py). Its weights are the pretrain stage's checkpoint
 (results/pretrain/{vlm}_hlss/hlss.pt), or "random" for the untrained variant (identical to its random VLM).
 """
 
@@ -13,7 +13,6 @@ from pipeline.features.registry import (
     BuildContext,
     get_backbone_cfg,
     get_builder,
-    list_backbones,
     register_backbone,
 )
 
@@ -52,5 +51,8 @@ def _register(vlm: str) -> None:
         return HlssBackbone(cfg, vlm_backbone, ctx)
 
 
-for _vlm in list_backbones():
-    _register(_vlm)
+def register_variants(vlms: list[str]) -> None:
+    """Register `{vlm}_hlss` for each VLM (called once every VLM is registered)."""
+    for vlm in vlms:
+        if not vlm_of(vlm):
+            _register(vlm)
