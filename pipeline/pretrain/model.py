@@ -3,7 +3,12 @@
 The adapter's residual is relative to the tower's output norm and starts at zero, so before any step `{vlm}_hlss`
 embeds exactly as its VLM does (and keeps its image-text alignment); what pretraining moves is visible as a change
 from that. Each head is a linear map D -> A_level whose rows start as the level's attribute text embeddings
-(HLSS's initialisation), so a head's output starts as the image's cosine similarity to every attribute.
+(HLSS's initialisation), centred on their mean: a VLM's texts share a large common direction (cosine 0.6-0.9
+between attributes), and rows that are nearly parallel make a rank-one head whose outputs are the same for every
+image. Head outputs are standardised over the batch before the contrastive loss (a BatchNorm without parameters,
+as SimCLR-style heads use): without it the first optimiser steps shift every embedding the same way and the
+contrast collapses to its uniform value, log(N - 1), and stays there. The heads serve only the loss; extraction
+uses tower and adapter.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def _standardise(h: Tensor) -> Tensor:
 
 
 class LevelHeads(nn.Module):
-    """One linear head per level, initialised to that level's attribute text embeddings (bias zero).
+    """One linear head per level, initialised to that level's attribute text embeddings, centred (no bias).
 
     Args:
         attribute_embeddings: level -> [A_level, D] unit-norm rows.
