@@ -18,6 +18,7 @@ import yaml
 from pipeline.errors import PipelineError, SlideError
 from pipeline.features import create_backbone, get_backbone_cfg, list_backbones, register_backbone
 from pipeline.features.architectures.base import Preprocess
+from pipeline.features.backbones.hlss import vlm_of
 from pipeline.features.extract import extract_features, extract_slide
 from pipeline.features.loader import (
     MIN_BOX_FILL,
@@ -121,10 +122,11 @@ def conch_tokenizer(tmp_path_factory) -> str:
     return word_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json", 32003, TEST_WORDS)
 
 
-@pytest.fixture(scope="module", params=list_backbones())
+@pytest.fixture(scope="module", params=[b for b in list_backbones() if not vlm_of(b) or b == "tiny_hlss"])
 def random_backbone(request, conch_tokenizer):
-    """Each registered backbone with random weights, built once (pytest groups the tests by backbone). CONCH gets
-    a tokenizer file of its real vocabulary size, as it would with its published weights."""
+    """Each registered VLM with random weights, built once (pytest groups the tests by backbone), and one HLSS
+    variant (the others wrap their VLM the same way). CONCH gets a tokenizer file of its real vocabulary size, as
+    it would with its published weights."""
     name = request.param
     backbone = create_backbone(name, weights="random", tokenizer=conch_tokenizer if name == "conch" else None)
     yield backbone

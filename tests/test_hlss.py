@@ -246,22 +246,31 @@ def test_changed_settings_do_not_resume_an_old_state(tmp_path, attributes_file, 
     assert len(lr) == 5 and lr.max() <= 1e-4  # all five steps were the second run's
 
 
-def test_tile_pool_reads_real_slide_tiles_at_their_coordinates(tmp_path, cmu1):
+@pytest.fixture(scope="module")
+def cmu_patches(tmp_path_factory, cmu1) -> Path:
+    """The bundled CMU-1 region segmented and patched by the stage commands."""
+    from pipeline.cli import main
+
+    folder = tmp_path_factory.mktemp("cmu")
+    seg = ["--slide", str(cmu1), "--status-dir", str(folder / "status")]
+    assert main(["segment", *seg, "--mask", str(folder / "m.png"), "--geojson", str(folder / "t.geojson"),
+                 "--stats", str(folder / "s.json"), "--qc", str(folder / "qc.png")]) == 0
+    patches = folder / "CMU-1-Small-Region.h5"
+    assert main(["patch", *seg, "--geojson", str(folder / "t.geojson"), "--out", str(patches),
+                 "--qc", str(folder / "pqc.png")]) == 0
+    return patches
+
+
+def test_tile_pool_reads_real_slide_tiles_at_their_coordinates(tmp_path, cmu1, cmu_patches):
     from pipeline.cli import main
     from pipeline.formats import read_patches
     from pipeline.slide import open_slide
 
     sheet = tmp_path / "sheet.csv"
-    sheet.write_text("slide_id,case_id,label\nCMU-1-Small-Region,CMU-1,x\n")
-    seg = ["--slide", str(cmu1), "--status-dir", str(tmp_path / "status")]
-    assert main(["segment", *seg, "--mask", str(tmp_path / "m.png"), "--geojson", str(tmp_path / "t.geojson"),
-                 "--stats", str(tmp_path / "s.json"), "--qc", str(tmp_path / "qc.png")]) == 0
-    patches = tmp_path / "CMU-1-Small-Region.h5"
-    assert main(["patch", *seg, "--geojson", str(tmp_path / "t.geojson"), "--out", str(patches),
-                 "--qc", str(tmp_path / "pqc.png")]) == 0
+    sheet.write_text("slide_id,case_id,label\nCMU-1-Small-Region,CMU-1,x\ngone,CMU-2,x\n")
+    patches = cmu_patches
     gone = tmp_path / "gone.h5"  # a slide whose file has disappeared: left out with its reason, the rest pooled
     gone.write_bytes(patches.read_bytes())
-    sheet.write_text(sheet.read_text() + "gone,CMU-2,x\n")
     assert main(["pretrain-tiles", "--sheet", str(sheet), "--slides", str(cmu1), str(tmp_path / "gone.svs"),
                  "--patches", str(patches), str(gone), "--tiles-per-slide", "4", "--out", str(tmp_path / "pool.h5")]) == 0
     index = read_tile_pool_index(tmp_path / "pool.h5")
@@ -273,3 +282,31 @@ def test_tile_pool_reads_real_slide_tiles_at_their_coordinates(tmp_path, cmu1):
     with TileReader(tmp_path / "pool.h5") as tiles, open_slide(cmu1) as slide:
         x, y = index.coords[2]
         assert np.array_equal(tiles.read(np.array([2]))[0], slide.read_region_scaled(int(x), int(y), s20, size))
+
+
+def test_adapting_the_vlm_features_gives_the_features_extraction_gives(cohort, cmu1, cmu_patches, tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.features.extract import extract_slide
+    from pipeline.formats import read_features
+
+    folder, _, _ = cohort
+    ckpt = str(folder / "hlss.pt")
+    for name, weights in (("tiny", "random"), ("tiny_hlss", ckpt)):
+        extract_slide(cmu1, cmu_patches, tmp_path / f"{name}_5x.h5", tmp_path / f"{name}_20x.h5", name,
+                      weights=weights, device="cpu", num_workers=0, progress=False)
+    sources = [str(tmp_path / f"tiny_{s}.h5") for s in ("5x", "20x")]
+    outputs = [str(tmp_path / f"adapted_{s}.h5") for s in ("5x", "20x")]
+    assert main(["adapt-features", "--backbone", "tiny_hlss", "--weights", ckpt, "--vlm-files", *sources,
+                 "--out", *outputs]) == 0
+    for scale in ("5x", "20x"):
+        adapted, coords, attrs = read_features(tmp_path / f"adapted_{scale}.h5")
+        extracted, coords_x, attrs_x = read_features(tmp_path / f"tiny_hlss_{scale}.h5")
+        assert np.array_equal(coords, coords_x) and np.allclose(adapted, extracted, atol=1e-5)
+        assert attrs["backbone"] == attrs_x["backbone"] == "tiny_hlss" and attrs["weights"] == ckpt
+    # features of other weights (seed 1) are refused, naming the slide
+    extract_slide(cmu1, cmu_patches, tmp_path / "s1_5x.h5", tmp_path / "s1_20x.h5", "tiny", weights="random",
+                  seed=1, device="cpu", num_workers=0, progress=False)
+    assert main(["adapt-features", "--backbone", "tiny_hlss", "--weights", ckpt, "--vlm-files",
+                 str(tmp_path / "s1_5x.h5"), "--out", str(tmp_path / "bad.h5")]) != 0
+    assert "slide 'CMU-1-Small-Region'" in capsys.readouterr().err
+    assert not (tmp_path / "bad.h5").exists()

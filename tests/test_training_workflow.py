@@ -64,10 +64,40 @@ def test_schema_enums_and_defaults_come_from_the_registries_and_the_training_con
     assert {k: v for k, v in config_train.items() if k != "threads"} == defaults()
 
 
+def test_pretrain_schema_defaults_are_the_pretraining_config_and_the_demo_sets_every_key():
+    from dataclasses import asdict
+
+    from pipeline.pretrain.config import PretrainConfig
+    from pipeline.wiring.pretrain import WORKFLOW_KEYS
+
+    pretrain = SCHEMA["properties"]["pretrain"]["properties"]
+    assert {k: v["default"] for k, v in pretrain.items() if k not in WORKFLOW_KEYS} == asdict(PretrainConfig())
+    assert set(WORKFLOW_KEYS) <= set(pretrain)
+    assert set(yaml.safe_load((REPO / "config.yaml").read_text())["pretrain"]) == set(pretrain)
+
+
+def test_hlss_wiring_needs_the_vlm_listed_and_fills_in_the_checkpoint():
+    from pipeline.wiring import pretrain as pw
+
+    listed = {"tiny": {"weights": "random"}, "tiny_hlss": {"weights": ""}, "plip_hlss": {"weights": "/ckpt/h.pt"}}
+    with pytest.raises(ValueError, match=r"not the VLM\(s\) \['plip'\]"):
+        pw.hlss_backbones(listed)
+    filled = pw.fill_hlss_weights(listed, "out")
+    assert filled["tiny_hlss"]["weights"] == "out/pretrain/tiny_hlss/hlss.pt" and filled["tiny_hlss"]["pretrained"]
+    assert filled["plip_hlss"]["weights"] == "/ckpt/h.pt" and not filled["plip_hlss"]["pretrained"]
+    assert pw.pretrained_here(filled) == ["tiny_hlss"]
+    section = {"slides": [], "exclude_slides": ["b"], "seed": 3, "steps": 10, "threads": 2}
+    assert pw.pretrain_slides(section, ["a", "b", "c"], ["a", "b", "c", "d"]) == ["a", "c"]
+    with pytest.raises(ValueError, match="not in the cohort"):
+        pw.pretrain_slides({**section, "slides": ["zz"]}, ["a"], ["a"])
+    assert pw.pretrain_flags(section) == "--pretrain-seed 3 --steps 10"
+
+
 def test_dag_time_wiring_imports_no_slide_reader_image_library_h5py_or_torch():
     code = (
         "import sys\n"
         "import pipeline.wiring.cohort, pipeline.wiring.flags, pipeline.wiring.layout, pipeline.wiring.gdc\n"
+        "import pipeline.wiring.pretrain, pipeline.pretrain.attributes\n"
         "import pipeline.prompt_files, pipeline.training.registry\n"
         "from pipeline.training.registry import list_methods; list_methods()\n"
         "heavy = ['openslide', 'cv2', 'h5py', 'tifffile', 'torch', 'PIL', 'skimage', 'matplotlib', 'imagecodecs']\n"

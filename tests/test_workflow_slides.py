@@ -81,8 +81,14 @@ def test_full_dag_dry_run(tmp_path, snakemake):
     assert _job_count(proc.stdout, "demo_slide") == 20  # 4 subtypes x 5 slides
     assert _job_count(proc.stdout, "segment") == 21
     assert _job_count(proc.stdout, "patch") == 21
-    assert _job_count(proc.stdout, "train") == 5 + 5 + 4  # demo: 5 methods (FiVE too); demo_tree: HMIL and 4 flat;
-    assert _job_count(proc.stdout, "survival_splits") == 1  # demo_survival: HiLa, 2 ABMILs, prompt risk
+    # demo: 5 methods (FiVE too) on tiny, HiVE-MIL on tiny_hlss; demo_tree: HMIL and 4 flat; demo_survival: HiLa,
+    # 2 ABMILs, prompt risk (both on tiny only)
+    assert _job_count(proc.stdout, "train") == 5 + 1 + 5 + 4
+    assert _job_count(proc.stdout, "survival_splits") == 1
+    assert _job_count(proc.stdout, "extract") == 21  # tiny from the slides; tiny_hlss adapts tiny's features
+    assert _job_count(proc.stdout, "adapt_features") == 1
+    assert _job_count(proc.stdout, "pretrain_tiles") == 1 and _job_count(proc.stdout, "pretrain") == 1
+    assert _job_count(proc.stdout, "hlss_eval") == 2  # demo and demo_tree (labelled tasks)
 
 
 def test_keep_going_finishes_good_slides_and_lists_bad_ones(tmp_path, snakemake, fixtures, cmu1):

@@ -180,9 +180,27 @@ def tasks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"config: task '{task['name']}' trains on backbone(s) {unknown} that features.backbones "
                              f"does not list ({listed})")
         task["backbones"] = list(task.get("backbones") or listed)
+        _check_backbone_methods(task)
         task["runs"] = run_names(task, folds)
         task["splits"] = [split_of_run(run) for run in task["runs"]]
     return out
+
+
+def _check_backbone_methods(task: dict[str, Any]) -> None:
+    where = f"config: task '{task['name']}' backbone_methods"
+    for backbone, methods in (task.get("backbone_methods") or {}).items():
+        if backbone not in task["backbones"]:
+            raise ValueError(f"{where} names backbone '{backbone}', which the task does not train on "
+                             f"({task['backbones']})")
+        extra = [m for m in methods if m not in task["methods"]]
+        if extra:
+            raise ValueError(f"{where}: {backbone} lists {extra}, which are not among the task's methods "
+                             f"{task['methods']}")
+
+
+def task_methods(task: dict[str, Any], backbone: str) -> list[str]:
+    """The methods a task trains on one backbone: its `backbone_methods` entry, else all its methods."""
+    return list((task.get("backbone_methods") or {}).get(backbone) or task["methods"])
 
 
 def run_names(task: dict[str, Any], folds: int) -> list[str]:

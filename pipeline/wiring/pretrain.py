@@ -47,6 +47,16 @@ def pretrained_here(backbones: dict[str, dict[str, Any]]) -> list[str]:
     return [name for name, entry in backbones.items() if entry.get("pretrained")]
 
 
+def adapted_here(backbones: dict[str, dict[str, Any]], section: dict[str, Any], source: str) -> list[str]:
+    """HLSS backbones pretrained here with the tower frozen: their features are the VLM's, adapted by one job
+    (rule adapt_features) instead of a second extraction from the slides. Not for a GDC cohort, whose slides are
+    known only after the query (one job's outputs must be known when the workflow starts): there they are
+    extracted."""
+    if section["trainable"] != "adapter" or source == "gdc":
+        return []
+    return pretrained_here(backbones)
+
+
 def pretrain_slides(section: dict[str, Any], usable: Iterable[str], cohort: Iterable[str]) -> list[str]:
     """`pretrain.slides` (default: every usable slide) less `pretrain.exclude_slides`; names must be in the cohort."""
     cohort = set(cohort)

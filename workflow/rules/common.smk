@@ -22,6 +22,8 @@ BACKBONES = pw.fill_hlss_weights(ws.backbones(config), OUT)
 #: `{vlm}_hlss` backbone -> its VLM; those pretrained here (no weights given) depend on the pretrain rule's checkpoint
 HLSS = pw.hlss_backbones(BACKBONES)
 PRETRAINED = pw.pretrained_here(BACKBONES)
+#: of those, the ones whose features are the VLM's adapted (frozen tower), not extracted again (rule adapt_features)
+ADAPTED = pw.adapted_here(BACKBONES, config["pretrain"], config["source"])
 READER = config["slides"]["reader"]
 
 # The interpreter of every job's `$HIVE_PYTHON -m pipeline` (set in the shell prefix below): the one Snakemake runs in
@@ -181,7 +183,7 @@ def train_inputs(wildcards):
 
 def method_summaries(wildcards):
     w = dict(task=wildcards.task, backbone=wildcards.backbone, run=wildcards.run)
-    return expand(out(layout.METHOD_SUMMARY), **w, method=TASKS[wildcards.task]["methods"])
+    return expand(out(layout.METHOD_SUMMARY), **w, method=ws.task_methods(TASKS[wildcards.task], wildcards.backbone))
 
 
 def task_results(wildcards):
@@ -213,7 +215,9 @@ def every_run(pattern):
     """`pattern` for every task x backbone x run (shot count or cv) x method of the config."""
     paths = []
     for name, task in TASKS.items():
-        paths += expand(out(pattern), task=name, backbone=task["backbones"], run=task["runs"], method=task["methods"])
+        for backbone in task["backbones"]:
+            methods = ws.task_methods(task, backbone)
+            paths += expand(out(pattern), task=name, backbone=backbone, run=task["runs"], method=methods)
     return sorted(set(paths))
 
 

@@ -62,10 +62,10 @@ else:
         resources:
             gpu=1,
             mem_mb=16000,
-            runtime=lambda wildcards: 120 * len(extract_chunks()[wildcards.chunk]) * len(BACKBONES),
+            runtime=lambda wildcards: 120 * len(extract_chunks()[wildcards.chunk]) * (len(BACKBONES) - len(ADAPTED)),
         params:
             ids=lambda wildcards: extract_chunks()[wildcards.chunk],
-            backbones=flags.chunk_backbone_flags(BACKBONES),
+            backbones=flags.chunk_backbone_flags({k: v for k, v in BACKBONES.items() if k not in ADAPTED}),
             options=EXTRACT_FLAGS,
             status=f"{OUT}/status",
         shell:

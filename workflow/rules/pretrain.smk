@@ -96,6 +96,50 @@ rule pretrain:
         "--out {output.checkpoint:q} --losses {output.losses:q} --curve {output.curve:q} > {log:q} 2>&1"
 
 
+def adapt_files(backbone):
+    """The 5x and 20x feature files of the usable slides for `backbone` (a name, or the wildcard left open)."""
+    ids = usable_ids()
+    return [f for pattern in (layout.FEATURES_5X, layout.FEATURES_20X)
+            for f in expand(out(pattern), slide=ids, backbone=backbone)]
+
+
+# The features of an HLSS backbone pretrained with its tower frozen are its VLM's features through the adapter:
+# one job per backbone adapts the cached files instead of decoding every slide again (identical features, tested).
+if CHUNKED:
+
+    ruleorder: adapt_features > take_features
+
+else:
+
+    ruleorder: adapt_features > extract
+
+
+
+rule adapt_features:
+    input:
+        checkpoint=out(layout.HLSS_CHECKPOINT),
+        vlm=lambda wildcards: adapt_files(HLSS[wildcards.backbone]),
+    output:
+        adapt_files("{backbone}") if ADAPTED else [],
+    log:
+        f"{OUT}/logs/adapt_features/{{backbone}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/adapt_features/{{backbone}}.tsv"
+    wildcard_constraints:
+        backbone=ws.name_regex(ADAPTED) if ADAPTED else "(?!)",
+    conda:
+        "../../envs/features.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        tokenizer=lambda wildcards: BACKBONES[HLSS[wildcards.backbone]]["tokenizer"],
+    shell:
+        "$HIVE_PYTHON -m pipeline adapt-features --backbone {wildcards.backbone:q} --weights {input.checkpoint:q} "
+        "--tokenizer={params.tokenizer:q} --vlm-files {input.vlm:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule hlss_eval:
     input:
         unpack(eval_inputs),

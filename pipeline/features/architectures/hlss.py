@@ -115,8 +115,19 @@ class HlssBackbone(Backbone):
     # --- images: tower, then adapter ---------------------------------------------------------------------
 
     def encode_image(self, x: Tensor) -> Tensor:
-        out = self.adapter(self.vlm.encode_image(x))
+        return self.adapt(self.vlm.encode_image(x))
+
+    def adapt(self, vlm_embeddings: Tensor) -> Tensor:
+        """The VLM's image embeddings [B, D] -> this backbone's: what extraction does after the tower, and all the
+        variant changes when the tower was not tuned (so cached VLM features can be adapted without the slides)."""
+        out = self.adapter(vlm_embeddings)
         return F.normalize(out, dim=-1) if self.cfg.normalize_image else out
+
+    @property
+    def tunes_tower(self) -> bool:
+        """Whether pretraining changed tower weights (`trainable: last_blocks`): then only extraction gives its
+        features."""
+        return self.checkpoint_info.get("hlss_trainable", "adapter") != "adapter"
 
     # --- text: the VLM's ---------------------------------------------------------------------------------
 
