@@ -141,8 +141,9 @@ def features_of(slides, backbone):
 
 def dataset_inputs(wildcards):
     ids = usable_ids()
-    # every backbone's features: a slide enters dataset.csv only when all of them exist
-    found = [features_of(ids, bb) for bb in BACKBONES]
+    # every backbone's features: a slide enters dataset.csv only when all of them exist (an adapted HLSS backbone's
+    # follow from its VLM's, so the cohort table and the VLM's training need not wait for pretraining)
+    found = [features_of(ids, bb) for bb in BACKBONES if bb not in ADAPTED]
     return {
         "sheet": out(layout.SHEET),
         "patches": expand(out(layout.PATCHES), slide=ids),
