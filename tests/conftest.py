@@ -59,9 +59,18 @@ def snakemake_env() -> dict[str, str]:
     return env
 
 
+#: the backbones of a test's workflow when its config names none: the plain `tiny`, not the demo's `tiny_hlss`
+#: beside it, whose pretraining (minutes) tests/test_hlss_workflow.py and the demo cover
+PLAIN_BACKBONES = [{"name": "tiny", "weights": "random"}]
+
+
 def snakemake_command(workdir: Path, config: dict, *args: str, cores: int = 2) -> list[str]:
-    """The command running the repo's Snakefile in `workdir` with `config` (written there) merged over config.yaml."""
+    """The command running the repo's Snakefile in `workdir` with `config` (written there) merged over config.yaml.
+
+    A non-empty config without `features.backbones` gets PLAIN_BACKBONES; `{}` runs the demo's config as it is."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if config and "backbones" not in config.get("features", {}):
+        config = {**config, "features": {**config.get("features", {}), "backbones": PLAIN_BACKBONES}}
     cfg = workdir / "test_config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     return [

@@ -203,7 +203,7 @@ def _pretrain_command(folder: Path, attributes: Path, steps: int) -> list[str]:
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, attributes_file):
     synthetic_pool(tmp_path / "pool.h5", patients=8)
-    command = _pretrain_command(tmp_path, attributes_file, steps=60)
+    command = _pretrain_command(tmp_path, attributes_file, steps=30)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "state" / "last.pt"
@@ -214,20 +214,20 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_ends_as_an_uninterrup
     job.wait()
     assert state.exists() and not (tmp_path / "hlss.pt").exists(), "the job ended before it could be killed"
     killed_at = torch.load(state, weights_only=True)["step"]
-    assert 5 <= killed_at < 60
+    assert 5 <= killed_at < 30
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     resumed_at = int(rerun.stderr.split("resuming pretraining from step ")[1].split()[0])
-    assert killed_at <= resumed_at < 60
+    assert killed_at <= resumed_at < 30
     losses = pd.read_csv(tmp_path / "losses.csv")
-    assert list(losses["step"]) == list(range(1, 61))
+    assert list(losses["step"]) == list(range(1, 31))
 
     straight = tmp_path / "straight"
     straight.mkdir()
     torch.set_num_threads(1)
     pretrain(tmp_path / "pool.h5", attributes_file, create_backbone("tiny", "random"), outputs_in(straight),
-             PretrainConfig(steps=60, patients_per_step=8, checkpoint_every=5), device="cpu", vlm_weights_arg="random")
+             PretrainConfig(steps=30, patients_per_step=8, checkpoint_every=5), device="cpu", vlm_weights_arg="random")
     resumed, uninterrupted = load_hlss_checkpoint(tmp_path / "hlss.pt"), load_hlss_checkpoint(straight / "hlss.pt")
     for key, value in uninterrupted["adapter"].items():
         assert torch.allclose(resumed["adapter"][key], value, atol=1e-6), key

@@ -24,6 +24,7 @@ HLSS = pw.hlss_backbones(BACKBONES)
 PRETRAINED = pw.pretrained_here(BACKBONES)
 #: of those, the ones whose features are the VLM's adapted (frozen tower), not extracted again (rule adapt_features)
 ADAPTED = pw.adapted_here(BACKBONES, config["pretrain"], config["source"])
+PRE = config["pretrain"]
 READER = config["slides"]["reader"]
 
 # The interpreter of every job's `$HIVE_PYTHON -m pipeline` (set in the shell prefix below): the one Snakemake runs in
@@ -220,6 +221,44 @@ def every_run(pattern):
             methods = ws.task_methods(task, backbone)
             paths += expand(out(pattern), task=name, backbone=backbone, run=task["runs"], method=methods)
     return sorted(set(paths))
+
+
+# --- HLSS pretraining (workflow/rules/pretrain.smk) ---
+
+
+def pretrain_ids():
+    """The slides HLSS learns from (pretrain.slides, default every usable slide, less pretrain.exclude_slides)."""
+    return pw.pretrain_slides(PRE, usable_ids(), cohort_ids())
+
+
+def attribute_file():
+    from pipeline.pretrain.attributes import resolve_attribute_file
+
+    cohort = config["gdc"]["task"] if config["source"] == "gdc" else next(iter(TASKS), None)
+    return str(resolve_attribute_file(PRE["attributes"] or None, cohort))
+
+
+def eval_inputs(wildcards):
+    """Both backbones' features of the usable slides, their text embeddings of the task, the dataset and prompts."""
+    after, before = wildcards.backbone, HLSS[wildcards.backbone]
+    ids = usable_ids()
+    inputs = {"dataset": out(layout.DATASET), "prompts": out(layout.PROMPTS, task=wildcards.task)}
+    for side, name in (("before", before), ("after", after)):
+        inputs[f"{side}_20x"] = expand(out(layout.FEATURES_20X), slide=ids, backbone=name)
+        inputs[f"{side}_5x"] = expand(out(layout.FEATURES_5X), slide=ids, backbone=name)
+        inputs[f"{side}_hierarchical"] = expand(out(layout.HIERARCHICAL), slide=ids, backbone=name)
+        inputs[f"{side}_text"] = out(layout.TEXT_EMBEDDINGS, task=wildcards.task, backbone=name)
+    return inputs
+
+
+def adapt_files(backbone):
+    """The 5x and 20x feature files of the usable slides for `backbone` (a name, or the wildcard left open)."""
+    ids = usable_ids()
+    return [
+        f
+        for pattern in (layout.FEATURES_5X, layout.FEATURES_20X)
+        for f in expand(out(pattern), slide=ids, backbone=backbone)
+    ]
 
 
 def final_outputs():

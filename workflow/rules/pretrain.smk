@@ -3,33 +3,6 @@
 # of `{vlm}_hlss`, which extraction, text embeddings, training and prediction then use. The kNN and zero-shot
 # evaluation compares the VLM's features with the adapted ones on each labelled task. Logic: pipeline/pretrain/.
 
-PRE = config["pretrain"]
-
-
-def pretrain_ids():
-    """The slides HLSS learns from (pretrain.slides, default every usable slide, less pretrain.exclude_slides)."""
-    return pw.pretrain_slides(PRE, usable_ids(), cohort_ids())
-
-
-def attribute_file():
-    from pipeline.pretrain.attributes import resolve_attribute_file
-
-    cohort = config["gdc"]["task"] if config["source"] == "gdc" else next(iter(TASKS), None)
-    return str(resolve_attribute_file(PRE["attributes"] or None, cohort))
-
-
-def eval_inputs(wildcards):
-    """Both backbones' features of the usable slides, their text embeddings of the task, the dataset and prompts."""
-    after, before = wildcards.backbone, HLSS[wildcards.backbone]
-    ids = usable_ids()
-    inputs = {"dataset": out(layout.DATASET), "prompts": out(layout.PROMPTS, task=wildcards.task)}
-    for side, name in (("before", before), ("after", after)):
-        inputs[f"{side}_20x"] = expand(out(layout.FEATURES_20X), slide=ids, backbone=name)
-        inputs[f"{side}_5x"] = expand(out(layout.FEATURES_5X), slide=ids, backbone=name)
-        inputs[f"{side}_hierarchical"] = expand(out(layout.HIERARCHICAL), slide=ids, backbone=name)
-        inputs[f"{side}_text"] = out(layout.TEXT_EMBEDDINGS, task=wildcards.task, backbone=name)
-    return inputs
-
 
 rule pretrain_tiles:
     input:
@@ -51,9 +24,10 @@ rule pretrain_tiles:
     params:
         tiles=PRE["tiles_per_slide"],
         seed=PRE["seed"],
+        reader=READER,
     shell:
         "$HIVE_PYTHON -m pipeline pretrain-tiles --sheet {input.sheet:q} --slides {input.slides:q} "
-        "--patches {input.patches:q} --tiles-per-slide {params.tiles} --seed {params.seed} --reader {READER} "
+        "--patches {input.patches:q} --tiles-per-slide {params.tiles} --seed {params.seed} --reader {params.reader} "
         "--out {output:q} > {log:q} 2>&1"
 
 
@@ -75,7 +49,7 @@ rule pretrain:
     benchmark:
         f"{OUT}/benchmarks/pretrain/{{backbone}}.tsv"
     conda:
-        "../../envs/features.yaml"
+        "../../envs/model.yaml"
     threads: PRE["threads"]
     resources:
         gpu=1,
@@ -96,13 +70,6 @@ rule pretrain:
         "--out {output.checkpoint:q} --losses {output.losses:q} --curve {output.curve:q} > {log:q} 2>&1"
 
 
-def adapt_files(backbone):
-    """The 5x and 20x feature files of the usable slides for `backbone` (a name, or the wildcard left open)."""
-    ids = usable_ids()
-    return [f for pattern in (layout.FEATURES_5X, layout.FEATURES_20X)
-            for f in expand(out(pattern), slide=ids, backbone=backbone)]
-
-
 # The features of an HLSS backbone pretrained with its tower frozen are its VLM's features through the adapter:
 # one job per backbone adapts the cached files instead of decoding every slide again (identical features, tested).
 if CHUNKED:
@@ -112,7 +79,6 @@ if CHUNKED:
 else:
 
     ruleorder: adapt_features > extract
-
 
 
 rule adapt_features:

@@ -1,0 +1,40 @@
+"""HLSS in the workflow: pretraining, the adapted backbone's features, its kNN table and its trained models."""
+
+from __future__ import annotations
+
+import h5py
+import pandas as pd
+
+from conftest import run_snakemake
+
+CONFIG = {
+    "demo": {"classes": ["glandular", "solid"], "slides_per_class": 4, "size_px": 2048, "include_real": False},
+    "cohort": {"folds": 2, "val_frac": 0.25, "test_frac": 0.25},
+    "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1], "methods": ["hivemil"]}],
+    "features": {"backbones": [{"name": "tiny", "weights": "random"}, {"name": "tiny_hlss", "weights": ""}]},
+    "pretrain": {"steps": 10, "checkpoint_every": 5, "patients_per_step": 4, "tiles_per_slide": 8, "knn_k": 5,
+                 "knn_patches_per_slide": 16, "threads": 1},
+    "train": {"epochs": 2, "patience": 2, "n_ctx": 4},
+}
+
+
+def test_demo_like_run_pretrains_adapts_evaluates_and_trains_on_the_adapted_backbone(tmp_path):
+    run_snakemake(tmp_path, CONFIG, "pretrain_all", "results/models/demo/tiny_hlss/1shot/results.csv")
+    results = tmp_path / "results"
+    hlss = results / "pretrain" / "tiny_hlss"
+    assert len(pd.read_csv(hlss / "losses.csv")) == 10 and (hlss / "loss.png").exists()
+
+    table = pd.read_csv(hlss / "knn_demo.csv")
+    assert list(table[["metric", "level"]].itertuples(index=False, name=None)) == [
+        ("knn_accuracy", "patch"), ("knn_accuracy", "slide"), ("knn_accuracy", "patient"),
+        ("zeroshot_accuracy", "slide"), ("zeroshot_accuracy", "patient")]
+    assert {"tiny", "tiny_hlss", "change"} <= set(table.columns) and table["tiny_hlss"].between(0, 1).all()
+    assert "| demo | knn_accuracy | patient |" in (hlss / "knn_demo.md").read_text()
+
+    slide = sorted((results / "features" / "tiny" / "tiny_20x").glob("*.h5"))[0].name
+    with h5py.File(results / "features" / "tiny_hlss" / "tiny_hlss_20x" / slide) as f:
+        assert f.attrs["backbone"] == "tiny_hlss" and f.attrs["adapted_from"].endswith(f"tiny_20x/{slide}")
+        assert f.attrs["hlss_steps"] == 10
+
+    trained = pd.read_csv(results / "models" / "demo" / "tiny_hlss" / "1shot" / "results.csv")
+    assert set(trained["method"]) == {"hivemil"} and set(trained["backbone"]) == {"tiny_hlss"}
