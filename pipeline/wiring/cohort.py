@@ -180,15 +180,18 @@ def tasks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"config: task '{task['name']}' trains on backbone(s) {unknown} that features.backbones "
                              f"does not list ({listed})")
         task["backbones"] = list(task.get("backbones") or listed)
-        _check_backbone_methods(task)
+        _check_backbone_methods(task, listed)
         task["runs"] = run_names(task, folds)
         task["splits"] = [split_of_run(run) for run in task["runs"]]
     return out
 
 
-def _check_backbone_methods(task: dict[str, Any]) -> None:
+def _check_backbone_methods(task: dict[str, Any], listed: list[str]) -> None:
+    """Entries must name backbones the task trains on and methods it has; an entry for a backbone that
+    features.backbones does not list is dropped (a config keeps it while the backbone is switched off)."""
     where = f"config: task '{task['name']}' backbone_methods"
-    for backbone, methods in (task.get("backbone_methods") or {}).items():
+    task["backbone_methods"] = {b: m for b, m in (task.get("backbone_methods") or {}).items() if b in listed}
+    for backbone, methods in task["backbone_methods"].items():
         if backbone not in task["backbones"]:
             raise ValueError(f"{where} names backbone '{backbone}', which the task does not train on "
                              f"({task['backbones']})")
