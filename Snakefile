@@ -1,8 +1,14 @@
 # hive-wsi: whole-slide images to few-shot HiVE-MIL predictions. Thin on purpose: the rules live in
 # workflow/rules/, the logic in the `pipeline` package (python -m pipeline --help).
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# The DAG is built with the `pipeline` package of this checkout, as every job runs it (common.smk's shell prefix),
+# whatever else is installed.
+sys.path.insert(0, workflow.basedir)
 
 
 configfile: f"{workflow.basedir}/config.yaml"

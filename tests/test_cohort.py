@@ -391,7 +391,7 @@ def test_shots_per_class_exact_nested_and_val_test_shared_across_shots(tmp_path)
 def test_demo_cohort_works_with_the_default_config_values(tmp_path):
     """Both demo tasks split the default demo cohort: 5 slides per fine label, the first two of one patient."""
     from pipeline.labels import parse_tree_args
-    from pipeline.wiring.cohort import split_label_args, tasks
+    from pipeline.wiring.cohort import task_type, tasks
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     per_class = config["demo"]["slides_per_class"]
@@ -402,7 +402,7 @@ def test_demo_cohort_works_with_the_default_config_values(tmp_path):
     for name, task in tasks(config).items():
         if task["type"] == "survival":
             continue  # cross-validated over patients: test_demo_survival_splits_with_the_default_config_values
-        tree = parse_tree_args(split_label_args(task))
+        tree = parse_tree_args(task_type(task).split_tree_args(task))
         make_splits(ds, tmp_path / "s", name, task["shots"], c["folds"], c["val_frac"], c["test_frac"], c["seed"],
                     task["labels"], label_tree=tree)
         class_of = (lambda s: tree.coarse_of(label_of[s])) if tree else label_of.get
@@ -424,7 +424,10 @@ def test_demo_survival_splits_with_the_default_config_values(tmp_path):
     table = pd.DataFrame([{"case_id": s.case_id, "event": times[s.slide_id].event,
                            "time_days": times[s.slide_id].time_days} for s in slides]).drop_duplicates("case_id")
     assert 0.2 <= 1 - table["event"].mean() <= 0.5  # about a third censored
-    write_cv_splits(table, tmp_path, folds=c["folds"], seed=c["seed"], n_bins=config["train"]["survival_bins"])
+    from pipeline.training.tasks.survival import SurvivalSettings
+
+    bins = SurvivalSettings(**next(t.get("settings") or {} for t in config["tasks"] if t["type"] == "survival")).bins
+    write_cv_splits(table, tmp_path, folds=c["folds"], seed=c["seed"], n_bins=bins)
     tested = []
     for k in range(c["folds"]):
         split = read_split_csv(tmp_path / f"splits_{k}.csv")

@@ -16,14 +16,17 @@ from pipeline.explain.scores import PatchScores, mean_scores, scatter_children
 from pipeline.labels import LabelTree
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import SlideBag
+from pipeline.training.methods import get_method, list_methods
 from pipeline.training.methods.base import Method, Resources
-from pipeline.training.registry import get_method, list_methods
 
 DIM, K = 32, 3
 CLASSES = ["tumour", "normal"]
 TREE = LabelTree.from_mapping({"lung": ["LUAD", "LUSC"], "kidney": ["CCRCC", "CHRCC", "PRCC"]})
-CONFIG = TrainConfig(n_ctx=4, abmil_hidden=16, hmil_hidden=16, hmil_fine_attention_hidden=8, hila_hidden=16,
-                     hila_heads=2, five_prompts=2, five_n_ctx=2, five_heads=4, device="cpu")
+CONFIG = TrainConfig(device="cpu")
+#: small settings per method (config.yaml: train.method_settings)
+SETTINGS = {"hivemil": {"n_ctx": 4}, "abmil_5x": {"hidden": 16}, "abmil_20x": {"hidden": 16},
+            "hmil": {"hidden": 16, "fine_attention_hidden": 8}, "hila": {"hidden": 16, "heads": 2, "n_ctx": 4},
+            "five": {"prompts": 2, "n_ctx": 2, "heads": 4}, "five_zeroshot": {"prompts": 2, "n_ctx": 2, "heads": 4}}
 #: every (method, task type) a method registers for: a new method without explain() fails here
 CASES = [(m, t) for m in list_methods() for t in get_method(m).task_types]
 
@@ -44,8 +47,8 @@ def class_texts(classes: list[str]) -> list[str]:
 
 
 def make_task(task_type: str):
-    from pipeline.training.survival import Survival
     from pipeline.training.tasks import Classification, Hierarchical
+    from pipeline.training.tasks.survival import Survival
 
     if task_type == "classification":
         return Classification("t", CLASSES, {}, class_texts(CLASSES))
@@ -78,7 +81,7 @@ def descriptions() -> FineGrainedLabels:
 def built(name: str, task_type: str, backbone) -> tuple[Method, torch.nn.Module, object]:
     torch.manual_seed(0)
     task = make_task(task_type)
-    method = get_method(name)(CONFIG, task)
+    method = get_method(name)(CONFIG, task, SETTINGS.get(name))
     texts = torch.randn(len(task.texts), DIM, generator=torch.Generator().manual_seed(1))
     resources = Resources(embed_dim=DIM, device=torch.device("cpu"), logit_scale=float(backbone.logit_scale),
                           text_features=texts, backbone_factory=lambda: backbone, descriptions=descriptions())
@@ -270,8 +273,7 @@ def test_five_maps_each_query_prompts_attention_over_the_children_it_read(name, 
     other = explain(method, model, cache, bag, 1)
     assert list(scores.weights_20x) == list(scores.maps_20x) and np.isfinite(list(scores.weights_20x.values())).all()
     assert scores.weights_20x != other.weights_20x
-    method.config = dataclasses.replace(CONFIG, five_eval_instances="spaced", five_sample_ratio=0.5,
-                                        five_zeroshot_sample_ratio=0.5)
+    method.settings = dataclasses.replace(method.settings, eval_instances="spaced", sample_ratio=0.5)
     spaced = explain(method, model, method.eval_cache(model), bag, 0)
     read = ~np.isnan(spaced.maps_20x["query: grade"])
     assert read.sum() == int(bag.mask.sum()) // 2 and not (read & ~bag.mask.numpy()).any()

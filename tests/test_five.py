@@ -25,9 +25,9 @@ from pipeline.training.checkpoints import load_checkpoint, restore_model, save_c
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import SlideBag
 from pipeline.training.loop import evaluate, fit, seed_everything
+from pipeline.training.methods import get_method
 from pipeline.training.methods.base import Resources
 from pipeline.training.methods.five import FiVEMethod
-from pipeline.training.registry import get_method
 from pipeline.training.tasks import Classification
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,7 +45,9 @@ QUESTIONS = parse_questions(json.dumps({
     ],
     "classes": {"glandular": "growth pattern: glands", "solid": "growth pattern: sheets"},
 }), "synthetic questions")
-CONFIG = TrainConfig(epochs=30, patience=10, five_prompts=4, five_n_ctx=4, five_heads=4, seed=1, device="cpu")
+CONFIG = TrainConfig(epochs=30, patience=10, seed=1, device="cpu")
+#: FiVE's settings in these tests (config.yaml: train.method_settings.five)
+SETTINGS = {"prompts": 4, "n_ctx": 4, "heads": 4}
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +94,9 @@ def data():
     return train, val, test, FineGrainedLabels(QUESTIONS, {**a, **b, **c})
 
 
-def built(name: str, backbone, labels: FineGrainedLabels, config: TrainConfig = CONFIG):
+def built(name: str, backbone, labels: FineGrainedLabels, config: TrainConfig = CONFIG, settings=None):
     task = Classification("synthetic", ["glandular", "solid"], {}, [])
-    method = get_method(name)(config, task)
+    method = get_method(name)(config, task, settings or SETTINGS)
     resources = Resources(embed_dim=DIM, device=CPU, backbone_factory=lambda: backbone, descriptions=labels)
     resources.backbone(name)
     seed_everything(config.seed)
@@ -182,8 +184,8 @@ def test_a_validation_patients_description_never_reaches_training(backbone, data
         assert marked[sid]["mitoses"] != "very frequent"
     labels = FineGrainedLabels(QUESTIONS, marked)
     task = Classification("synthetic", ["glandular", "solid"], {}, [])
-    cfg = TrainConfig(epochs=4, patience=4, five_prompts=2, five_n_ctx=2, five_heads=4, seed=1, device="cpu")
-    method = _Recording(cfg, task)
+    cfg = TrainConfig(epochs=4, patience=4, seed=1, device="cpu")
+    method = _Recording(cfg, task, {"prompts": 2, "n_ctx": 2, "heads": 4})
     tokenized: list[str] = []
 
     class Spy:  # the real backbone, every tokenized text noted
@@ -210,9 +212,10 @@ def test_five_learns_description_linked_signal_few_shot_and_ranks_it_zero_shot(b
     train, val, test, labels = data
     targets = [y for _, y in test]
     # the few-shot method at the training defaults; the zero-shot protocol (no early stop) in fewer, larger steps
-    zero_shot = dataclasses.replace(CONFIG, epochs=15, five_batch_size=4, five_lr=1e-3)
-    for name, cfg, metric, floor in (("five", CONFIG, "acc", 0.8), ("five_zeroshot", zero_shot, "auc", 0.8)):
-        method, model = built(name, backbone, labels, cfg)
+    zero_shot = dataclasses.replace(CONFIG, epochs=15), {**SETTINGS, "batch_size": 4, "lr": 1e-3}
+    for name, (cfg, settings), metric, floor in (("five", (CONFIG, SETTINGS), "acc", 0.8),
+                                                 ("five_zeroshot", zero_shot, "auc", 0.8)):
+        method, model = built(name, backbone, labels, cfg, settings)
         result = fit(method, model, train, val, cfg, CPU)
         if name == "five_zeroshot":
             assert len(result.history) == cfg.epochs and result.best_epoch == cfg.epochs - 1  # no val choice
@@ -247,9 +250,9 @@ def test_the_gradient_reaches_both_contexts_and_the_checkpoint_predicts_alike_wi
 
 def test_the_question_set_must_describe_the_tasks_classes(backbone, data):
     task = Classification("synthetic", ["solid", "glandular"], {}, [])
-    method = get_method("five")(CONFIG, task)
+    method = get_method("five")(CONFIG, task, SETTINGS)
     resources = Resources(embed_dim=DIM, device=CPU, backbone_factory=lambda: backbone, descriptions=data[3])
     with pytest.raises(Exception, match=r"describes the classes \['glandular', 'solid'\]"):
         method.build(resources)
     with pytest.raises(Exception, match="needs the task's question set"):
-        get_method("five")(CONFIG, task).build(Resources(embed_dim=DIM, device=CPU))
+        get_method("five")(CONFIG, task, SETTINGS).build(Resources(embed_dim=DIM, device=CPU))

@@ -118,20 +118,27 @@ def test_reference_weights_fill_the_shared_block_exactly_and_refuse_ours(fixture
 
 
 def test_reference_preset_sets_every_switch_and_the_defaults_stay_the_papers():
-    ref, paper = TrainConfig(reference=True), TrainConfig()
-    for name, value in REFERENCE_SWITCHES.items():
-        assert getattr(ref, name) == value and getattr(paper, name) != value, name
-    assert TrainConfig(reference=True, hier_attention="edges").hier_attention == "dense"  # the preset wins
-    model_switches = {k for k in REFERENCE_SWITCHES if hasattr(HiveMILConfig(), k)}
-    assert model_switches == set(REFERENCE_SWITCHES) - {"best_epoch"}  # best_epoch is the loop's
-    hive = HiveMILConfig(reference=True)
-    assert all(getattr(hive, k) == REFERENCE_SWITCHES[k] for k in model_switches)
-    from pipeline.training.registry import get_method, get_task_type
+    """`reference: true` in HiVE-MIL's settings sets the eight model switches and the restored epoch (the loop's
+    ninth); the defaults are the paper's."""
+    from pipeline.training.methods import get_method
+    from pipeline.training.tasks import get_task_type
 
     texts = [f"c{c} text {i}: a description" for c in range(2) for i in range(16)]
     task = get_task_type("classification")(name="t", classes=["a", "b"], targets={}, texts=texts)
-    assert get_method("hivemil")(ref, task).hivemil_config() == HiveMILConfig(reference=True)
-    assert get_method("hivemil")(paper, task).hivemil_config() == HiveMILConfig()
+    hivemil = get_method("hivemil")
+    ref, paper = hivemil(TrainConfig(), task, {"reference": True}), hivemil(TrainConfig(), task)
+    model_switches = {k for k in REFERENCE_SWITCHES if hasattr(HiveMILConfig(), k)}
+    assert model_switches == set(REFERENCE_SWITCHES) - {"best_epoch"}  # best_epoch is the loop's
+    for name in model_switches:
+        value = REFERENCE_SWITCHES[name]
+        assert getattr(ref.settings, name) == value and getattr(paper.settings, name) != value, name
+    assert ref.best_epoch() == REFERENCE_SWITCHES["best_epoch"] != paper.best_epoch()
+    preset_wins = hivemil(TrainConfig(), task, {"reference": True, "hier_attention": "edges"})
+    assert preset_wins.settings.hier_attention == "dense"
+    hive = HiveMILConfig(reference=True)
+    assert all(getattr(hive, k) == REFERENCE_SWITCHES[k] for k in model_switches)
+    assert ref.hivemil_config() == HiveMILConfig(reference=True)
+    assert paper.hivemil_config() == HiveMILConfig()
 
 
 def test_parameter_counts_at_width_512():

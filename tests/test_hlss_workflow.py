@@ -14,7 +14,7 @@ CONFIG = {
     "features": {"backbones": [{"name": "tiny", "weights": "random"}, {"name": "tiny_hlss", "weights": ""}]},
     "pretrain": {"steps": 10, "checkpoint_every": 5, "patients_per_step": 4, "tiles_per_slide": 8, "knn_k": 5,
                  "knn_patches_per_slide": 16, "threads": 1},
-    "train": {"epochs": 2, "patience": 2, "n_ctx": 4},
+    "train": {"epochs": 2, "patience": 2, "method_settings": {"hivemil": {"n_ctx": 4}}},
 }
 
 

@@ -20,8 +20,8 @@ from pipeline.model.hmil import (
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import SlideBag
 from pipeline.training.loop import evaluate, fit, seed_everything
+from pipeline.training.methods import get_method
 from pipeline.training.methods.base import Resources
-from pipeline.training.registry import get_method
 from pipeline.training.tasks import Hierarchical
 
 TREE = LabelTree.from_mapping({"lung": ["LUAD", "LUSC"], "kidney": ["CCRCC", "CHRCC", "PRCC"]})
@@ -99,8 +99,8 @@ def _synthetic_bags(n_slides: int, seed: int, dim: int = 32) -> list[tuple[Slide
 
 def test_hmil_learns_both_levels_of_a_synthetic_tree():
     task = Hierarchical("synthetic", list(TREE.fine), {}, [], TREE)
-    cfg = TrainConfig(hmil_epochs=30, hmil_batch_size=16, hmil_patience=30, lr=1e-3, seed=3)
-    method = get_method("hmil")(cfg, task)
+    cfg = TrainConfig(lr=1e-3, seed=3)
+    method = get_method("hmil")(cfg, task, {"epochs": 30, "batch_size": 16, "patience": 30})
     train, val, test = _synthetic_bags(120, 1), _synthetic_bags(20, 2), _synthetic_bags(40, 3)
     seed_everything(cfg.seed)
     device = torch.device("cpu")

@@ -12,7 +12,8 @@ from test_cohort import write_cohort
 from pipeline.errors import PipelineError
 from pipeline.labels import LabelTree, parse_tree_args
 from pipeline.splits import make_splits, read_split_csv
-from pipeline.training.registry import get_method
+from pipeline.training.methods import get_method
+from pipeline.training.tasks import get_task_type, list_task_types
 from pipeline.wiring import cohort as ws
 
 TREE = LabelTree.from_mapping({"lung": ["LUAD", "LUSC"], "kidney": ["CCRCC", "CHRCC", "PRCC"]})
@@ -49,9 +50,10 @@ def test_tasks_get_their_classes_sheet_labels_and_tree_args_from_the_tree():
     assert found["organ"]["labels"] == ["lung", "kidney"]
     assert found["subtype"]["labels"] == ["LUAD", "LUSC", "CCRCC", "PRCC"]
     assert found["organ"]["sheet_labels"] == found["subtype"]["sheet_labels"] == ["LUAD", "LUSC", "CCRCC", "PRCC"]
-    assert ws.split_label_args(found["organ"]) == ["lung=LUAD,LUSC", "kidney=CCRCC,PRCC"]
-    assert ws.split_label_args(found["subtype"]) == []  # stratified by the fine labels themselves
-    assert found["subtype"]["methods"] == ws.DEFAULT_METHODS["hierarchical"]
+    split_tree = {name: ws.task_type(t).split_tree_args(t) for name, t in found.items()}
+    assert split_tree["organ"] == ["lung=LUAD,LUSC", "kidney=CCRCC,PRCC"]
+    assert split_tree["subtype"] == []  # stratified by the fine labels themselves
+    assert found["subtype"]["methods"] == list(get_task_type("hierarchical").default_methods)
     assert ws.dataset_labels(_config({"name": "a", "type": "hierarchical", "tree": tree},
                                      {"name": "b", "labels": ["IDC", "ILC"]})) == ["LUAD", "LUSC", "CCRCC", "PRCC",
                                                                                   "IDC", "ILC"]
@@ -71,8 +73,9 @@ def test_bad_task_configs_are_refused_before_any_job(task, message):
 
 
 def test_default_methods_support_their_task_type():
-    for task_type, methods in ws.DEFAULT_METHODS.items():
-        assert all(task_type in get_method(m).task_types for m in methods)
+    for task_type in list_task_types():
+        methods = get_task_type(task_type).default_methods
+        assert methods and all(task_type in get_method(m).task_types for m in methods), task_type
 
 
 def test_splits_of_a_coarse_task_stratify_by_coarse_class_and_of_a_tree_task_by_fine_label(tmp_path):

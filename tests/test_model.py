@@ -458,17 +458,24 @@ def synthetic_task(root):
     return load_task("classification", "synthetic", root / "dataset.csv", root / "prompts.json")
 
 
-def run_train(root, backbone, out, methods=("hivemil", "abmil_5x", "abmil_20x", "zeroshot"), **cfg):
-    """Every method through the registry into out/{method}/, then the run's results.csv and comparison.md."""
+#: the small methods' settings of these tests (config.yaml's `train.method_settings`)
+SMALL_SETTINGS = {"hivemil": {"n_ctx": 4, "top_k_20x": 8}, "zeroshot": {"top_k_20x": 8},
+                  "abmil_5x": {"hidden": 32}, "abmil_20x": {"hidden": 32}}
+
+
+def run_train(root, backbone, out, methods=("hivemil", "abmil_5x", "abmil_20x", "zeroshot"), hivemil=None, **cfg):
+    """Every method through the registry into out/{method}/, then the run's results.csv and comparison.md;
+    `hivemil`: settings of HiVE-MIL beyond the small ones."""
     from pipeline.training.config import TrainConfig
     from pipeline.training.run import train_task
 
-    base = dict(epochs=3, patience=3, lr=1e-3, n_ctx=4, top_k_20x=8, abmil_hidden=32, device="cpu")
+    base = dict(epochs=3, patience=3, lr=1e-3, device="cpu")
     base.update(cfg)
+    settings = {**SMALL_SETTINGS, "hivemil": {**SMALL_SETTINGS["hivemil"], **(hivemil or {})}}
     return train_task(
         methods=list(methods), task=synthetic_task(root), split_files=sorted((root / "splits" / "synthetic_4").glob("splits_*.csv")),
         features=feature_files(root), backbone_name="tiny", shots=4, out_dir=out, backbone=backbone,
-        config=TrainConfig(**base),
+        config=TrainConfig(**base), method_settings=settings,
     )
 
 
@@ -500,15 +507,15 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, backbone):
     from pipeline.training.config import TrainConfig
     from pipeline.training.data import load_slide
     from pipeline.training.loop import evaluate, fit, seed_everything
+    from pipeline.training.methods import get_method
     from pipeline.training.methods.base import Resources
-    from pipeline.training.registry import get_method
 
     root = write_cohort(tmp_path, n_train=3, n_val=3, n_test=1, signal=0.4)
     files = feature_files(root)
     train = [(load_slide(s, files[s]), k) for k, c in enumerate(CLASSES) for s in (f"train-{c}-{i}" for i in range(3))]
     val = [(load_slide(s, files[s]), k) for k, c in enumerate(CLASSES) for s in (f"val-{c}-{i}" for i in range(3))]
-    cfg = TrainConfig(epochs=12, patience=3, lr=1e-2, n_ctx=4, top_k_20x=8, device="cpu")
-    method = get_method("hivemil")(cfg, synthetic_task(root))
+    cfg = TrainConfig(epochs=12, patience=3, lr=1e-2, device="cpu")
+    method = get_method("hivemil")(cfg, synthetic_task(root), SMALL_SETTINGS["hivemil"])
     assert method.task.texts == [t for cls in prompt_json().values() for t in (f"{k}: {v}" for k, v in cls.items())]
     seed_everything(cfg.seed)
     cpu = torch.device("cpu")
@@ -632,16 +639,16 @@ def test_cli_choices_and_defaults_come_from_the_registry_and_config():
     import argparse
 
     from pipeline.commands import train as train_cmd
-    from pipeline.model.graph import HIER_MODES
+    from pipeline.model.options import BEST_EPOCH_MODES
     from pipeline.training.config import TrainConfig
-    from pipeline.training.registry import list_methods
+    from pipeline.training.methods import list_methods
 
     parser = argparse.ArgumentParser()
     train_cmd.add_arguments(parser)
     actions = {a.dest: a for a in parser._actions}
     assert list(actions["method"].choices) == list_methods()
     assert {"hivemil", "abmil_5x", "abmil_20x", "zeroshot"} <= set(list_methods("classification"))
-    assert tuple(actions["hier_attention"].choices) == HIER_MODES
+    assert tuple(actions["best_epoch"].choices) == BEST_EPOCH_MODES
     defaults = TrainConfig().to_dict()
     assert {k: actions[k].default for k in defaults} == defaults
 
@@ -664,18 +671,26 @@ def test_config_train_section_round_trips_through_the_cli_flags():
     import yaml
 
     from pipeline.commands import train as train_cmd
+    from pipeline.settings import parse_assignments
+    from pipeline.training.methods import method_settings
+    from pipeline.wiring.cohort import method_settings_flags
     from pipeline.wiring.flags import train_flags
 
-    section = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["train"]
-    section = {**section, "htcl_negatives": False, "filter_at_eval": True, "top_k_5x": 3, "top_k_20x": 50}
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    section = {**config["train"], "epochs": 7, "best_epoch": "first",
+               "method_settings": {"hivemil": {"htcl_negatives": False, "top_k_5x": 3, "hier_attention": "dense"}}}
+    config["train"] = section
     parser = argparse.ArgumentParser()
     train_cmd.add_arguments(parser)
     required = "--task t --method hivemil --dataset d --splits s --prompts p --features-5x a --hierarchical b "
     required += "--backbone tiny --out-dir o"
-    args = parser.parse_args(shlex.split(required) + shlex.split(train_flags(section)))
-    assert args.epochs == section["epochs"] and args.lr == section["lr"]
-    assert args.htcl_negatives is False and args.filter_at_eval is True
-    assert (args.top_k_5x, args.top_k_20x) == (3, 50) and args.hier_attention == section["hier_attention"]
+    flags = train_flags(section) + " " + method_settings_flags(config, "hivemil")
+    args = parser.parse_args(shlex.split(required) + shlex.split(flags))
+    assert args.epochs == 7 and args.lr == section["lr"] and args.best_epoch == "first"
+    settings = method_settings("hivemil", parse_assignments(args.method_settings, "test"))
+    assert settings.htcl_negatives is False and settings.hier_attention == "dense" and settings.top_k_5x == 3
+    assert settings.top_k_20x == 100  # a setting left out keeps its default
+    assert method_settings_flags(config, "abmil_5x") == ""  # other methods' jobs do not see HiVE-MIL's settings
 
 
 def test_zeroshot_reads_the_text_embeddings_file_and_refuses_other_prompts(tmp_path, backbone):
@@ -691,7 +706,7 @@ def test_zeroshot_reads_the_text_embeddings_file_and_refuses_other_prompts(tmp_p
     emb = embed_prompts(root / "prompts.json", text_h5, backbone, device="cpu")
     kwargs = dict(task=synthetic_task(root), method="zeroshot", backbone_name="tiny", shots=2,
                   split_files=[root / "splits" / "synthetic_4" / "splits_0.csv"], features=feature_files(root),
-                  config=TrainConfig(device="cpu", top_k_20x=8))
+                  config=TrainConfig(device="cpu"), settings={"top_k_20x": 8})
     train_method(out_dir=tmp_path / "zs", text_embeddings=text_h5, **kwargs)  # no backbone given: none is built
     ckpt = load_checkpoint(tmp_path / "zs" / "checkpoints" / "fold0.pt")
     coarse = torch.nn.functional.normalize(torch.from_numpy(emb.embeddings[:, :4].reshape(8, -1)), dim=-1)
@@ -716,14 +731,14 @@ def test_prediction_and_evaluation_encode_each_models_texts_once(tmp_path, backb
     from pipeline.training.config import TrainConfig
     from pipeline.training.data import load_slide
     from pipeline.training.loop import evaluate
+    from pipeline.training.methods import get_method
     from pipeline.training.methods.base import Resources
     from pipeline.training.predict import predict_slides
-    from pipeline.training.registry import get_method
 
     root = write_cohort(tmp_path, n_train=1, n_val=1, n_test=3)
     files = feature_files(root)
     slides = [s for s in files if s.startswith("test-")]
-    method = get_method("hivemil")(TrainConfig(n_ctx=4, top_k_20x=8, device="cpu"), synthetic_task(root))
+    method = get_method("hivemil")(TrainConfig(device="cpu"), synthetic_task(root), SMALL_SETTINGS["hivemil"])
     cpu = torch.device("cpu")
     checkpoints = []
     for fold in range(2):
@@ -755,9 +770,9 @@ def test_reference_preset_trains_checkpoints_and_restores(tmp_path, backbone):
 
     root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=2, signal=0.5)
     out = tmp_path / "out"
-    run_train(root, backbone, out, methods=["hivemil"], epochs=2, reference=True)
+    run_train(root, backbone, out, methods=["hivemil"], epochs=2, hivemil={"reference": True})
     ckpt = load_checkpoint(out / "hivemil" / "checkpoints" / "fold0.pt")
-    assert ckpt["config"]["reference"] and ckpt["config"]["best_epoch"] == "first"
+    assert ckpt["settings"]["reference"] and ckpt["settings"]["hier_attention"] == "dense"
     model = restore_model(ckpt, torch.device("cpu"))
     assert model.config == HiveMILConfig(top_k_20x=8, reference=True)
     assert "hier_block=shared" in repr(model) and "keep_padded_children=True" in repr(model)

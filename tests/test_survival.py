@@ -108,9 +108,9 @@ def test_bins_of_a_random_cohort_cover_everyone_with_about_equal_deaths():
 
 
 def test_too_few_deaths_or_equal_quantiles_raise_naming_counts():
-    with pytest.raises(SurvivalLabelError, match=r"3 uncensored patient\(s\) \(of 6\).*lower survival_bins"):
+    with pytest.raises(SurvivalLabelError, match=r"3 uncensored patient\(s\) \(of 6\).*lower the survival task's bins setting"):
         time_bin_edges(np.arange(1.0, 7.0), np.array([1, 1, 1, 0, 0, 0]), 4)
-    with pytest.raises(SurvivalLabelError, match="coinciding quantiles.*lower survival_bins"):
+    with pytest.raises(SurvivalLabelError, match="coinciding quantiles.*lower the survival task's bins setting"):
         time_bin_edges(np.array([5.0, 5, 5, 5, 5, 6, 9]), np.array([1, 1, 1, 1, 1, 1, 0]), 4)
     with pytest.raises(SurvivalLabelError, match="outside the bin edges"):
         assign_bins(np.array([100.0]), np.array([0.0, 1.0, 2.0]))
@@ -276,7 +276,7 @@ def test_small_cohorts_with_rare_strata_fold_without_warnings(n, events):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         if not bins_ok:
-            with pytest.raises(SurvivalLabelError, match="lower survival_bins"):
+            with pytest.raises(SurvivalLabelError, match="lower the survival task's bins setting"):
                 cv_folds(cases, time, event, n_bins=4, folds=5)
             folds = cv_folds(cases, time, event, n_bins=1, folds=5)
         else:

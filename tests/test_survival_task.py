@@ -68,10 +68,10 @@ def features(root):
     return pair_feature_files(sorted((root / "f5").glob("*.h5")), sorted((root / "fh").glob("*.h5")))
 
 
-def survival_task(root, **cfg):
+def survival_task(root, **settings):
     from pipeline.training.tasks import load_task
 
-    return load_task("survival", "os", root / "dataset.csv", root / "prompts.json", config=TrainConfig(**cfg))
+    return load_task("survival", "os", root / "dataset.csv", root / "prompts.json", settings=settings)
 
 
 def cv_splits(root, folds=3):
@@ -82,8 +82,10 @@ def cv_splits(root, folds=3):
     return sorted((root / "splits").glob("splits_*.csv"))
 
 
-SMALL = dict(survival_epochs=10, survival_lr=2e-3, survival_batch_size=4, hila_hidden=32, abmil_hidden=32, n_ctx=4,
-             device="cpu")
+#: the survival task's settings, and the methods', in these tests
+SMALL = dict(epochs=10, lr=2e-3, batch_size=4)
+METHOD_SETTINGS = {"hila": {"hidden": 32, "n_ctx": 4}, "abmil_5x": {"hidden": 32}, "abmil_20x": {"hidden": 32}}
+CPU_CONFIG = TrainConfig(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,8 @@ def trained(tmp_path_factory, backbone, one_torch_thread):
     out = root / "models" / "os" / "tiny" / "cv3"
     summary = train_task(methods=["hila", "abmil_5x", "abmil_20x", "prompt_risk"], out_dir=out, task=task,
                          backbone_name="tiny", split_files=cv_splits(root), features=features(root),
-                         text_embeddings=root / "text.h5", backbone=backbone, config=TrainConfig(**SMALL))
+                         text_embeddings=root / "text.h5", backbone=backbone, config=CPU_CONFIG,
+                         method_settings=METHOD_SETTINGS)
     return {"root": root, "out": out, "summary": summary, "truth": truth, "task": task}
 
 
@@ -178,12 +181,12 @@ def test_checkpoint_restores_without_a_text_tower_and_predicts(trained, tmp_path
 
 def test_gradient_reaches_the_prompt_context_through_the_method(tmp_path, backbone):
     from pipeline.training.data import FeatureStore
+    from pipeline.training.methods import get_method
     from pipeline.training.methods.base import Resources
-    from pipeline.training.registry import get_method
 
     write_survival_cohort(tmp_path, n_patients=12)
     task = survival_task(tmp_path, **SMALL)
-    method = get_method("hila")(TrainConfig(**SMALL), task)
+    method = get_method("hila")(CPU_CONFIG, task, METHOD_SETTINGS["hila"])
     model = method.build(Resources(embed_dim=DIM, device=torch.device("cpu"), backbone_factory=lambda: backbone))
     bags = task.bags(FeatureStore(features(tmp_path)))
     case = next(iter(task.targets))
@@ -193,13 +196,16 @@ def test_gradient_reaches_the_prompt_context_through_the_method(tmp_path, backbo
         assert encoder.ctx.grad is not None and encoder.ctx.grad.abs().sum() > 0
 
 
-def test_hila_config_keys_equal_the_model_defaults():
-    """One default per HiLa hyperparameter: TrainConfig's hila_* fields equal HiLaConfig's (the model's)."""
+def test_hila_settings_are_the_model_config_plus_the_prompt_context():
+    """One home per HiLa hyperparameter: the method's settings extend HiLaConfig (the model's), and build it back;
+    prompt_risk's transport settings default to HiLa's."""
     from pipeline.model.hila import HiLaConfig
+    from pipeline.training.methods.hila import HiLaSettings
+    from pipeline.training.methods.prompt_risk import PromptRiskSettings
 
-    train = TrainConfig()
-    for f in fields(HiLaConfig):
-        assert getattr(train, f"hila_{f.name}") == f.default, f.name
+    assert {f.name for f in fields(HiLaSettings)} == {f.name for f in fields(HiLaConfig)} | {"n_ctx"}
+    assert HiLaSettings(hidden=64, heads=8).hila_config() == HiLaConfig(hidden=64, heads=8)
+    assert PromptRiskSettings().hila_config() == HiLaConfig()
 
 
 def test_survival_task_without_follow_up_is_refused(tmp_path):

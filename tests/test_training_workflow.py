@@ -21,7 +21,7 @@ SMALL = {
     "cohort": {"folds": 2, "val_frac": 0.25, "test_frac": 0.25},
     "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1],
                "methods": ["hivemil", "abmil_5x", "zeroshot"]}],
-    "train": {"epochs": 2, "patience": 2, "n_ctx": 4},
+    "train": {"epochs": 2, "patience": 2, "method_settings": {"hivemil": {"n_ctx": 4}}},
     "predict": {"heatmap_px": 300},  # small heatmaps: rendering is not what these tests check
 }
 
@@ -48,20 +48,25 @@ def test_a_backbone_or_task_not_in_the_config_matches_no_rule(tmp_path):
     assert proc.returncode != 0 and "MissingRuleException" in proc.stdout + proc.stderr
 
 
-def test_schema_enums_and_defaults_come_from_the_registries_and_the_training_config():
+def test_methods_task_types_and_training_defaults_have_one_home():
+    """The registries alone list methods and task types (the schema names none, so a new one is one module), and
+    the training defaults live in the dataclasses: the schema restates none; config.yaml's shared `train:` keys
+    equal TrainConfig's and its method settings are empty (the methods' defaults apply)."""
     from pipeline.features import list_backbones
     from pipeline.training.config import defaults
-    from pipeline.training.registry import list_methods, list_task_types
+    from pipeline.wiring.flags import JOB_KEYS
 
     task = SCHEMA["properties"]["tasks"]["items"]["properties"]
-    assert sorted(task["methods"]["items"]["enum"]) == sorted(list_methods())
-    assert task["type"]["enum"] == list_task_types()
+    assert "enum" not in task["methods"]["items"] and "enum" not in task["type"]
     backbone = SCHEMA["properties"]["features"]["properties"]["backbones"]["items"]["properties"]["name"]
     assert sorted(backbone["enum"]) == sorted(list_backbones())
     train = SCHEMA["properties"]["train"]["properties"]
-    assert {k: v["default"] for k, v in train.items() if k != "threads"} == defaults()
-    config_train = yaml.safe_load((REPO / "config.yaml").read_text())["train"]
-    assert {k: v for k, v in config_train.items() if k != "threads"} == defaults()
+    assert set(train) == set(defaults()) | set(JOB_KEYS)
+    assert not [k for k, v in train.items() if "default" in v and k not in JOB_KEYS]
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert {k: v for k, v in config["train"].items() if k not in JOB_KEYS} == defaults()
+    assert all(not values for values in config["train"]["method_settings"].values())
+    assert all(not t.get("settings") for t in config["tasks"])
 
 
 def test_pretrain_schema_defaults_are_the_pretraining_config_and_the_demo_sets_every_key():
@@ -98,8 +103,9 @@ def test_dag_time_wiring_imports_no_slide_reader_image_library_h5py_or_torch():
         "import sys\n"
         "import pipeline.wiring.cohort, pipeline.wiring.flags, pipeline.wiring.layout, pipeline.wiring.gdc\n"
         "import pipeline.wiring.pretrain, pipeline.pretrain.attributes\n"
-        "import pipeline.prompt_files, pipeline.training.registry\n"
-        "from pipeline.training.registry import list_methods; list_methods()\n"
+        "import pipeline.prompt_files, pipeline.training.registry, pipeline.training.tasks\n"
+        "from pipeline.training.methods import list_methods; list_methods()\n"
+        "import yaml; pipeline.wiring.cohort.tasks(yaml.safe_load(open('config.yaml')))\n"
         "heavy = ['openslide', 'cv2', 'h5py', 'tifffile', 'torch', 'PIL', 'skimage', 'matplotlib', 'imagecodecs']\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )

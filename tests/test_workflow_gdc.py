@@ -57,7 +57,7 @@ def test_gdc_default_target_trains_and_predicts_without_a_file_that_fails_its_md
         "gdc": {"slides_dir": "slides", "task": "tcga_nsclc", "retries": 0},
         "cohort": {"folds": 1, "val_frac": 0.25, "test_frac": 0.25},
         "tasks": [{"name": "tcga_nsclc", "labels": ["LUAD", "LUSC"], "shots": [1], "methods": ["abmil_5x"]}],
-        "train": {"epochs": 2, "patience": 2, "n_ctx": 4},
+        "train": {"epochs": 2, "patience": 2, "method_settings": {"hivemil": {"n_ctx": 4}}},
         "predict": {"heatmap_px": 300},
     }
     with GdcServer(files) as server:

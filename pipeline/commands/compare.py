@@ -13,7 +13,7 @@ HELP = "results.csv of every backbone and shot count of a task -> models/{task}/
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.training.registry import list_task_types
+    from pipeline.training.tasks import list_task_types
 
     parser.add_argument("--results", nargs="+", required=True, help="results.csv files of the task's runs")
     parser.add_argument("--task-type", default="classification", choices=list_task_types(), help="the task's type")

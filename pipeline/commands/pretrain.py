@@ -11,25 +11,9 @@ pipeline.pretrain.config.
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
 
 NAME = "pretrain"
 HELP = "HLSS: pretrain an adapter on a VLM over the tile pool -> {vlm}_hlss checkpoint, losses, curve"
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.pretrain.config import PretrainConfig
-
-    group = parser.add_argument_group("pretraining (defaults: pipeline.pretrain.config)")
-    for f in fields(PretrainConfig):
-        assert f.default is not MISSING
-        group.add_argument(config_flag(f.name), dest=f.name, type=type(f.default), default=f.default,
-                           choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default {f.default})")
-
-
-def config_flag(field: str) -> str:
-    """The flag of a PretrainConfig field; its `seed` is --pretrain-seed, since --seed seeds the VLM's weights."""
-    return "--pretrain-seed" if field == "seed" else "--" + field.replace("_", "-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--losses", required=True, help="output loss per step (csv)")
     parser.add_argument("--curve", required=True, help="output loss curve (png)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    add_config_arguments(parser)
+    from pipeline.pretrain.config import FLAG_NAMES, PretrainConfig
+    from pipeline.settings import add_arguments as add_settings_arguments
+
+    add_settings_arguments(parser, PretrainConfig, "pretraining (defaults: pipeline.pretrain.config)", FLAG_NAMES)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,12 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.features.registry import create_backbone
     from pipeline.pretrain.config import PretrainConfig
     from pipeline.pretrain.train import PretrainOutputs, pretrain
+    from pipeline.settings import from_args
 
     if vlm_of(args.backbone):
         raise PipelineError(f"--backbone {args.backbone}: pretrain the VLM itself ({vlm_of(args.backbone)}); "
                             f"the result is the weights of {args.backbone}")
     set_threads(args.threads)
-    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    config = from_args(PretrainConfig, args)
     vlm = create_backbone(args.backbone, args.weights, tokenizer=args.tokenizer, seed=args.seed)
     outputs = PretrainOutputs(Path(args.out), Path(args.state), Path(args.losses), Path(args.curve))
     pretrain(args.tiles, args.attributes, vlm, outputs, config, device=args.device, vlm_weights_arg=args.weights)

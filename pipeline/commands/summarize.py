@@ -13,7 +13,7 @@ HELP = "per-method summary.csv files of one run -> results.csv, comparison.csv/.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.training.registry import list_task_types
+    from pipeline.training.tasks import list_task_types
 
     parser.add_argument("--summaries", nargs="+", required=True, help="summary.csv files, one per method")
     parser.add_argument("--task-type", default="classification", choices=list_task_types(), help="the task's type")

@@ -33,62 +33,15 @@ Ours (the team's design, not the paper's):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.model.configs import HiLaConfig  # noqa: F401  (re-exported: the model's hyperparameters)
+
 CHILDREN = 16  # 4 x 4 children at 20x per 5x region
-
-
-@dataclass
-class HiLaConfig:
-    """Hyperparameters of :class:`HiLa` (all ours: the abstract gives none).
-
-    Attributes:
-        hidden: Token size H of both levels. (default: 256)
-        heads: Attention heads of the region -> children attention in CLP; must divide `hidden`. (default: 4)
-        clp_layers: Bidirectional CLP layers (0 turns CLP off). (default: 1)
-        dropout: Dropout after the projections, on the CLP messages and before the head. (default: 0.25)
-        ot_eps: Entropic regularisation of Sinkhorn: kernel :math:`\\exp(-C / \\varepsilon)`. (default: 0.1)
-        ot_iters: Most Sinkhorn iterations. (default: 100)
-        ot_tol: Stop when the 2-norm of the prompt-side marginal error drops below it; 1e-5 bounds every prompt's
-            relative marginal error by 1e-3 for up to 100 prompts (the instance side is exact). (default: 1e-5)
-        attr_temperature: Temperature of the softmax over the prompt scores. (default: 0.1)
-        mcl_temperature: Temperature of the mutual contrastive loss. (default: 0.1)
-        mcl_weight: Weight of the mutual contrastive loss in `aux`. (default: 0.1)
-    """
-
-    hidden: int = 256
-    heads: int = 4
-    clp_layers: int = 1
-    dropout: float = 0.25
-    ot_eps: float = 0.1
-    ot_iters: int = 100
-    ot_tol: float = 1e-5
-    attr_temperature: float = 0.1
-    mcl_temperature: float = 0.1
-    mcl_weight: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.hidden < 1 or self.heads < 1 or self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be a positive multiple of heads ({self.heads})")
-        if self.clp_layers < 0:
-            raise ValueError(f"clp_layers must be >= 0, got {self.clp_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.ot_iters < 1:
-            raise ValueError(f"ot_iters must be >= 1, got {self.ot_iters}")
-        for name in ("ot_eps", "ot_tol", "attr_temperature", "mcl_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.mcl_weight < 0:
-            raise ValueError(f"mcl_weight must be >= 0, got {self.mcl_weight}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --- optimal prompt learning ---------------------------------------------------------------------------------------

@@ -8,14 +8,14 @@ order). The text side comes from a `PromptLearner` once per step, or is passed i
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.model.baselines import topk_class_scores  # noqa: F401  (re-exported: the slide logits)
+from pipeline.model.configs import HiveMILConfig  # noqa: F401  (re-exported: the model's hyperparameters)
 from pipeline.model.graph import (
     HIER_RELATIONS,
     IMG5,
@@ -27,56 +27,8 @@ from pipeline.model.graph import (
     HierarchicalHeteroGNN,
     NodeType,
 )
-from pipeline.model.options import (
-    FILTER_STD_MODES,
-    HIER_BLOCKS,
-    HIER_MODES,
-    LOGIT_SCALE_MODES,
-    apply_reference,
-)
+from pipeline.model.options import FILTER_STD_MODES, LOGIT_SCALE_MODES
 from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, FINE_PER_COARSE, TEXTS_PER_CLASS
-
-
-@dataclass
-class HiveMILConfig:
-    """Hyperparameters and the switches for the reference code's departures from the paper (HIVEMIL.md).
-
-    `reference=True` sets every switch to the reference code's value (pipeline.model.options.REFERENCE_SWITCHES),
-    whatever the others say; each switch alone moves one departure.
-    """
-
-    num_layers: int = 2
-    heads: int = 2
-    alpha: float = 0.5  # TGDF: keep entries >= column mean + alpha * column std
-    top_k_5x: int = 2
-    top_k_20x: int = 100
-    htcl_weight: float = 0.5
-    reference: bool = False  # all of the switches below as the reference code
-    hier_attention: str = "edges"  # reference code: "dense"
-    hier_block: str = "per_relation"  # reference code: "shared" (one attention per layer, update 2h + attn + SAGE)
-    htcl_negatives: bool = True  # reference code: False
-    logit_scale: str = "exp"  # reference code: "raw"
-    filter_at_eval: bool = False  # reference code: True
-    normalize_inputs: bool = True  # reference code: False (raw features filtered and fed to the graph)
-    keep_padded_children: bool = False  # reference code: True (all 16 slots of a kept parent are 20x nodes)
-    filter_std: str = "population"  # reference code: "sample"
-
-    def __post_init__(self) -> None:
-        if self.reference:
-            apply_reference(self)
-        if self.hier_attention not in HIER_MODES:
-            raise ValueError(f"hier_attention must be one of {HIER_MODES}, got {self.hier_attention!r}")
-        if self.hier_block not in HIER_BLOCKS:
-            raise ValueError(f"hier_block must be one of {HIER_BLOCKS}, got {self.hier_block!r}")
-        if self.logit_scale not in LOGIT_SCALE_MODES:
-            raise ValueError(f"logit_scale must be one of {LOGIT_SCALE_MODES}, got {self.logit_scale!r}")
-        if self.filter_std not in FILTER_STD_MODES:
-            raise ValueError(f"filter_std must be one of {FILTER_STD_MODES}, got {self.filter_std!r}")
-        if self.top_k_5x < 1 or self.top_k_20x < 1:
-            raise ValueError(f"top-k must be >= 1, got 5x={self.top_k_5x}, 20x={self.top_k_20x}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def score_scale(logit_scale: float, mode: str = "exp") -> float:

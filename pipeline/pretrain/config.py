@@ -8,16 +8,15 @@ the demo overrides them to minutes on a CPU.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.settings import option as _opt
 
 TRAINABLE = ("adapter", "last_blocks")
-
-
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+#: fields whose flag is not the plain `--field-name`: `seed` is --pretrain-seed, since --seed seeds the VLM's weights
+FLAG_NAMES = {"seed": "--pretrain-seed"}
 
 
 @dataclass

@@ -23,8 +23,8 @@ from pipeline.labels import LabelTree
 from pipeline.pretrain.knn import knn_accuracy, sample_patch_rows
 
 if TYPE_CHECKING:
-    from pipeline.training.config import TrainConfig
     from pipeline.training.data import SlideFeatures
+    from pipeline.training.methods.zeroshot import ZeroShotSettings
     from pipeline.training.tasks import TaskType
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ def load_eval_task(
 ) -> "TaskType":
     """The task as training loads it; without a prompt file, its classes and texts come from a text-embeddings
     file (written by `text-embed` from that prompt file), mapped onto dataset.csv labels as the task type does."""
-    from pipeline.training.registry import get_method, get_task_type
-    from pipeline.training.tasks import load_task
+    from pipeline.training.methods import get_method
+    from pipeline.training.tasks import get_task_type, load_task
 
     supported = get_method("zeroshot").task_types
     if task_type not in supported:
@@ -149,7 +149,7 @@ def paired_patches(
 
 
 def zeroshot_probabilities(
-    task: "TaskType", side: BackboneFiles, slides: Sequence[str], config: "TrainConfig"
+    task: "TaskType", side: BackboneFiles, slides: Sequence[str], config: "ZeroShotSettings"
 ) -> np.ndarray:
     """Softmax of the `zeroshot` method's slide logits `[S, C]` with this backbone's text embeddings."""
     import torch
@@ -199,21 +199,21 @@ def evaluate_pretraining(
     k: int = 200,
     temperature: float = 0.07,
     patches_per_slide: int = 200,
-    config: "TrainConfig | None" = None,
+    config: "ZeroShotSettings | None" = None,
 ) -> pd.DataFrame:
     """One task's before/after table: kNN accuracy (patch, slide, patient) and zero-shot accuracy (slide, patient).
 
     Labels are the task's targets (a hierarchical task's fine labels, as the `zeroshot` method predicts). Both
     backbones see the same slides (those with every file on both sides), the same sampled 20x patches and the same
-    patient folds. Zero-shot uses `config`'s top-k and logit-scale settings (TrainConfig defaults if None); a
+    patient folds. Zero-shot uses `config`'s top-k and logit-scale settings (the zeroshot method's defaults if None); a
     patient's zero-shot prediction is the argmax of the mean of its slides' softmax probabilities. Columns: task,
     metric, level, n, `{before.name}`, `{after.name}`, change (after - before); the settings are in `df.attrs`.
     """
-    from pipeline.training.config import TrainConfig
+    from pipeline.training.methods.zeroshot import ZeroShotSettings
 
     if before.name == after.name:
         raise PipelineError(f"hlss-eval: the two backbones must differ, both are '{before.name}'")
-    config = config or TrainConfig(device="cpu")
+    config = config or ZeroShotSettings()
     slides = common_slides(task, before, after)
     no_case = [s for s in slides if s not in slide_case]
     if no_case:

@@ -42,13 +42,13 @@ def time_bin_edges(time: np.ndarray, event: np.ndarray, n_bins: int = 4) -> np.n
     replaced by min(all times) - EPS and max(all times) + EPS.
 
     Raises SurvivalLabelError when there are fewer uncensored patients than bins or two quantiles coincide (many
-    deaths on the same day): the message gives the counts and asks for fewer bins (`survival_bins`).
+    deaths on the same day): the message gives the counts and asks for fewer bins (the task's `settings: {bins}`).
     """
     time, event = check_labels(time, event)
     if n_bins < 1:
         raise SurvivalLabelError(f"n_bins must be at least 1, got {n_bins}")
     dead = time[event == 1]
-    advice = "lower survival_bins"
+    advice = "lower the survival task's bins setting"
     if dead.size < n_bins:
         raise SurvivalLabelError(
             f"{dead.size} uncensored patient(s) (of {time.size}) cannot make {n_bins} time bins; {advice}"

@@ -17,11 +17,13 @@ from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, atomic_path
 from pipeline.labels import LabelTree
+from pipeline.settings import to_dict
 from pipeline.training.config import TrainConfig
+from pipeline.training.methods import get_method
 from pipeline.training.methods.base import Method
-from pipeline.training.registry import get_method, get_task_type
+from pipeline.training.tasks import get_task_type
 
-CHECKPOINT_FORMAT = "hive-wsi-checkpoint/2"
+CHECKPOINT_FORMAT = "hive-wsi-checkpoint/3"  # 3: method and task settings stored apart from the config
 
 
 class CheckpointError(PipelineError):
@@ -48,6 +50,8 @@ def save_checkpoint(
         "embed_dim": int(embed_dim),
         "logit_scale": None if logit_scale is None else float(logit_scale),
         "config": method.config.to_dict(),
+        "settings": to_dict(method.settings),
+        "task_settings": to_dict(task.settings),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **method.inference_payload(model),
         **extra,
@@ -79,9 +83,9 @@ def method_of(ckpt: dict[str, Any]) -> Method:
     tree = ckpt.get("label_tree")
     task = get_task_type(ckpt["task_type"])(
         ckpt["task"], list(ckpt["classes"]), {}, list(ckpt["texts"]), LabelTree.from_mapping(tree) if tree else None,
-        **ckpt.get("task_state", {}),
+        ckpt["task_settings"], **ckpt.get("task_state", {}),
     )
-    return get_method(ckpt["method"])(TrainConfig.from_dict(ckpt["config"]), task)
+    return get_method(ckpt["method"])(TrainConfig.from_dict(ckpt["config"]), task, ckpt["settings"])
 
 
 def restore_model(ckpt: dict[str, Any], device: torch.device) -> nn.Module:

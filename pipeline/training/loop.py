@@ -123,7 +123,7 @@ def fit(
     optimizer = torch.optim.Adam(params, lr=method.learning_rate(), weight_decay=cfg.weight_decay)
     scheduler = method.lr_scheduler(optimizer)
     epochs, batch_size = method.max_epochs(), method.train_batch_size()
-    stopper = EarlyStopping(method.patience(), cfg.best_epoch)
+    stopper = EarlyStopping(method.patience(), method.best_epoch())
     order_gen = torch.Generator().manual_seed(cfg.seed)
     method.prepare(model, train)
     select = bool(val) and method.selects_on_validation()

@@ -155,7 +155,7 @@ def _read_all(paths: Iterable[PathLike], what: str) -> pd.DataFrame:
 
 
 def _metric_names(task_type: str) -> dict[str, str]:
-    from pipeline.training.registry import get_task_type
+    from pipeline.training.tasks import get_task_type
 
     return dict(get_task_type(task_type).metrics)
 

@@ -124,19 +124,16 @@ def _by_name(items: list[dict[str, Any]], what: str, defaults: dict[str, Any]) -
     return out
 
 
-#: the methods a task trains when its `methods:` is not given, per task type (a test checks they support it).
-DEFAULT_METHODS = {
-    "classification": ["hivemil", "abmil_5x", "abmil_20x", "zeroshot"],
-    "hierarchical": ["hmil", "hivemil", "abmil_5x", "abmil_20x", "zeroshot"],
-    "survival": ["hila", "abmil_5x", "abmil_20x", "prompt_risk"],
-}
+def task_type(task: dict[str, Any]) -> Any:
+    """The registered task type (class) of a config task; an unknown type is refused naming the registered ones."""
+    from pipeline.training.tasks import get_task_type
+
+    return get_task_type(task.get("type", "classification"))
 
 
 def cross_validated(task: dict[str, Any]) -> bool:
     """Whether a task's type is evaluated by k-fold cross-validation over patients instead of few-shot draws."""
-    from pipeline.training.registry import get_task_type
-
-    return bool(get_task_type(task["type"]).cross_validated)
+    return bool(task_type(task).runs.cross_validated)
 
 
 def _with_tree(task: dict[str, Any]) -> dict[str, Any]:
@@ -170,11 +167,14 @@ def _with_tree(task: dict[str, Any]) -> dict[str, Any]:
 def tasks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The training tasks of the cohort (config.yaml `tasks:`) by name, schema defaults and label trees filled in."""
     found = _by_name(config["tasks"], "task", _item_defaults("tasks"))
-    out = {name: _with_tree({"methods": DEFAULT_METHODS[task["type"]], **task}) for name, task in found.items()}
+    out = {name: _with_tree({**task, "methods": list(task.get("methods") or task_type(task).default_methods)})
+           for name, task in found.items()}
     folds = config["cohort"]["folds"]
     listed = [b["name"] for b in config.get("features", {}).get("backbones", [])]
+    method_settings(config)  # every method's settings checked now, before any job
     for task in out.values():
         _check_methods(task)
+        task["settings"] = settings_of_task(task)
         unknown = [b for b in task.get("backbones") or [] if b not in listed]
         if unknown:
             raise ValueError(f"config: task '{task['name']}' trains on backbone(s) {unknown} that features.backbones "
@@ -182,7 +182,7 @@ def tasks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         task["backbones"] = list(task.get("backbones") or listed)
         _check_backbone_methods(task, listed)
         task["runs"] = run_names(task, folds)
-        task["splits"] = [split_of_run(run) for run in task["runs"]]
+        task["splits"] = [split_of_run(task, run) for run in task["runs"]]
     return out
 
 
@@ -207,26 +207,76 @@ def task_methods(task: dict[str, Any], backbone: str) -> list[str]:
 
 
 def run_names(task: dict[str, Any], folds: int) -> list[str]:
-    """A task's run folders under models/{task}/{backbone}/: `{n}shot` per shot count, or `cv{folds}` for a
-    cross-validated (survival) task."""
-    if cross_validated(task):
-        return [f"cv{folds}"]
-    return [f"{n}shot" for n in task["shots"]]
+    """A task's run folders under models/{task}/{backbone}/ (its type's RunScheme: `{n}shot` per shot count, or
+    `cv{folds}` for a cross-validated task)."""
+    return task_type(task).runs.run_names(task, folds)
 
 
-def split_of_run(run: str) -> str:
+def split_of_run(task: dict[str, Any], run: str) -> str:
     """The split folder suffix of a run: `4shot` -> `4` (HiVE-MIL's {task}_{shots}), `cv5` -> `cv5`."""
-    return run.removesuffix("shot")
+    return task_type(task).runs.split_of_run(run)
 
 
-def shots_of_run(run: str) -> str:
+def shots_of_run(task: dict[str, Any], run: str) -> str:
     """The train command's `--shots` value of a run (empty for cross-validation)."""
-    return run.removesuffix("shot") if run.endswith("shot") else ""
+    shots = task_type(task).runs.shots_of_run(run)
+    return "" if shots is None else str(shots)
+
+
+def split_command(task: dict[str, Any], cohort: dict[str, Any], split: str) -> str:
+    """The command and flags (beyond --dataset and the outputs) that draw split folder `split` of a task, from its
+    type (`split_command`, `split_arguments`) and config.yaml's `cohort:` section."""
+    kind = task_type(task)
+    count = int(split.removeprefix("cv"))
+    return kind.split_command + " " + _quote(kind.split_arguments(task, cohort, count))
+
+
+# --- settings of methods and task types (each in its own module's dataclass) ----------------------------------
+
+
+def method_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`train.method_settings`, each method's entry checked against its Settings dataclass now (an unknown method
+    or key stops the run before any job, naming the method and its allowed settings)."""
+    from pipeline.training.methods import method_settings as check
+
+    section = config.get("train", {}).get("method_settings") or {}
+    for name, values in section.items():
+        check(name, values)
+    return {name: dict(values or {}) for name, values in section.items()}
+
+
+def method_settings_flags(config: dict[str, Any], method: str) -> str:
+    """The train command's `--method-settings key=value ...` of one method (only its own: changing one method's
+    settings reruns that method's jobs only)."""
+    from pipeline.settings import to_assignments
+
+    values = method_settings(config).get(method) or {}
+    return _quote(["--method-settings", *to_assignments(values)]) if values else ""
+
+
+def settings_of_task(task: dict[str, Any]) -> dict[str, Any]:
+    """A task's `settings:`, checked against its type's Settings dataclass now."""
+    from pipeline.training.tasks.base import task_settings
+
+    values = dict(task.get("settings") or {})
+    task_settings(task_type(task), values, task["name"])
+    return values
+
+
+def task_settings_flags(task: dict[str, Any]) -> str:
+    """The train command's `--task-settings key=value ...` of a task."""
+    from pipeline.settings import to_assignments
+
+    return _quote(["--task-settings", *to_assignments(task["settings"])]) if task.get("settings") else ""
+
+
+def _quote(flags: list[Any]) -> str:
+    return " ".join(shlex.quote(str(f)) for f in flags)
 
 
 def _check_methods(task: dict[str, Any]) -> None:
     """Refuse, before any job runs, a method listed for a task type it does not support."""
-    from pipeline.training.registry import get_method
+    from pipeline.training.methods import get_method
 
     wrong = [m for m in task["methods"] if task["type"] not in get_method(m).task_types]
     if wrong:
@@ -245,12 +295,6 @@ def survival_labels(task: dict[str, Any]) -> list[str]:
     """The train command's `--labels` (a survival task's label restriction; classification takes its classes
     from the prompt file)."""
     return list(task["labels"]) if cross_validated(task) else []
-
-
-def split_label_args(task: dict[str, Any]) -> list[str]:
-    """`--label-tree` items for the splits command: a classification task with a tree stratifies by coarse class
-    (the sheet's fine labels mapped up); a hierarchical one stratifies by its fine labels as they are."""
-    return task["tree_args"] if task["type"] == "classification" else []
 
 
 def dataset_labels(config: dict[str, Any]) -> list[str]:
@@ -280,7 +324,7 @@ def name_regex(names: list[str]) -> str:
 
 def reads_descriptions(method: str) -> bool:
     """Whether a registered method trains on the patients' report descriptions (FiVE)."""
-    from pipeline.training.registry import get_method
+    from pipeline.training.methods import get_method
 
     return "descriptions" in get_method(method).inputs
 

@@ -8,8 +8,9 @@ from typing import Any, Iterable, Mapping
 
 from pipeline.mpp_overrides import read_mpp_overrides
 
-#: keys of config.yaml's `train:` section that configure the job, not the training (threads of the job).
-JOB_KEYS = ("threads",)
+#: keys of config.yaml's `train:` section that are not TrainConfig fields: the job's threads, and each method's own
+#: settings (passed to that method's jobs only: pipeline.wiring.cohort.method_settings_flags)
+JOB_KEYS = ("threads", "method_settings")
 
 
 def _quote(flags: list[Any]) -> str:
@@ -17,17 +18,11 @@ def _quote(flags: list[Any]) -> str:
 
 
 def train_flags(section: dict[str, Any]) -> str:
-    """Flags for config.yaml's `train:` section: each key is a TrainConfig field, booleans as --x / --no-x."""
-    flags: list[Any] = []
-    for key, value in section.items():
-        if key in JOB_KEYS:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            flags += [flag, value]
-    return _quote(flags)
+    """Flags for config.yaml's `train:` section: each key is a TrainConfig field (checked), booleans --x / --no-x."""
+    from pipeline.settings import section_flags
+    from pipeline.training.config import TrainConfig
+
+    return section_flags(section, TrainConfig, "config: train", skip=JOB_KEYS)
 
 
 def tissue_flags(tissue: dict[str, Any]) -> str:

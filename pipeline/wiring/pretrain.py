@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from pipeline.commands.pretrain import config_flag
 from pipeline.features.backbones.hlss import vlm_of
-from pipeline.pretrain.config import PretrainConfig
+from pipeline.pretrain.config import FLAG_NAMES, PretrainConfig
+from pipeline.settings import section_flags
 from pipeline.wiring import layout
 
 #: keys of config.yaml's `pretrain:` section that the workflow uses itself (the rest are PretrainConfig fields)
@@ -72,17 +72,7 @@ def pretrain_slides(section: dict[str, Any], usable: Iterable[str], cohort: Iter
 
 def pretrain_flags(section: dict[str, Any]) -> str:
     """Flags of the pretrain command from config.yaml's `pretrain:` section (its PretrainConfig fields)."""
-    import shlex
-
-    fields = PretrainConfig.__dataclass_fields__
-    flags = []
-    for key, value in section.items():
-        if key in WORKFLOW_KEYS:
-            continue
-        if key not in fields:
-            raise ValueError(f"config: pretrain.{key} is not a pretraining setting ({sorted(fields)})")
-        flags += [config_flag(key), str(value)]
-    return " ".join(shlex.quote(f) for f in flags)
+    return section_flags(section, PretrainConfig, "config: pretrain", skip=WORKFLOW_KEYS, renamed=FLAG_NAMES)
 
 
 def evaluated_tasks(tasks: dict[str, dict[str, Any]]) -> list[str]:

@@ -57,7 +57,7 @@ rule splits:
         test_frac=config["cohort"]["test_frac"],
         seed=config["cohort"]["seed"],
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
-        tree=lambda wildcards: ws.split_label_args(TASKS[wildcards.task]),
+        tree=lambda wildcards: ws.task_type(TASKS[wildcards.task]).split_tree_args(TASKS[wildcards.task]),
         import_from=config["cohort"]["import_splits"],
         overlap="--allow-case-overlap" if config["cohort"]["allow_case_overlap"] else "",
     shell:
@@ -90,7 +90,7 @@ rule survival_splits:
         out_dir=lambda wildcards, output: str(Path(output.meta).parent),
         folds=config["cohort"]["folds"],
         seed=config["cohort"]["seed"],
-        bins=lambda wildcards: config["train"]["survival_bins"],
+        bins=lambda wildcards: ws.task_type(TASKS[wildcards.task]).settings_of(TASKS[wildcards.task]).bins,
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
         "$HIVE_PYTHON -m pipeline survival-splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "

@@ -7,6 +7,7 @@ from pathlib import Path
 from pipeline import status
 from pipeline.features.chunks import chunks as feature_chunks
 from pipeline.prompt_files import resolve_prompt_file
+from pipeline.training import tasks as task_types
 from pipeline.wiring import cohort as ws
 from pipeline.wiring import flags
 from pipeline.wiring import gdc as gdc_wiring
@@ -41,8 +42,8 @@ wildcard_constraints:
     slide=ws.slide_regex(SLIDES),
     backbone=ws.name_regex(list(BACKBONES)),
     task=ws.name_regex(list(TASKS)),
-    split=r"\d+|cv\d+",
-    run=r"\d+shot|cv\d+",
+    split=task_types.split_regex(),
+    run=task_types.run_regex(),
     chunk=r"chunk\d+",
 
 
@@ -162,7 +163,7 @@ def hierarchy_reports(wildcards):
 
 
 def split_files(wildcards):
-    split = ws.split_of_run(wildcards.run)
+    split = ws.split_of_run(TASKS[wildcards.task], wildcards.run)
     return expand(out(layout.SPLIT), task=wildcards.task, split=split, k=range(config["cohort"]["folds"]))
 
 

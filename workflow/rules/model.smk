@@ -11,6 +11,8 @@ rule train:
         summary=out(layout.METHOD_SUMMARY),
         predictions=out(layout.METHOD_PREDICTIONS),
         checkpoints=expand(out(layout.CHECKPOINT), k=range(config["cohort"]["folds"]), allow_missing=True),
+        attributes=out(layout.METHOD_ATTRIBUTES),
+        curves=directory(out(layout.METHOD_CURVES)),
         plots=report(
             directory(out(layout.METHOD_PLOTS)),
             patterns=["{name}.png"],
@@ -32,12 +34,13 @@ rule train:
     params:
         task_type=lambda wildcards: TASKS[wildcards.task]["type"],
         tree=lambda wildcards: TASKS[wildcards.task]["tree_args"],
-        shots=lambda wildcards: ws.shots_of_run(wildcards.run),
+        shots=lambda wildcards: ws.shots_of_run(TASKS[wildcards.task], wildcards.run),
         labels=lambda wildcards: ws.survival_labels(TASKS[wildcards.task]),
-        out_dir=lambda wildcards, output: str(Path(output.summary).parent),
         weights=backbone_param("weights"),
         tokenizer=backbone_param("tokenizer"),
         flags=flags.train_flags(config["train"]),
+        method_settings=lambda wildcards: ws.method_settings_flags(config, wildcards.method),
+        task_settings=lambda wildcards: ws.task_settings_flags(TASKS[wildcards.task]),
         fine_grained=lambda wildcards, input: flags.fine_grained_flags(dict(input.items())),
     shell:
         "$HIVE_PYTHON -m pipeline train --task {wildcards.task:q} --task-type {params.task_type} "
@@ -45,7 +48,10 @@ rule train:
         "--prompts {input.prompts:q} --splits {input.splits:q} "
         "--features-5x {input.features_5x:q} --hierarchical {input.hierarchical:q} --text-embeddings {input.text:q} "
         "--backbone {wildcards.backbone:q} --weights={params.weights:q} --tokenizer={params.tokenizer:q} "
-        "--shots={params.shots:q} {params.fine_grained} --out-dir {params.out_dir:q} {params.flags} --threads {threads} "
+        "--shots={params.shots:q} {params.fine_grained} --summary {output.summary:q} "
+        "--predictions {output.predictions:q} --attributes {output.attributes:q} --checkpoints {output.checkpoints:q} "
+        "--curves {output.curves:q} --plots {output.plots:q} {params.flags} {params.method_settings} "
+        "{params.task_settings} --threads {threads} "
         "> {log:q} 2>&1"
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.settings import option
 from pipeline.training.methods.base import Method, Resources
 from pipeline.training.registry import register_method
 
@@ -15,15 +17,21 @@ if TYPE_CHECKING:
     from pipeline.training.data import SlideBag
 
 
+@dataclass(frozen=True)
+class ABMILSettings:
+    hidden: int = option(256, "ABMIL hidden size")
+    dropout: float = option(0.25, "ABMIL dropout")
+
+
 class _ABMIL(Method):
     scale: str = ""
+    settings: ABMILSettings
 
     def build(self, resources: Resources) -> "nn.Module":
         from pipeline.model.baselines import ABMIL
 
-        cfg = self.config
-        model = ABMIL(resources.embed_dim, self.n_classes, scale=self.scale, hidden=cfg.abmil_hidden,
-                      dropout=cfg.abmil_dropout)
+        model = ABMIL(resources.embed_dim, self.n_classes, scale=self.scale, hidden=self.settings.hidden,
+                      dropout=self.settings.dropout)
         return model.to(resources.device)
 
     def explain(
@@ -46,12 +54,12 @@ class _ABMIL(Method):
 
 
 @register_method("abmil_5x", task_types=("classification", "hierarchical", "survival"), inputs=("5x",),
-                 summary="gated attention MIL on the 5x patch features")
+                 summary="gated attention MIL on the 5x patch features", settings=ABMILSettings)
 class ABMIL5x(_ABMIL):
     scale = "5x"
 
 
 @register_method("abmil_20x", task_types=("classification", "hierarchical", "survival"), inputs=("20x",),
-                 summary="gated attention MIL on the 20x patch features")
+                 summary="gated attention MIL on the 20x patch features", settings=ABMILSettings)
 class ABMIL20x(_ABMIL):
     scale = "20x"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from pipeline.errors import PipelineError
+from pipeline.settings import NoSettings, build
 
 if TYPE_CHECKING:
     import torch
@@ -82,8 +83,11 @@ class Method:
     task_types: ClassVar[tuple[str, ...]] = ()
     inputs: ClassVar[frozenset[str]] = frozenset()
     summary: ClassVar[str] = ""
+    #: the method's own hyperparameters (a dataclass, set by `register_method(settings=...)`)
+    Settings: ClassVar[type] = NoSettings
 
-    def __init__(self, config: "TrainConfig", task: "TaskType"):
+    def __init__(self, config: "TrainConfig", task: "TaskType", settings: Any = None):
+        """`settings`: an instance of the method's Settings, or a mapping of some of its fields (the rest default)."""
         if task.type_name not in self.task_types:
             raise PipelineError(
                 f"method '{self.name}' does not support task '{task.name}' of type '{task.type_name}' "
@@ -91,6 +95,8 @@ class Method:
             )
         self.config = config
         self.task = task
+        self.settings = settings if isinstance(settings, self.Settings) else build(
+            self.Settings, settings, f"method '{self.name}' settings (train.method_settings.{self.name})")
 
     @property
     def n_classes(self) -> int:
@@ -150,6 +156,10 @@ class Method:
 
     def patience(self) -> int:
         return self.config.patience
+
+    def best_epoch(self) -> str:
+        """Which epoch's weights are restored (pipeline.model.options.BEST_EPOCH_MODES)."""
+        return self.config.best_epoch
 
     def lr_scheduler(self, optimizer: "torch.optim.Optimizer") -> Any:
         """A scheduler stepped with the validation loss after every epoch, or None."""

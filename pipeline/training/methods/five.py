@@ -2,18 +2,18 @@
 
 `five` (few-shot): each training slide is trained against its class description (the question set's `classes`,
 FiVE's fine-tuning labels) and against its patient's report description among the step's descriptions of every
-training patient (FiVE's fine-grained labels), `five_description_weight` weighing the second; validation picks the
+training patient (FiVE's fine-grained labels), `description_weight` weighing the second; validation picks the
 epoch as for every method. `five_zeroshot` (FiVE's zero-shot protocol): trained on the report descriptions alone,
 no label used and no epoch chosen by validation (`epochs` run, the last kept). Both predict a class by the cosine
 of the slide embedding with each class description.
 
 Each step drops a random k in [0, Q-1] of the Q fields (and their question prompts), leaves out fields answered
 "Unknown", shuffles each description's fields and merges equal descriptions, then encodes the step's descriptions
-with the text tower (at most `five_grad_descriptions` with gradient, as the reference's 96). The descriptions come
+with the text tower (at most `grad_descriptions` with gradient, as the reference's 96). The descriptions come
 only from the fold's training slides (`prepare`); a validation or test patient's description never reaches a step.
-Training draws `five_sample_ratio` of a slide's instances by segment sampling (the zero-shot protocol
-`five_zeroshot_sample_ratio`), capped at `five_max_instances`; evaluation reads all instances, or evenly spaced ones
-(`five_eval_instances: spaced`, the reference's choice). Instances are a slide's valid 20x children (its 5x patches
+Training draws `sample_ratio` of a slide's instances by segment sampling (the zero-shot protocol:
+its own `sample_ratio`), capped at `max_instances`; evaluation reads all instances, or evenly spaced ones
+(`eval_instances: spaced`, the reference's choice). Instances are a slide's valid 20x children (its 5x patches
 when it has none). A checkpoint stores the query prompts' and the class descriptions' text features, so prediction
 needs no text tower.
 """
@@ -21,9 +21,11 @@ needs no text tower.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Sequence
 
 from pipeline.errors import PipelineError
+from pipeline.settings import option
 from pipeline.training.methods.base import Method, Resources, load_trained_weights
 from pipeline.training.registry import register_method
 
@@ -60,20 +62,56 @@ def instances(bag: "SlideBag", device: "torch.device") -> tuple["Tensor", "Tenso
     return x5, rows, torch.full_like(rows, -1)
 
 
+@dataclass(frozen=True)
+class FiVESettings:
+    lr: float = option(3e-4, "Adam learning rate (ours: a few-shot fold has tens of steps; the reference's 3e-6, x10 "
+                       "for its fusion, runs for ~10,000)")
+    prompts: int = option(16, "learnable query prompts beside the question prompts (reference 16)")
+    n_ctx: int = option(8, "learnable context tokens of each query prompt and of the description texts")
+    heads: int = option(8, "attention heads of both branches (reference: D / 64 = 8)")
+    logit_scale: float = option(300.0, "fixed scale of the cosine logits (reference 300)")
+    batch_size: int = option(2, "slides per step, one field-dropout draw each (ours; the reference accumulates 8 "
+                             "slides, which would leave a 4-shot fold one step per epoch)")
+    sample_ratio: float = option(0.25, "share p of a slide's instances drawn per step by segment sampling (reference "
+                                 "fine-tuning 0.25)")
+    max_instances: int = option(16384, "at most T instances drawn per step (reference 16384)")
+    eval_instances: str = option("all", "at evaluation: all instances (deterministic, every patch scored), or "
+                                 "evenly spaced ones as many as training draws (reference)", choices=("all", "spaced"))
+    description_weight: float = option(1.0, "few-shot: loss = class-description CE + this x report-description CE")
+    grad_descriptions: int = option(96, "descriptions per step encoded with gradient (reference 96); the others "
+                                    "without")
+
+    def __post_init__(self) -> None:
+        if min(self.prompts, self.n_ctx, self.heads, self.batch_size, self.max_instances, self.grad_descriptions) < 1:
+            raise ValueError("prompts, n_ctx, heads, batch_size, max_instances and grad_descriptions must be >= 1")
+        if self.lr <= 0 or self.logit_scale <= 0:
+            raise ValueError(f"lr and logit_scale must be > 0, got {self.lr}, {self.logit_scale}")
+        if not 0.0 < self.sample_ratio <= 1.0:
+            raise ValueError(f"sample_ratio must be in (0, 1], got {self.sample_ratio}")
+
+
+@dataclass(frozen=True)
+class FiVEZeroShotSettings(FiVESettings):
+    """FiVE's settings; its zero-shot protocol draws every instance by default (reference 1.0)."""
+
+    sample_ratio: float = option(1.0, "share p of a slide's instances drawn per step (reference zero-shot 1.0)")
+
+
 class _FiVE(Method):
     zero_shot: ClassVar[bool] = False
+    settings: FiVESettings
 
     def five_config(self) -> Any:
         from pipeline.model.five import FiVEConfig
 
         try:
-            return FiVEConfig(heads=self.config.five_heads, logit_scale=self.config.five_logit_scale)
+            return FiVEConfig(heads=self.settings.heads, logit_scale=self.settings.logit_scale)
         except ValueError as err:
-            raise PipelineError(f"train config: {err}") from err
+            raise PipelineError(f"method '{self.name}' settings: {err}") from err
 
     @property
     def sample_ratio(self) -> float:
-        return self.config.five_zeroshot_sample_ratio if self.zero_shot else self.config.five_sample_ratio
+        return self.settings.sample_ratio
 
     def _check(self, labels: "FineGrainedLabels") -> None:
         if labels.questions.labels != list(self.task.classes):
@@ -90,15 +128,15 @@ class _FiVE(Method):
 
         labels = resources.require_descriptions(self.name)
         self._check(labels)
-        questions, cfg = labels.questions, self.config
+        questions, cfg = labels.questions, self.settings
         backbone = resources.backbone(self.name)
         with torch.no_grad():  # the question prompts are fixed texts through the frozen tower: encoded once
             asked = backbone.encode_text(backbone.tokenize(questions.prompts)).float()
-        learnable = PromptLearner(backbone, [""] * cfg.five_prompts, n_ctx=cfg.five_n_ctx, shared=False)
+        learnable = PromptLearner(backbone, [""] * cfg.prompts, n_ctx=cfg.n_ctx, shared=False)
         model = FiVE(resources.embed_dim, self.five_config(), TFSQueries(asked, learnable),
-                     ContextTextEncoder(backbone, cfg.five_n_ctx))
+                     ContextTextEncoder(backbone, cfg.n_ctx))
         self._labels = labels
-        names = self.query_names(questions.questions, cfg.five_prompts)
+        names = self.query_names(questions.questions, cfg.prompts)
         return self._annotate(model, questions.class_texts, names, resources.device)
 
     def _annotate(self, model: "nn.Module", class_texts: list[str], names: list[str], device: Any = None) -> "nn.Module":
@@ -149,10 +187,10 @@ class _FiVE(Method):
         return StepTargets(list(kept), augmented.texts, [augmented.targets[position[s]] for s in batch_ids])
 
     def encode_step_texts(self, model: "nn.Module", texts: list[str]) -> "Tensor":
-        """The step's texts through the description encoder, at most `five_grad_descriptions` with gradient."""
+        """The step's texts through the description encoder, at most `grad_descriptions` with gradient."""
         import torch
 
-        limit = self.config.five_grad_descriptions
+        limit = self.settings.grad_descriptions
         if len(texts) <= limit:
             return model.descriptions(texts)
         order = torch.randperm(len(texts), generator=self._rng)
@@ -170,7 +208,7 @@ class _FiVE(Method):
 
         x, _, _ = instances(bag, device)
         m = len(x)
-        idx = segment_sample(m, self.sample_ratio, self.config.five_max_instances, self._rng).to(x.device)
+        idx = segment_sample(m, self.sample_ratio, self.settings.max_instances, self._rng).to(x.device)
         return x[idx], idx.float() / m
 
     def training_loss(
@@ -191,17 +229,17 @@ class _FiVE(Method):
             loss = loss + cross_entropy(model.logits(slides, features[len(step.texts):]), [int(t) for _, t in batch])
         rows = [i for i, t in enumerate(step.targets) if t is not None]
         if rows:
-            weight = 1.0 if self.zero_shot else self.config.five_description_weight
+            weight = 1.0 if self.zero_shot else self.settings.description_weight
             described = cross_entropy(model.logits(slides[rows], features[: len(step.texts)]),
                                       [step.targets[i] for i in rows])
             loss = loss + weight * described * len(rows) / len(batch)
         return loss
 
     def train_batch_size(self) -> int:
-        return self.config.five_batch_size
+        return self.settings.batch_size
 
     def learning_rate(self) -> float:
-        return self.config.five_lr
+        return self.settings.lr
 
     def selects_on_validation(self) -> bool:
         return not self.zero_shot
@@ -219,8 +257,8 @@ class _FiVE(Method):
 
         x, parent, slot = instances(bag, device)
         m = len(x)
-        idx = evaluation_instances(m, self.config.five_eval_instances, self.sample_ratio,
-                                   self.config.five_max_instances).to(x.device)
+        idx = evaluation_instances(m, self.settings.eval_instances, self.sample_ratio,
+                                   self.settings.max_instances).to(x.device)
         valid = torch.ones(len(idx), dtype=torch.bool, device=x.device)
         return x[idx], idx.float() / m, valid, idx
 
@@ -239,7 +277,7 @@ class _FiVE(Method):
     ) -> "PatchScores":
         """Each query prompt's attention over the instances it read, times their number (1 = a uniform share):
         one map per question prompt and learnable prompt, at 20x (5x for a slide without children); instances
-        left out by `five_eval_instances: spaced` are NaN. The maps are the same whatever class `target` is; each
+        left out by `eval_instances: spaced` are NaN. The maps are the same whatever class `target` is; each
         map's weight is how far that query moves the slide embedding towards the class's description."""
         import numpy as np
         import torch
@@ -286,12 +324,14 @@ class _FiVE(Method):
 
 
 @register_method("five", task_types=("classification",), inputs=("20x", "text_tower", "descriptions"),
-                 summary="FiVE: query prompts over instances, trained on class and report descriptions (few-shot)")
+                 summary="FiVE: query prompts over instances, trained on class and report descriptions (few-shot)",
+                 settings=FiVESettings)
 class FiVEMethod(_FiVE):
     zero_shot = False
 
 
 @register_method("five_zeroshot", task_types=("classification",), inputs=("20x", "text_tower", "descriptions"),
-                 summary="FiVE's zero-shot protocol: trained on report descriptions only, tested on class descriptions")
+                 summary="FiVE's zero-shot protocol: trained on report descriptions only, tested on class descriptions",
+                 settings=FiVEZeroShotSettings)
 class FiVEZeroShot(_FiVE):
     zero_shot = True

@@ -7,8 +7,11 @@ the learned prompts' text features, so prediction needs no text tower and encode
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from pipeline.model.configs import HiLaConfig
+from pipeline.settings import option
 from pipeline.training.methods.base import Method, Resources, load_trained_weights
 from pipeline.training.registry import register_method
 
@@ -57,21 +60,25 @@ def transport_scores(
                        dict(zip(unique_names(names[:k]), w_region)), dict(zip(unique_names(names[k:]), w_patch)))
 
 
-@register_method("hila", task_types=("survival",), inputs=("5x", "20x", "text_tower"),
-                 summary="HiLa: optimal prompt learning per level, cross-level propagation, mutual contrast")
-class HiLaMethod(Method):
-    def hila_config(self) -> Any:
-        from pipeline.errors import PipelineError
-        from pipeline.model.hila import HiLaConfig
+@dataclass
+class HiLaSettings(HiLaConfig):
+    """The model's hyperparameters (pipeline.model.configs.HiLaConfig) and the prompts' learnable context."""
 
-        c = self.config
-        try:
-            return HiLaConfig(hidden=c.hila_hidden, heads=c.hila_heads, clp_layers=c.hila_clp_layers,
-                              dropout=c.hila_dropout, ot_eps=c.hila_ot_eps, ot_iters=c.hila_ot_iters,
-                              ot_tol=c.hila_ot_tol, attr_temperature=c.hila_attr_temperature,
-                              mcl_temperature=c.hila_mcl_temperature, mcl_weight=c.hila_mcl_weight)
-        except ValueError as err:
-            raise PipelineError(f"train config: {err}") from err
+    n_ctx: int = option(16, "learnable prompt context vectors of each level's attribute prompts")
+
+    def hila_config(self) -> HiLaConfig:
+        names = {f.name for f in fields(HiLaConfig)}
+        return HiLaConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+
+@register_method("hila", task_types=("survival",), inputs=("5x", "20x", "text_tower"),
+                 summary="HiLa: optimal prompt learning per level, cross-level propagation, mutual contrast",
+                 settings=HiLaSettings)
+class HiLaMethod(Method):
+    settings: HiLaSettings
+
+    def hila_config(self) -> HiLaConfig:
+        return self.settings.hila_config()
 
     def _model(self, resources: Resources, region: "nn.Module", patch: "nn.Module") -> "nn.Module":
         from pipeline.model.hila import HiLa
@@ -83,8 +90,8 @@ class HiLaMethod(Method):
         from pipeline.model.prompt_learner import PromptLearner
 
         backbone, k, texts = resources.backbone(self.name), self.task.n_attributes, self.task.texts
-        region = PromptLearner(backbone, texts[:k], n_ctx=self.config.n_ctx)
-        patch = PromptLearner(backbone, texts[k:], n_ctx=self.config.n_ctx)
+        region = PromptLearner(backbone, texts[:k], n_ctx=self.settings.n_ctx)
+        patch = PromptLearner(backbone, texts[k:], n_ctx=self.settings.n_ctx)
         return self._model(resources, region, patch)
 
     def logits(self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None) -> tuple["Tensor", "Tensor"]:

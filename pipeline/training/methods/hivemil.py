@@ -7,8 +7,11 @@ text tower, and encodes them once rather than per slide.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from pipeline.model.configs import HiveMILConfig
+from pipeline.settings import option
 from pipeline.training.methods.base import Method, Resources, explained_class
 from pipeline.training.registry import register_method
 
@@ -20,22 +23,32 @@ if TYPE_CHECKING:
     from pipeline.training.data import SlideBag
 
 
-@register_method("hivemil", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_tower"),
-                 summary="HiVE-MIL: hierarchical 5x/20x + text graph with prompt learning (few-shot)")
-class HiveMILMethod(Method):
-    def hivemil_config(self) -> Any:
-        from pipeline.errors import PipelineError
-        from pipeline.model.hivemil import HiveMILConfig
+@dataclass
+class HiveMILSettings(HiveMILConfig):
+    """The model's hyperparameters and reference switches (pipeline.model.configs.HiveMILConfig) and the prompt
+    learner's context length."""
 
-        c = self.config
-        try:
-            return HiveMILConfig(num_layers=c.num_layers, heads=c.heads, top_k_5x=c.top_k_5x, top_k_20x=c.top_k_20x,
-                                 reference=c.reference, hier_attention=c.hier_attention, hier_block=c.hier_block,
-                                 htcl_negatives=c.htcl_negatives, logit_scale=c.logit_scale,
-                                 filter_at_eval=c.filter_at_eval, normalize_inputs=c.normalize_inputs,
-                                 keep_padded_children=c.keep_padded_children, filter_std=c.filter_std)
-        except ValueError as err:
-            raise PipelineError(f"train config: {err}") from err
+    n_ctx: int = option(16, "learnable prompt context vectors shared by all texts")
+
+    def hivemil_config(self) -> HiveMILConfig:
+        names = {f.name for f in fields(HiveMILConfig)}
+        return HiveMILConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+
+@register_method("hivemil", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_tower"),
+                 summary="HiVE-MIL: hierarchical 5x/20x + text graph with prompt learning (few-shot)",
+                 settings=HiveMILSettings)
+class HiveMILMethod(Method):
+    settings: HiveMILSettings
+
+    def hivemil_config(self) -> HiveMILConfig:
+        return self.settings.hivemil_config()
+
+    def best_epoch(self) -> str:
+        """The reference preset restores the reference code's epoch too (REFERENCE_SWITCHES' best_epoch)."""
+        from pipeline.model.options import REFERENCE_SWITCHES
+
+        return REFERENCE_SWITCHES["best_epoch"] if self.settings.reference else self.config.best_epoch
 
     def _model(self, resources: Resources, text_encoder: "nn.Module") -> "nn.Module":
         from pipeline.model.hivemil import HiveMIL
@@ -47,7 +60,7 @@ class HiveMILMethod(Method):
     def build(self, resources: Resources) -> "nn.Module":
         from pipeline.model.prompt_learner import PromptLearner
 
-        learner = PromptLearner(resources.backbone(self.name), self.task.texts, n_ctx=self.config.n_ctx)
+        learner = PromptLearner(resources.backbone(self.name), self.task.texts, n_ctx=self.settings.n_ctx)
         return self._model(resources, learner.to(resources.device))
 
     def logits(self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None) -> tuple["Tensor", "Tensor"]:

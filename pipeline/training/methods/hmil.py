@@ -1,15 +1,17 @@
 """HMIL on a label tree (pipeline.model.hmil): both levels from the 20x instances, trained in batches of slides.
 
 Instances are a slide's valid 20x patches (the fine task needs their detail; a slide without any falls back to
-its 5x patches). One step takes `hmil_batch_size` slides because the supervised contrastive loss compares them;
+its 5x patches). One step takes `batch_size` slides because the supervised contrastive loss compares them;
 the loss is alpha L_coarse + L_fine + L_align + (1 - alpha) L_supcon + w L_attention, alpha = 1 - (e/E)^2, and the
-learning rate drops x0.1 after `hmil_lr_patience` epochs without a lower validation loss (the paper's schedule).
+learning rate drops x0.1 after `lr_patience` epochs without a lower validation loss (the paper's schedule).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.settings import option
 from pipeline.training.methods.base import Method, Resources, explained_class
 from pipeline.training.registry import register_method
 
@@ -29,17 +31,39 @@ def instances(bag: "SlideBag", device: "torch.device") -> "Tensor":
     return children if len(children) else x5
 
 
+@dataclass(frozen=True)
+class HMILSettings:
+    epochs: int = option(200, "epochs E, also the length of the alpha = 1 - (e/E)^2 and temperature schedules "
+                         "(paper 200)")
+    patience: int = option(200, "early-stopping patience; 200 = none: all epochs run and the best is kept (public "
+                           "code)")
+    batch_size: int = option(64, "slides per step: its supervised contrastive loss compares them (paper 64)")
+    hidden: int = option(256, "projection and coarse attention size (paper 256)")
+    fine_attention_hidden: int = option(64, "fine-level attention size (paper 64)")
+    attention_weight: float = option(1.0, "weight of the attention-matching loss (the paper adds it; the public "
+                                     "code does not)")
+    lr_patience: int = option(5, "epochs without a lower validation loss before the learning rate drops x0.1 "
+                              "(paper 5)")
+
+    def __post_init__(self) -> None:
+        if min(self.epochs, self.patience, self.batch_size) < 1:
+            raise ValueError(f"epochs, patience and batch_size must be >= 1, got {self.epochs}, {self.patience}, "
+                             f"{self.batch_size}")
+
+
 @register_method("hmil", task_types=("hierarchical",), inputs=("20x",),
-                 summary="HMIL: class-wise attention at coarse and fine level of a label tree, coupled by 4 losses")
+                 summary="HMIL: class-wise attention at coarse and fine level of a label tree, coupled by 4 losses",
+                 settings=HMILSettings)
 class HMILMethod(Method):
     task: "Hierarchical"
+    settings: HMILSettings
 
     def build(self, resources: Resources) -> "nn.Module":
         from pipeline.model.hmil import HMIL
 
-        cfg = self.config
-        model = HMIL(resources.embed_dim, self.task.n_coarse, len(self.task.classes), hidden=cfg.hmil_hidden,
-                     fine_attention_hidden=cfg.hmil_fine_attention_hidden)
+        s = self.settings
+        model = HMIL(resources.embed_dim, self.task.n_coarse, len(self.task.classes), hidden=s.hidden,
+                     fine_attention_hidden=s.fine_attention_hidden)
         return model.to(resources.device)
 
     def logits(self, model: "nn.Module", bag: "SlideBag", device: "torch.device", cache: Any = None) -> tuple["Tensor", "Tensor"]:
@@ -103,21 +127,21 @@ class HMILMethod(Method):
                 torch.stack([o.fine_bags for o in outs]), fine_t, supcon_temperature(epoch, epochs)
             )
         )
-        if self.config.hmil_attention_weight:
+        if self.settings.attention_weight:
             matching = torch.stack([attention_matching_loss(o.coarse_attention, o.fine_attention, parent) for o in outs])
-            loss = loss + self.config.hmil_attention_weight * matching.mean()
+            loss = loss + self.settings.attention_weight * matching.mean()
         return loss
 
     def train_batch_size(self) -> int:
-        return self.config.hmil_batch_size
+        return self.settings.batch_size
 
     def max_epochs(self) -> int:
-        return self.config.hmil_epochs
+        return self.settings.epochs
 
     def patience(self) -> int:
-        return self.config.hmil_patience
+        return self.settings.patience
 
     def lr_scheduler(self, optimizer: "torch.optim.Optimizer") -> Any:
         import torch
 
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=self.config.hmil_lr_patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=self.settings.lr_patience)

@@ -3,10 +3,13 @@ attribute's prognostic direction (pipeline.model.hila.PromptRisk)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.model.configs import HiLaConfig
+from pipeline.settings import option
 from pipeline.training.methods.base import Method, Resources
-from pipeline.training.methods.hila import HiLaMethod, attribute_rows, transport_scores
+from pipeline.training.methods.hila import attribute_rows, transport_scores
 from pipeline.training.registry import register_method
 
 if TYPE_CHECKING:
@@ -17,9 +20,24 @@ if TYPE_CHECKING:
     from pipeline.training.data import SlideBag
 
 
+@dataclass(frozen=True)
+class PromptRiskSettings:
+    """The optimal-transport settings of HiLa's prompt learning, its defaults (pipeline.model.configs.HiLaConfig)."""
+
+    ot_eps: float = option(HiLaConfig.ot_eps, "Sinkhorn entropic regularisation, kernel exp(-cost / eps)")
+    ot_iters: int = option(HiLaConfig.ot_iters, "Sinkhorn iterations at most")
+    ot_tol: float = option(HiLaConfig.ot_tol, "Sinkhorn stops once the prompt-side marginal error is below it")
+
+    def hila_config(self) -> HiLaConfig:
+        return HiLaConfig(ot_eps=self.ot_eps, ot_iters=self.ot_iters, ot_tol=self.ot_tol)
+
+
 @register_method("prompt_risk", task_types=("survival",), inputs=("5x", "20x", "text_embeddings"),
-                 summary="risk from the frozen attribute prompts alone (signed OPL similarity), no training")
+                 summary="risk from the frozen attribute prompts alone (signed OPL similarity), no training",
+                 settings=PromptRiskSettings)
 class PromptRiskMethod(Method):
+    settings: PromptRiskSettings
+
     def build(self, resources: Resources) -> "nn.Module":
         import torch
 
@@ -27,8 +45,7 @@ class PromptRiskMethod(Method):
 
         texts = resources.require_text_features(self.name)
         signs = torch.tensor(self.task.signs, dtype=torch.float32)
-        # the OPL settings are HiLa's (one home: its config keys)
-        model = PromptRisk(texts, signs, self.n_classes, HiLaMethod(self.config, self.task).hila_config())
+        model = PromptRisk(texts, signs, self.n_classes, self.settings.hila_config())
         return model.to(resources.device)
 
     def top_attributes(self, model: "nn.Module", bag: "SlideBag", device: "torch.device") -> list[dict[str, Any]]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.model.configs import HiveMILConfig
+from pipeline.model.options import LOGIT_SCALE_MODES
+from pipeline.settings import option
 from pipeline.training.methods.base import Method, Resources, explained_class
 from pipeline.training.registry import register_method
 
@@ -15,16 +19,34 @@ if TYPE_CHECKING:
     from pipeline.training.data import SlideBag
 
 
+@dataclass(frozen=True)
+class ZeroShotSettings:
+    """HiVE-MIL's slide-logit scoring, its defaults (pipeline.model.configs.HiveMILConfig)."""
+
+    top_k_5x: int = option(HiveMILConfig.top_k_5x, "5x patches averaged per coarse text (all if fewer)")
+    top_k_20x: int = option(HiveMILConfig.top_k_20x, "20x patches averaged per fine text")
+    logit_scale: str = option(HiveMILConfig.logit_scale, "exp: scores x exp(theta) of the backbone; raw: x theta",
+                              choices=LOGIT_SCALE_MODES)
+
+    def __post_init__(self) -> None:
+        if self.top_k_5x < 1 or self.top_k_20x < 1:
+            raise ValueError(f"top-k must be >= 1, got 5x={self.top_k_5x}, 20x={self.top_k_20x}")
+
+
 @register_method("zeroshot", task_types=("classification", "hierarchical"), inputs=("5x", "20x", "text_embeddings"),
-                 summary="top-k patch-text similarity with the frozen prompt embeddings, no training")
+                 summary="top-k patch-text similarity with the frozen prompt embeddings, no training",
+                 settings=ZeroShotSettings)
 class ZeroShot(Method):
+    settings: ZeroShotSettings
+
     def build(self, resources: Resources) -> "nn.Module":
         from pipeline.model.baselines import ZeroShotClassifier
         from pipeline.model.hivemil import score_scale
 
-        scale = score_scale(resources.require_logit_scale(self.name), self.config.logit_scale)
+        s = self.settings
+        scale = score_scale(resources.require_logit_scale(self.name), s.logit_scale)
         model = ZeroShotClassifier(resources.require_text_features(self.name), self.n_classes, scale,
-                                   self.config.top_k_5x, self.config.top_k_20x)
+                                   s.top_k_5x, s.top_k_20x)
         return model.to(resources.device)
 
     def explain(

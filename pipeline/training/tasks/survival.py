@@ -1,7 +1,7 @@
 """The `survival` task type: patient-level survival with the field's discrete-time convention (MCAT, Patch-GCN).
 
 A target is one patient (case): all their slides form one bag, their label is (time bin, event, days). The bins
-are 4 (`survival_bins`) at the quartiles of the uncensored patients' times, computed once per cohort
+are 4 (its setting `bins`) at the quartiles of the uncensored patients' times, computed once per cohort
 (pipeline.survival.bins); a method returns one hazard logit per bin, the loss is the discrete-hazard negative
 log-likelihood, the survival function S_k = prod_{j<=k} (1 - sigmoid(logit_j)) and the risk -sum_k S_k. Metrics are
 Harrell's C-index and the integrated Brier score (scikit-survival, pipeline.survival.metrics); the censoring
@@ -22,14 +22,34 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike
 from pipeline.labels import LabelTree
+from pipeline.settings import option
 from pipeline.training.registry import register_task_type
-from pipeline.training.tasks import TaskType
+from pipeline.training.tasks.base import CROSS_VALIDATION, RunScheme, TaskType
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from pipeline.training.config import TrainConfig
     from pipeline.training.data import FeatureStore
+
+
+@dataclass(frozen=True)
+class SurvivalSettings:
+    """MCAT's protocol (Chen et al. 2021), the field's convention for TCGA survival."""
+
+    bins: int = option(4, "time bins at the quartiles of the uncensored patients' times (MCAT 4); also the splits' "
+                       "strata (time bin x event)")
+    alpha: float = option(0.0, "weight of the uncensored-only term of the discrete-hazard NLL (MCAT 0)")
+    epochs: int = option(20, "epochs; no early stopping: there is no validation set, the held-out fold is the test "
+                         "(MCAT 20)")
+    batch_size: int = option(1, "patients per step (MCAT steps one patient and accumulates 32 gradients: set 32 and "
+                             "lr to match it on a large cohort)")
+    lr: float = option(2e-4, "Adam learning rate (MCAT 2e-4)")
+
+    def __post_init__(self) -> None:
+        if self.bins < 2:
+            raise ValueError(f"bins must be >= 2, got {self.bins}")
+        if min(self.epochs, self.batch_size) < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
 
 
 class SurvivalTarget(NamedTuple):
@@ -45,24 +65,38 @@ class Survival(TaskType):
 
     metrics: ClassVar[dict[str, str]] = {"c_index": "C-index", "ibs": "IBS"}
     id_column: ClassVar[str] = "case_id"
-    cross_validated: ClassVar[bool] = True
+    runs: ClassVar[RunScheme] = CROSS_VALIDATION
+    split_command: ClassVar[str] = "survival-splits"
+    default_methods: ClassVar[tuple[str, ...]] = ("hila", "abmil_5x", "abmil_20x", "prompt_risk")
+    Settings: ClassVar[type] = SurvivalSettings
 
     edges: list[float] = field(default_factory=list)  # time-bin edges in days (n_bins + 1)
     signs: list[float] = field(default_factory=list)  # per text: +1 = the attribute marks worse prognosis
     attributes: list[str] = field(default_factory=list)  # attribute name per text, region texts first
     members: dict[str, list[str]] = field(default_factory=dict)  # case -> its slides (one bag)
-    alpha: float = 0.0  # weight of the uncensored-only term of the loss (MCAT's alpha)
+
+    @classmethod
+    def split_arguments(cls, task: dict[str, Any], cohort: dict[str, Any], count: int) -> list[Any]:
+        """k-fold cross-validation over patients (pipeline.survival.splits), stratified by time bin x event."""
+        bins = cls.settings_of(task).bins
+        return ["--folds", count, "--seed", cohort["seed"], "--bins", bins, "--labels", *task["labels"]]
+
+    @classmethod
+    def settings_of(cls, task: dict[str, Any]) -> SurvivalSettings:
+        from pipeline.training.tasks.base import task_settings
+
+        return task_settings(cls, task.get("settings"), task["name"])
 
     @classmethod
     def load(cls, name: str, dataset_csv: PathLike, prompts_json: PathLike, tree: LabelTree | None = None,
-             config: "TrainConfig | None" = None, labels: Sequence[str] = ()) -> "Survival":
+             settings: Any = None, labels: Sequence[str] = ()) -> "Survival":
         """The patients of dataset.csv with usable follow-up (of `labels` only, when given), binned once."""
         from pipeline.attribute_prompts import load_attribute_prompts
         from pipeline.dataset import read_dataset, survival_table
         from pipeline.survival.bins import assign_bins, time_bin_edges
-        from pipeline.training.config import TrainConfig
+        from pipeline.training.tasks.base import task_settings
 
-        cfg = config or TrainConfig()
+        cfg = settings if isinstance(settings, SurvivalSettings) else task_settings(cls, settings, name)
         dataset = read_dataset(dataset_csv)
         if labels:
             dataset = dataset[dataset["label"].isin(list(labels))]
@@ -74,7 +108,7 @@ class Survival(TaskType):
             )
         time = table["time_days"].to_numpy(float)
         event = table["event"].to_numpy(int)
-        edges = time_bin_edges(time, event, cfg.survival_bins)
+        edges = time_bin_edges(time, event, cfg.bins)
         bins = assign_bins(time, edges)
         targets = {
             case: SurvivalTarget(int(b), int(e), float(t))
@@ -82,12 +116,12 @@ class Survival(TaskType):
         }
         prompts = load_attribute_prompts(prompts_json)
         texts = [t for group in prompts.group_texts() for t in group]
-        return cls(name, prompts.labels, targets, texts, None, edges=[float(x) for x in edges],
+        return cls(name, prompts.labels, targets, texts, None, cfg, edges=[float(x) for x in edges],
                    signs=prompts.signs(), attributes=prompts.names(),
-                   members={c: list(s) for c, s in zip(table["case_id"], table["slides"])}, alpha=cfg.survival_alpha)
+                   members={c: list(s) for c, s in zip(table["case_id"], table["slides"])})
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"edges": self.edges, "signs": self.signs, "attributes": self.attributes, "alpha": self.alpha}
+        return {"edges": self.edges, "signs": self.signs, "attributes": self.attributes}
 
     # --- what the loop and the methods read -------------------------------------------------------------------
 
@@ -104,19 +138,19 @@ class Survival(TaskType):
 
         return PatientBags(store, self.members)
 
-    def epochs(self, cfg: "TrainConfig") -> int:
-        return cfg.survival_epochs
+    def epochs(self, cfg: Any) -> int:
+        return self.settings.epochs
 
-    def batch_size(self, cfg: "TrainConfig") -> int:
-        return cfg.survival_batch_size
+    def batch_size(self, cfg: Any) -> int:
+        return self.settings.batch_size
 
-    def learning_rate(self, cfg: "TrainConfig") -> float:
-        return cfg.survival_lr
+    def learning_rate(self, cfg: Any) -> float:
+        return self.settings.lr
 
     def loss(self, logits: "Tensor", target: SurvivalTarget) -> "Tensor":
         from pipeline.survival.loss import nll_discrete_hazard
 
-        return nll_discrete_hazard(logits, target.bin, target.event, alpha=self.alpha)
+        return nll_discrete_hazard(logits, target.bin, target.event, alpha=self.settings.alpha)
 
     def outputs(self, logits: "Tensor") -> np.ndarray:
         """The survival function at the end of each bin."""
@@ -158,7 +192,7 @@ class Survival(TaskType):
             frame[f"surv_bin{k}"] = outputs[:, k]
         return frame
 
-    def plots(self, predictions: pd.DataFrame, title: str, out_dir: Path, method: str) -> None:
+    def plots(self, predictions: pd.DataFrame, title: str, plots_dir: Path, method: str) -> None:
         """Kaplan-Meier curves of the pooled test patients split at the median predicted risk, log-rank p."""
         from pipeline.survival.metrics import c_index, plot_kaplan_meier
 
@@ -167,4 +201,4 @@ class Survival(TaskType):
         event, time, risk = (predictions[c].to_numpy() for c in ("event", "time_days", "risk"))
         pooled = c_index(event, time, risk)
         plot_kaplan_meier(event, time, risk, f"{title}: pooled test patients (C-index {pooled:.3f})",
-                          out_dir / "plots" / f"km_{method}.png")
+                          plots_dir / f"km_{method}.png")
