@@ -40,6 +40,7 @@ from pipeline.slide import check_patches_match, open_slide, recorded_mpp
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class SlideFeatures:
     features_5x: np.ndarray  # [N, D] float32, rows of coords_5x
