@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, write_text_atomic
+from pipeline.shipped import resolve_shipped, shipped_dir, shipped_files
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ COARSE_PER_CLASS = 4
 FINE_PER_COARSE = 3
 FINE_PER_CLASS = COARSE_PER_CLASS * FINE_PER_COARSE
 TEXTS_PER_CLASS = COARSE_PER_CLASS + FINE_PER_CLASS
-PROMPTS_DIR = Path(__file__).resolve().parent / "data" / "prompts"
+PROMPTS_DIR = shipped_dir("prompts")
 # A CLIP-style text tower reads 77 tokens; 16 go to the learnable context and 2 to start/end tokens. Longer
 # "term: explanation" texts are cut by the tokenizer, so warn well before that (words are ~1.3-2 tokens).
 WARN_WORDS = 35
@@ -70,23 +71,13 @@ class PromptSet:
 
 def shipped_prompt_files() -> dict[str, Path]:
     """Task name -> prompt file shipped in pipeline/data/prompts/."""
-    return {p.stem: p for p in sorted(PROMPTS_DIR.glob("*.json"))}
+    return shipped_files("prompts")
 
 
 def resolve_prompt_file(task: str, override: str | PathLike = "") -> Path:
     """The prompt file for a task: `override` when set, else the shipped `{task}.json`."""
-    if override:
-        path = Path(override)
-        if not path.exists():
-            raise PromptError(f"prompt file {path} (the task's `prompts`): no such file")
-        return path
-    shipped = shipped_prompt_files()
-    if task not in shipped:
-        raise PromptError(
-            f"no shipped prompt file for task '{task}' (shipped: {sorted(shipped)}); "
-            "set the task's `prompts:` to a JSON file in HiVE-MIL's format"
-        )
-    return shipped[task]
+    return resolve_shipped("prompts", task, override, what="prompt file", setting="the task's `prompts`",
+                           hint="set the task's `prompts:` to a JSON file in HiVE-MIL's format", error=PromptError)
 
 
 class _Pairs(list):

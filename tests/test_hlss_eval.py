@@ -144,6 +144,28 @@ def test_patch_sample_is_seeded_by_slide():
     assert np.array_equal(sample_patch_rows("s1", 30, 50, seed=0), np.arange(30))
 
 
+def test_knn_defaults_have_one_home():
+    """knn.DEFAULT_* are what the command's flags default to and what the config schema documents."""
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.cli import build_parser
+    from pipeline.pretrain import knn
+
+    sides = [flag for side in ("before", "after") for part, value in
+             (("", side), ("-20x", "a.h5"), ("-5x", "b.h5"), ("-hierarchical", "c.h5"), ("-text", "t.h5"))
+             for flag in (f"--{side}{part}", value)]
+    args = build_parser().parse_args(["hlss-eval", "--task", "t", "--dataset", "d.csv", "--out-csv", "o.csv",
+                                      "--out-md", "o.md", *sides])
+    assert (args.k, args.temperature, args.folds, args.patches_per_slide) == (
+        knn.DEFAULT_K, knn.DEFAULT_TEMPERATURE, knn.DEFAULT_FOLDS, knn.DEFAULT_PATCHES_PER_SLIDE)
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml")
+                            .read_text())["properties"]["pretrain"]["properties"]
+    assert (schema["knn_k"]["default"], schema["knn_folds"]["default"], schema["knn_patches_per_slide"]["default"]) \
+        == (knn.DEFAULT_K, knn.DEFAULT_FOLDS, knn.DEFAULT_PATCHES_PER_SLIDE)
+
+
 # --- evaluate_pretraining and the command --------------------------------------------------------------------
 
 

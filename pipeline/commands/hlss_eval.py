@@ -17,6 +17,8 @@ HELP = "kNN + zero-shot accuracy of a backbone before vs after HLSS pretraining 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.pretrain import knn
+
     parser.add_argument("--task", required=True, help="task name (config.yaml tasks:), recorded in the table")
     parser.add_argument("--task-type", default="classification", choices=["classification", "hierarchical"],
                         help="the task's type (hierarchical: evaluated on the fine labels)")
@@ -34,11 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{side}-hierarchical", nargs="+", required=True,
                             help=f"{side}: hierarchical 5x-20x feature files, one per slide")
         parser.add_argument(f"--{side}-text", required=True, help=f"{side}: text_{{task}}.h5 of that backbone")
-    parser.add_argument("--folds", type=int, default=5, help="patient-grouped kNN folds (fewer if a class is small)")
+    parser.add_argument("--folds", type=int, default=knn.DEFAULT_FOLDS,
+                        help="patient-grouped kNN folds (fewer if a class is small)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patch sample and the folds")
-    parser.add_argument("--k", type=int, default=200, help="kNN neighbours (HLSS: 200)")
-    parser.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature (HLSS: 0.07)")
-    parser.add_argument("--patches-per-slide", type=int, default=200, help="20x patches sampled per slide (0: all)")
+    parser.add_argument("--k", type=int, default=knn.DEFAULT_K, help="kNN neighbours (HLSS: 200)")
+    parser.add_argument("--temperature", type=float, default=knn.DEFAULT_TEMPERATURE,
+                        help="kNN vote temperature (HLSS: 0.07)")
+    parser.add_argument("--patches-per-slide", type=int, default=knn.DEFAULT_PATCHES_PER_SLIDE,
+                        help="20x patches sampled per slide (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--out-csv", required=True, help="output table (csv)")
     parser.add_argument("--out-md", required=True, help="output table (markdown)")

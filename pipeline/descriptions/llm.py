@@ -22,6 +22,7 @@ import tenacity
 
 from pipeline.errors import PipelineError
 from pipeline.gdc.client import parse_retry_after  # one reading of Retry-After (seconds or an HTTP date)
+from pipeline.secret_files import read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,7 @@ class _Transient(Exception):
 
 def read_key(path: str | Path | None) -> str | None:
     """The API key from a file, or None when no file is configured (a local server needs none)."""
-    if path is None or str(path) == "":
-        return None
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise LLMError(f"LLM key file {path} does not exist (llm.key_file)")
-    key = path.read_text().strip()
-    if not key:
-        raise LLMError(f"LLM key file {path} is empty")
-    if any(c.isspace() for c in key):
-        raise LLMError(f"LLM key file {path} holds more than one line or word")
-    return key
+    return read_secret_file(path, "LLM key file", "llm.key_file", LLMError)
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,13 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, write_text_atomic
+from pipeline.shipped import resolve_shipped, shipped_dir, shipped_files
 
 #: the answer of a question the report does not settle (FiVE's placeholder), allowed for every question
 UNKNOWN = "Unknown"
 #: joins the fields of a description, as FiVE joins its answers
 SEPARATOR = "; "
-QUESTIONS_DIR = Path(__file__).resolve().parents[1] / "data" / "questions"
+QUESTIONS_DIR = shipped_dir("questions")
 _FIELD = re.compile(r"^[a-z][a-z0-9_]*$")
 #: descriptions.csv's id column; no field may take its name
 CASE_COLUMN = "case_id"
@@ -226,23 +227,14 @@ def load_questions(path: PathLike, labels: Sequence[str] | None = None) -> Quest
 
 def shipped_question_sets() -> dict[str, Path]:
     """Task name -> question set shipped in pipeline/data/questions/."""
-    return {p.stem: p for p in sorted(QUESTIONS_DIR.glob("*.json"))}
+    return shipped_files("questions")
 
 
 def resolve_question_file(task: str, override: str | PathLike = "") -> Path:
     """A task's question set: `override` when set, else the shipped `{task}.json`."""
-    if override:
-        path = Path(override)
-        if not path.is_file():
-            raise QuestionError(f"question set {path} (the task's `questions`): no such file")
-        return path
-    shipped = shipped_question_sets()
-    if task not in shipped:
-        raise QuestionError(
-            f"no shipped question set for task '{task}' (shipped: {sorted(shipped)}); set the task's `questions:` "
-            "to a JSON file (format in pipeline/descriptions/questions.py)"
-        )
-    return shipped[task]
+    return resolve_shipped("questions", task, override, what="question set", setting="the task's `questions`",
+                           hint="set the task's `questions:` to a JSON file (format in "
+                           "pipeline/descriptions/questions.py)", error=QuestionError)
 
 
 def write_questions(path: PathLike, questions: QuestionSet) -> None:

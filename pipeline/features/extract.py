@@ -7,19 +7,18 @@ run is deterministic (seeded, deterministic algorithms), so two runs write ident
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.device import resolve_device
+from pipeline.device import autocast, resolve_device, run_precision
 from pipeline.errors import PipelineError, SlideError
 from pipeline.features.architectures.base import Backbone
 from pipeline.features.loader import (
@@ -36,11 +35,10 @@ from pipeline.features.loader import (
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PatchGrid, PathLike, read_patches, write_features
 from pipeline.readers import DEFAULT_READER
+from pipeline.seeding import deterministic
 from pipeline.slide import check_patches_match, open_slide, recorded_mpp
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -54,32 +52,12 @@ class SlideFeatures:
     decoded_px: int  # level pixels decoded (5x and 20x reads together)
 
 
-@contextlib.contextmanager
-def deterministic(seed: int, device: torch.device) -> Iterator[None]:
-    """Seeded, and on the CPU with deterministic algorithms, restoring the caller's setting afterwards."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.manual_seed(seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-def _autocast(backbone: Backbone, device: torch.device) -> tuple[contextlib.AbstractContextManager, str]:
-    if device.type == "cuda" and backbone.cfg.precision in _DTYPES:
-        return torch.autocast("cuda", dtype=_DTYPES[backbone.cfg.precision]), backbone.cfg.precision
-    return contextlib.nullcontext(), "fp32"
-
-
 def encode_images(backbone: Backbone, images: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
     """uint8 [B, 3, S, S] -> float32 [B, D], at most `batch_size` images per forward pass."""
-    autocast, _ = _autocast(backbone, device)
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
-        with autocast:
+        with autocast(device, backbone.cfg.precision):
             feats = backbone.encode_image(backbone.preprocess.normalize(x))
         out.append(feats.float().cpu())
     if not out:
@@ -177,7 +155,7 @@ def extract_features_many(
     log.info("slide '%s': %d 5x + %d 20x patches x %d backbone(s) in %.1f s (%.1f patches/s, %s, %s, %.2f Mpx "
              "decoded)", slide_id, n5, n20, len(backbones), seconds, (n5 + n20) / max(seconds, 1e-9), dev,
              plan.label, decoded / 1e6)
-    return [SlideFeatures(f5[b], f20[b], blank5, blank20, _autocast(bb, dev)[1], seconds, decoded)
+    return [SlideFeatures(f5[b], f20[b], blank5, blank20, run_precision(dev, bb.cfg.precision), seconds, decoded)
             for b, bb in enumerate(backbones)]
 
 

@@ -13,56 +13,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.errors import PipelineError
+from pipeline.features.backbone_cfg import (  # noqa: F401  (re-exported: the registry's public names)
+    OPENAI_MEAN,
+    OPENAI_STD,
+    RANDOM,
+    BackboneCfg,
+    BuildContext,
+)
 
 if TYPE_CHECKING:
     from pipeline.features.architectures.base import Backbone
 
-#: CLIP's published normalisation constants (OpenAI), used by PLIP, QuiltNet and CONCH alike.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-#: the value of `weights` that asks for random initialisation (never a default).
-RANDOM = "random"
 #: what the loader does with undecodable pixels (here, not in the loader, so the CLI can list them without torch).
 ON_READ_ERROR = ("fail", "blank")
-
-
-@dataclass(frozen=True)
-class BackboneCfg:
-    """What a backbone is and how its inputs must look; the single source for transforms and output attrs."""
-
-    name: str
-    architecture: str  # human-readable, e.g. "CLIP ViT-B/32"
-    input_size: int  # square input side in px
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    interpolation: str = "bicubic"  # resize of a patch to input_size: "bicubic" or "bilinear"
-    embed_dim: int = 512  # joint image-text embedding size D
-    hub_id: str | None = None  # Hugging Face repo of the published weights (None: there are none)
-    hub_filename: str | None = None  # weights file inside hub_id
-    licence: str = ""
-    precision: str = "bf16"  # autocast dtype on a GPU ("bf16", "fp16" or "fp32"); the CPU always runs fp32
-    normalize_image: bool = False  # L2-normalise image embeddings (CONCH's contrastive head does)
-    quick_gelu: bool = False  # CLIP-family activation (OpenAI-initialised weights use QuickGELU)
-    paper: str = ""
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(
-                f"backbone '{self.name}': interpolation must be bicubic or bilinear, got {self.interpolation!r}"
-            )
-        if self.precision not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"backbone '{self.name}': precision must be bf16, fp16 or fp32, got {self.precision!r}")
-        if self.input_size < 16:
-            raise ValueError(f"backbone '{self.name}': input_size {self.input_size} is too small")
-
-
-@dataclass(frozen=True)
-class BuildContext:
-    """What a builder needs besides the cfg: a tokenizer file (if any) and whether the weights are random."""
-
-    tokenizer: str | None = None
-    random_weights: bool = False
 
 
 Builder = Callable[[BackboneCfg, BuildContext], "Backbone"]
@@ -144,7 +107,8 @@ def create_backbone(
     if unknown:
         raise PipelineError(f"backbone '{name}': unknown cfg override(s) {unknown}")
     cfg = dataclasses.replace(entry.cfg, **changes)
-    from pipeline.features.weights import find_tokenizer, resolve_weights, seeded
+    from pipeline.features.weights import find_tokenizer, resolve_weights
+    from pipeline.seeding import seeded
 
     source = resolve_weights(cfg, weights, seed)
     ctx = BuildContext(tokenizer or find_tokenizer(source.path), source.is_random)

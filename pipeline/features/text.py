@@ -16,10 +16,10 @@ import torch
 
 from pipeline.device import resolve_device
 from pipeline.features.architectures.base import Backbone
-from pipeline.features.extract import deterministic
 from pipeline.features.registry import create_backbone
 from pipeline.formats import PathLike, TextEmbeddings, write_text_embeddings
 from pipeline.prompt_files import COARSE_PER_CLASS, FINE_PER_CLASS, load_prompts
+from pipeline.seeding import deterministic
 
 log = logging.getLogger(__name__)
 

@@ -7,17 +7,16 @@ so an output file always says which model made it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.features.registry import RANDOM, BackboneCfg
+from pipeline.features.backbone_cfg import RANDOM, BackboneCfg
 
 if TYPE_CHECKING:
     from pipeline.features.architectures.base import Backbone
@@ -52,14 +51,6 @@ class WeightsSource:
         if self.is_random:
             out["weights_seed"] = int(self.seed or 0)
         return out
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator for a block without disturbing the caller's random state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

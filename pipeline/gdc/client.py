@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
+from pipeline.secret_files import read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,7 @@ class RetryPolicy:
 
 def read_token(path: str | Path | None) -> str | None:
     """The token from a file (the GDC portal's download), or None when no file is configured."""
-    if path is None or str(path) == "":
-        return None
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise PipelineError(f"token file {path} does not exist (gdc.token_file)")
-    token = path.read_text().strip()
-    if not token:
-        raise PipelineError(f"token file {path} is empty")
-    if any(c.isspace() for c in token):
-        raise PipelineError(f"token file {path} holds more than one token (whitespace inside)")
-    return token
+    return read_secret_file(path, "token file", "gdc.token_file")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.formats import atomic_path
 from pipeline.pretrain import LEVELS
+from pipeline.shipped import given_file, shipped_dir, shipped_file
 
 if TYPE_CHECKING:
     from pipeline.features.architectures.base import Backbone
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: where the shipped attribute files live (package data).
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "hlss"
+SHIPPED_KIND = "hlss"
+SHIPPED_DIR = shipped_dir(SHIPPED_KIND)
 #: the fallback for a cohort without its own shipped file.
 GENERIC = "generic"
 
@@ -216,14 +218,7 @@ def write_hlss_attributes(dest: str | Path, attrs: HlssAttributes) -> None:
 
 def shipped_attribute_file(name: str) -> Path | None:
     """The shipped file for a cohort or task name ("tcga_nsclc", "demo"), or None; names are never paths."""
-    stem = name[:-5] if name.endswith(".json") else name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stem):
-        return None
-    for candidate in dict.fromkeys((stem, stem.lower())):
-        path = SHIPPED_DIR / f"{candidate}.json"
-        if path.is_file():
-            return path
-    return None
+    return shipped_file(SHIPPED_KIND, name)
 
 
 def resolve_attribute_file(given: str | Path | None, cohort: str | None) -> Path:
@@ -231,11 +226,10 @@ def resolve_attribute_file(given: str | Path | None, cohort: str | None) -> Path
 
     The generic fallback works for any H&E cohort but knows nothing of its subtypes, so it is logged as a warning.
     """
-    if given is not None and str(given) != "":
-        path = Path(given).expanduser()
-        if not path.is_file():
-            raise HlssAttributeError(path, [f"file not found (pretrain.attributes in config.yaml); {HOW_TO_GIVE}"])
-        return path
+    own = given_file(given, "file", "pretrain.attributes in config.yaml",
+                     lambda message: HlssAttributeError(Path(str(given)).expanduser(), [f"{message}; {HOW_TO_GIVE}"]))
+    if own is not None:
+        return own
     if cohort:
         shipped = shipped_attribute_file(cohort)
         if shipped is not None:

@@ -17,6 +17,7 @@ from torch import Tensor
 from pipeline.errors import PipelineError
 from pipeline.formats import TilePoolIndex, TileReader
 from pipeline.pretrain import LEVELS
+from pipeline.seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,7 @@ class BatchSource:
         tiles, slides, patients = self.hierarchy.draw(np.random.default_rng(s), self.shape)
         views = self.shape.views
         pixels = torch.from_numpy(self.tiles.read(tiles.reshape(-1))).permute(0, 3, 1, 2)  # [P*S*T, 3, H, W]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+        with seeded(s):
             images = torch.stack([self.augment(tile) for tile in pixels for _ in range(views)])
         per_view = lambda a: torch.from_numpy(np.repeat(a.reshape(-1), views))  # noqa: E731
         groups = {"patch": per_view(tiles), "slide": per_view(slides), "patient": per_view(patients)}

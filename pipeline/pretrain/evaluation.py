@@ -20,7 +20,14 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, atomic_path, read_features, read_text_embeddings
 from pipeline.labels import LabelTree
-from pipeline.pretrain.knn import knn_accuracy, sample_patch_rows
+from pipeline.pretrain.knn import (
+    DEFAULT_FOLDS,
+    DEFAULT_K,
+    DEFAULT_PATCHES_PER_SLIDE,
+    DEFAULT_TEMPERATURE,
+    knn_accuracy,
+    sample_patch_rows,
+)
 
 if TYPE_CHECKING:
     from pipeline.training.data import SlideFeatures
@@ -194,11 +201,11 @@ def evaluate_pretraining(
     before: BackboneFiles,
     after: BackboneFiles,
     *,
-    folds: int = 5,
+    folds: int = DEFAULT_FOLDS,
     seed: int = 0,
-    k: int = 200,
-    temperature: float = 0.07,
-    patches_per_slide: int = 200,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
+    patches_per_slide: int = DEFAULT_PATCHES_PER_SLIDE,
     config: "ZeroShotSettings | None" = None,
 ) -> pd.DataFrame:
     """One task's before/after table: kNN accuracy (patch, slide, patient) and zero-shot accuracy (slide, patient).
@@ -223,7 +230,8 @@ def evaluate_pretraining(
     n_classes = len(task.classes)
 
     feats_b, feats_a = paired_patches(slides, before, after, patches_per_slide, seed)
-    knn_args = dict(folds=folds, seed=seed, k=k, temperature=temperature, patches_per_slide=patches_per_slide)
+    # sampled once, above, on the rows both sides can use: kNN takes every row it is given (patches_per_slide 0)
+    knn_args = dict(folds=folds, seed=seed, k=k, temperature=temperature, patches_per_slide=0)
     targets = dict(zip(slides, labels.tolist()))
     knn = [knn_accuracy(f, slide_case, targets, n_classes, **knn_args) for f in (feats_b, feats_a)]
     zs = [zeroshot_accuracy(zeroshot_probabilities(task, side, slides, config), labels, cases)
@@ -264,7 +272,7 @@ def write_evaluation(
     """The table as csv (full precision) and markdown (3 decimals, headed by the protocol), written atomically.
 
     `settings` (k, folds, ...) default to `df.attrs`, as `evaluate_pretraining` leaves them."""
-    from pipeline.training.reports import markdown
+    from pipeline.tables import markdown
 
     with atomic_path(csv_path) as tmp:
         df.to_csv(tmp, index=False)

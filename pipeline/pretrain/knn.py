@@ -9,18 +9,25 @@ their patches' vote distributions. Folds are grouped by patient, so a query neve
 from __future__ import annotations
 
 import logging
-import zlib
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.seeding import slide_rng
 
 log = logging.getLogger(__name__)
 
 #: similarity entries computed at once (queries x bank); ~128 MB of float64 per chunk
 _CHUNK_ENTRIES = 1 << 24
 LEVELS = ("patch", "slide", "patient")
+
+#: the protocol's defaults (HLSS: k 200, temperature 0.07), their one home: `evaluate_pretraining` and the
+#: `hlss-eval` flags read them, and a test checks the config schema's pretrain.knn_* defaults against them.
+DEFAULT_K = 200
+DEFAULT_TEMPERATURE = 0.07
+DEFAULT_FOLDS = 5
+DEFAULT_PATCHES_PER_SLIDE = 200
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -31,8 +38,8 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def knn_scores(
-    bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, n_classes: int, k: int = 200,
-    temperature: float = 0.07,
+    bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, n_classes: int, k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> np.ndarray:
     """Weighted-kNN class scores `[Q, C]` (rows sum to 1) of `queries` `[Q, D]` against `bank` `[B, D]`.
 
@@ -108,11 +115,11 @@ def patient_folds(case_ids: Sequence[str], labels: Sequence[int], n_folds: int, 
 
 def sample_patch_rows(slide_id: str, n_rows: int, patches_per_slide: int, seed: int) -> np.ndarray:
     """Sorted row indices of the patches a slide contributes: all if it has few enough (or `patches_per_slide` <= 0),
-    else a sample seeded by (seed, crc32(slide_id)), so two backbones' files with the same rows give the same
+    else a sample drawn by `slide_rng(seed, slide_id)`, so two backbones' files with the same rows give the same
     patches."""
     if patches_per_slide <= 0 or n_rows <= patches_per_slide:
         return np.arange(n_rows)
-    rng = np.random.default_rng([seed, zlib.crc32(slide_id.encode())])
+    rng = slide_rng(seed, slide_id)
     return np.sort(rng.choice(n_rows, size=patches_per_slide, replace=False))
 
 
@@ -122,11 +129,11 @@ def knn_accuracy(
     slide_label: Mapping[str, int],
     n_classes: int,
     *,
-    folds: int = 5,
+    folds: int = DEFAULT_FOLDS,
     seed: int = 0,
-    k: int = 200,
-    temperature: float = 0.07,
-    patches_per_slide: int = 200,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
+    patches_per_slide: int = DEFAULT_PATCHES_PER_SLIDE,
 ) -> dict[str, float]:
     """Cross-validated weighted-kNN accuracy at patch, slide and patient level.
 

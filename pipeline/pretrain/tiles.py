@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from pipeline.errors import PipelineError, SlideError
 from pipeline.formats import PathLike, TilePoolIndex, read_patches, write_tile_pool
 from pipeline.readers import DEFAULT_READER
+from pipeline.seeding import slide_rng
 from pipeline.slide import check_patches_match, open_slide, recorded_mpp
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class PoolSlide:
 def tile_sample(slide_id: str, n_patches: int, tiles_per_slide: int, seed: int) -> np.ndarray:
     """Sorted rows of the 20x grid to pool: seeded per slide id, so adding slides to a cohort keeps each slide's
     sample."""
-    rng = np.random.default_rng([seed, zlib.crc32(slide_id.encode())])
+    rng = slide_rng(seed, slide_id)
     k = min(n_patches, tiles_per_slide)
     return np.sort(rng.choice(n_patches, size=k, replace=False)) if k else np.zeros(0, np.int64)
 

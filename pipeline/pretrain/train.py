@@ -8,7 +8,6 @@ run changed, and because batch n depends only on (seed, n) the resumed run is th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -23,21 +22,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pipeline.device import resolve_device
+from pipeline.device import autocast, resolve_device
 from pipeline.features.architectures.base import Backbone
-from pipeline.features.weights import seeded
-from pipeline.formats import PathLike, TileReader, atomic_path, read_tile_pool_index, write_text_atomic
+from pipeline.formats import PathLike, TilePoolIndex, TileReader, atomic_path, read_tile_pool_index
 from pipeline.pretrain.attributes import HlssAttributes, embed_attributes, load_hlss_attributes
 from pipeline.pretrain.batches import Batch, BatchShape, BatchSource, Hierarchy
 from pipeline.pretrain.checkpoint import save_hlss_checkpoint
 from pipeline.pretrain.config import PretrainConfig
 from pipeline.pretrain.loss import HlssLoss
 from pipeline.pretrain.model import LEVELS, LevelHeads, ResidualAdapter, last_block_parameters
+from pipeline.seeding import seeded
+from pipeline.tables import write_csv
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass(frozen=True)
 class PretrainOutputs:
@@ -79,11 +76,7 @@ class HlssModel(nn.Module):
     def embed(self, images: Tensor) -> Tensor:
         """uint8 [B, 3, S, S] on the model's device -> adapted embeddings e [B, D] (not normalised)."""
         x = self.vlm.preprocess.normalize(images)
-        device = x.device
-        precision = self.vlm.cfg.precision
-        autocast = (torch.autocast("cuda", dtype=_DTYPES[precision])
-                    if device.type == "cuda" and precision in _DTYPES else contextlib.nullcontext())
-        with autocast, torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.tower)):
+        with autocast(x.device, self.vlm.cfg.precision), torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.tower)):
             f = self.vlm.encode_image(x)
         return self.adapter(f.float())
 
@@ -112,9 +105,9 @@ def loss_of_batch(model: HlssModel, objective: HlssLoss, batch: Batch, device: t
     return objective(projections, e_hat, groups, model.attributes())
 
 
-def _run_identity(vlm: Backbone, config: PretrainConfig, pool: Path, attributes: HlssAttributes) -> dict[str, Any]:
+def _run_identity(vlm: Backbone, config: PretrainConfig, index: TilePoolIndex, attributes: HlssAttributes
+                  ) -> dict[str, Any]:
     """What must be equal for a saved state to be resumed: settings, VLM weights, attribute texts, tile pool."""
-    index = read_tile_pool_index(pool)
     assert vlm.weights is not None
     return {
         "settings": config.to_dict(),
@@ -155,7 +148,7 @@ def _save_state(path: Path, identity: dict[str, Any], step: int, model: HlssMode
 
 def plot_losses(history: pd.DataFrame, title: str, path: Path) -> None:
     """Total loss and each level's contrastive and alignment term per step (light: raw; dark: moving mean)."""
-    from pipeline.training.reports import pyplot, save_figure
+    from pipeline.figures import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -198,7 +191,8 @@ def pretrain(
         model = HlssModel(vlm, attribute_embeddings, config).to(dev)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.steps, config.warmup))
-    identity = _run_identity(vlm, config, pool, attributes)
+    index = read_tile_pool_index(pool)
+    identity = _run_identity(vlm, config, index, attributes)
     start, history = 0, []
     state = _resumable(outputs.state, identity, config)
     if state is not None:
@@ -209,7 +203,6 @@ def pretrain(
         log.info("resuming pretraining from step %d of %d (%s)", start, config.steps, outputs.state)
     objective = HlssLoss(config.temperature, config.align_weight, config.align_temperature)
     shape = BatchShape(config.patients_per_step, config.slides_per_patient, config.patches_per_slide, config.views)
-    index = read_tile_pool_index(pool)
     with TileReader(pool) as tiles:
         source = BatchSource(tiles, Hierarchy(index), shape, vlm.cfg.input_size, config.seed)
         bar = tqdm(total=config.steps, initial=start, desc=f"HLSS pretraining on {vlm.cfg.name}", unit="step",
@@ -227,7 +220,7 @@ def pretrain(
                 _save_state(outputs.state, identity, step + 1, model, optimizer, scheduler, history)
         bar.close()
     frame = pd.DataFrame(history)
-    write_text_atomic(outputs.losses, frame.to_csv(index=False, float_format="%.6g"))
+    write_csv(outputs.losses, frame)
     plot_losses(frame, f"HLSS pretraining of {vlm.cfg.name}: {len(index.slide_ids)} slides, "
                 f"{len(set(index.case_ids))} patients, {config.steps} steps", outputs.curve)
     assert vlm.weights is not None

@@ -174,7 +174,7 @@ def kaplan_meier_curves(
 def plot_kaplan_meier(event: np.ndarray, time: np.ndarray, risk: np.ndarray, title: str, path: PathLike) -> float:
     """PNG of the Kaplan-Meier curves of the low- and high-risk halves (median split of `risk`), censored patients
     ticked, group sizes in the legend and the log-rank p-value in the title; returns that p-value (NaN if none)."""
-    from pipeline.training.reports import pyplot, save_figure
+    from pipeline.figures import pyplot, save_figure
 
     time, event = check_labels(time, event)
     high = risk_groups(_scores(risk, time.size, "risk"))

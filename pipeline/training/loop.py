@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -18,18 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.model.options import BEST_EPOCH_MODES
+from pipeline.seeding import seed_everything  # noqa: F401  (re-exported: the training run seeds with it)
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import SlideBag
 from pipeline.training.methods.base import Method
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """Same seed, same run: Python, numpy and torch generators (CPU runs are then bit-identical)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def is_trainable(model: nn.Module) -> bool:

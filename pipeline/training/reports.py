@@ -7,41 +7,19 @@ shot count of a task side by side (`models/{task}/comparison.md`). Metric column
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.formats import PathLike, atomic_path, write_text_atomic
+from pipeline.figures import pyplot, save_figure
+from pipeline.formats import PathLike, write_text_atomic
+from pipeline.tables import markdown, write_csv  # noqa: F401  (write_csv: re-exported for the training run)
 
 #: the columns that name a run; every summary and result row carries them.
 RUN_KEYS = ("task", "backbone", "shots", "method")
-
-
-def write_csv(path: PathLike, frame: pd.DataFrame) -> None:
-    write_text_atomic(path, frame.to_csv(index=False, float_format="%.6g"))
-
-
-def save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-
-
-def pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_curves(history: list[dict[str, float]], best_epoch: int, title: str, path: Path) -> None:
@@ -135,12 +113,6 @@ def comparison_table(results: pd.DataFrame, metrics: Mapping[str, str]) -> pd.Da
     for m, header in metrics.items():
         table[header] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(mean[m], std.loc[mean.index, m])]
     return table.reset_index()
-
-
-def markdown(table: pd.DataFrame, title: str) -> str:
-    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in table.itertuples(index=False))
-    return f"# {title}\n\n{header}{body}"
 
 
 def _read_all(paths: Iterable[PathLike], what: str) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.features.registry import BackboneCfg
+from pipeline.features.backbone_cfg import BackboneCfg
 
 if TYPE_CHECKING:
     from pipeline.features.weights import WeightsSource

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.features.architectures.base import Backbone
-from pipeline.features.backbones.hlss import OWN_FIELDS, hlss_name
+from pipeline.features.hlss_names import OWN_FIELDS, hlss_name
 from pipeline.features.registry import BackboneCfg, BuildContext, get_backbone_cfg
 from pipeline.pretrain.model import ResidualAdapter
 

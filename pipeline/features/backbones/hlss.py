@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from pipeline.features.hlss_names import (  # noqa: F401  (HLSS_SUFFIX, vlm_of: re-exported, read by the workflow)
+    HLSS_SUFFIX,
+    OWN_FIELDS,
+    hlss_name,
+    vlm_of,
+)
 from pipeline.features.registry import (
     BackboneCfg,
     BuildContext,
@@ -15,20 +21,6 @@ from pipeline.features.registry import (
     get_builder,
     register_backbone,
 )
-
-#: the suffix that names a VLM's HLSS variant
-HLSS_SUFFIX = "_hlss"
-#: cfg fields that describe the variant itself; every other field (and override) is the VLM's
-OWN_FIELDS = ("name", "architecture", "hub_id", "hub_filename", "licence", "paper")
-
-
-def hlss_name(vlm: str) -> str:
-    return vlm + HLSS_SUFFIX
-
-
-def vlm_of(name: str) -> str | None:
-    """The VLM under `{vlm}_hlss`, or None for a backbone that is not an HLSS variant."""
-    return name[: -len(HLSS_SUFFIX)] if name.endswith(HLSS_SUFFIX) else None
 
 
 def _register(vlm: str) -> None:
