@@ -1,13 +1,15 @@
 """Result tables and plots: per-fold summaries, mean ± std per method, and comparisons across runs.
 
-`summary.csv` (one row per fold) is written by each method's training job; `summarize` turns the summaries of one
-task / backbone / shot count into `results.csv` and `comparison.md`; `compare` puts every method, backbone and
+`summary.csv` (one row per fold) is written by each method's training job; `write_summary` turns the summaries of
+one task / backbone / shot count into the files of `SummaryOutputs` (results, comparison table, the joined
+summaries); `compare` puts every method, backbone and
 shot count of a task side by side (`models/{task}/comparison.md`). Metric columns come from the task type.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -160,19 +162,39 @@ def _metric_names(task_type: str) -> dict[str, str]:
     return dict(get_task_type(task_type).metrics)
 
 
-def summarize(summary_files: Sequence[PathLike], task_type: str, out_dir: PathLike, title: str) -> pd.DataFrame:
-    """summary.csv (all methods' folds), results.csv, comparison.csv and comparison.md of one task / backbone / run
-    from its methods' summaries."""
+@dataclass(frozen=True)
+class SummaryOutputs:
+    """The files of one run's summary, as the caller names them (the workflow: its layout's paths)."""
+
+    results: Path  # mean and population std over folds per method
+    comparison: Path  # the methods side by side, markdown
+    comparison_csv: Path  # the same table as CSV
+    summary: Path  # every method's per-fold rows in one table
+
+    @classmethod
+    def in_folder(cls, out_dir: PathLike) -> "SummaryOutputs":
+        """results.csv, comparison.md, comparison.csv and summary.csv in `out_dir` (library use: train_task)."""
+        out = Path(out_dir)
+        return cls(out / "results.csv", out / "comparison.md", out / "comparison.csv", out / "summary.csv")
+
+
+def write_summary(summary_files: Sequence[PathLike], task_type: str, outputs: SummaryOutputs,
+                  title: str) -> pd.DataFrame:
+    """The files of `outputs` for one task / backbone / run from its methods' summaries; returns the results."""
     metrics = _metric_names(task_type)
     summary = _read_all(summary_files, "summarize")
     results = aggregate(summary, list(metrics))
-    out = Path(out_dir)
     table = comparison_table(results, metrics).drop(columns=["task", "backbone", "shots"], errors="ignore")
-    write_csv(out / "summary.csv", summary)  # every method's per-fold rows in one table
-    write_csv(out / "results.csv", results)
-    write_csv(out / "comparison.csv", table)
-    write_text_atomic(out / "comparison.md", markdown(table, title))
+    write_csv(outputs.summary, summary)
+    write_csv(outputs.results, results)
+    write_csv(outputs.comparison_csv, table)
+    write_text_atomic(outputs.comparison, markdown(table, title))
     return results
+
+
+def summarize(summary_files: Sequence[PathLike], task_type: str, out_dir: PathLike, title: str) -> pd.DataFrame:
+    """`write_summary` into `out_dir` under the usual names (SummaryOutputs.in_folder): a library convenience."""
+    return write_summary(summary_files, task_type, SummaryOutputs.in_folder(out_dir), title)
 
 
 def compare(results_files: Sequence[PathLike], task_type: str, out_csv: PathLike, out_md: PathLike, title: str) -> pd.DataFrame:

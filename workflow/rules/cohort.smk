@@ -22,7 +22,7 @@ rule dataset:
         runtime=10,
     params:
         labels=ws.dataset_labels(config),
-        status=f"{OUT}/status",
+        status=out(layout.STATUS_DIR),
         min_patches=config["cohort"]["min_patches"],
         survival="--survival" if ws.has_survival(config) else "",
     shell:
@@ -51,7 +51,6 @@ rule splits:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wildcards, output: str(Path(output.meta).parent.parent),
         folds=config["cohort"]["folds"],
         val_frac=config["cohort"]["val_frac"],
         test_frac=config["cohort"]["test_frac"],
@@ -61,7 +60,7 @@ rule splits:
         import_from=config["cohort"]["import_splits"],
         overlap="--allow-case-overlap" if config["cohort"]["allow_case_overlap"] else "",
     shell:
-        "$HIVE_PYTHON -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
+        "$HIVE_PYTHON -m pipeline splits --dataset {input.dataset:q} --out {output.splits:q} --meta {output.meta:q} "
         "--task {wildcards.task:q} --shots {wildcards.split:q} --folds {params.folds} --val-frac {params.val_frac} "
         "--test-frac {params.test_frac} --seed {params.seed} --labels {params.labels:q} "
         "--label-tree {params.tree:q} --ignore-other-labels --import-from {params.import_from:q} {params.overlap} "
@@ -87,13 +86,12 @@ rule survival_splits:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wildcards, output: str(Path(output.meta).parent),
         folds=config["cohort"]["folds"],
         seed=config["cohort"]["seed"],
         bins=lambda wildcards: config["train"]["survival_bins"],
         labels=lambda wildcards: TASKS[wildcards.task]["labels"],
     shell:
-        "$HIVE_PYTHON -m pipeline survival-splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
+        "$HIVE_PYTHON -m pipeline survival-splits --dataset {input.dataset:q} --out {output.splits:q} --meta {output.meta:q} "
         "--folds {params.folds} --seed {params.seed} --bins {params.bins} --labels {params.labels:q} > {log:q} 2>&1"
 
 
