@@ -25,6 +25,7 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike, write_text_atomic
 from pipeline.gdc.clinical import Survival, format_days
+from pipeline.wiring.layout import GDC_SLIDE
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def read_local_sheet(
     """Validated rows of a user sheet, files resolved against `slides_dir`; PipelineError lists every problem.
 
     With `allow_missing` (the GDC source, whose slides arrive by their own download jobs), a row whose file is not
-    there yet is kept with its expected path (`file`, else slide_id.svs); its download's status says why it is absent.
+    there yet is kept with its expected path (`file`, else layout.GDC_SLIDE in `slides_dir`); its download's status
+    says why it is absent.
     """
     sheet, slides_dir = Path(sheet), Path(slides_dir)
     if not sheet.is_file():
@@ -124,7 +126,7 @@ def read_local_sheet(
         if path is None and allow_missing and "several files" not in why:
             given = record.get("file")
             path = (Path(given) if Path(given).is_absolute() else slides_dir / given) if given else None
-            path = path or slides_dir / f"{slide_id}.svs"
+            path = path or slides_dir / GDC_SLIDE.format(slide=slide_id)
             log.info("sheet %s: slide '%s' has no file at %s yet", sheet, slide_id, path)
         if path is None:
             problems.append(f"{where}: {why}")

@@ -70,8 +70,36 @@ class Split:
 
 
 def split_path(out_dir: PathLike, task: str, shots: int, fold: int) -> Path:
-    """`{out_dir}/{task}_{shots}/splits_{fold}.csv`, HiVE-MIL's layout."""
+    """`{out_dir}/{task}_{shots}/splits_{fold}.csv`, HiVE-MIL's layout (where imports are looked for)."""
     return Path(out_dir) / f"{task}_{shots}" / f"splits_{fold}.csv"
+
+
+@dataclass(frozen=True)
+class SplitOutputs:
+    """The files of one set of k folds, as the caller names them: `splits[i]` is fold i's CSV, `meta` the JSON
+    that records how they were made. The workflow passes its layout's paths; nothing here renames them."""
+
+    splits: tuple[Path, ...]
+    meta: Path
+
+    def __post_init__(self) -> None:
+        if not self.splits:
+            raise SplitError("no split files to write (folds must be at least 1)")
+
+    @classmethod
+    def of(cls, splits: Sequence[PathLike], meta: PathLike) -> "SplitOutputs":
+        return cls(tuple(Path(p) for p in splits), Path(meta))
+
+    @classmethod
+    def in_folder(cls, folder: PathLike, folds: int) -> "SplitOutputs":
+        """`{folder}/splits_{i}.csv` and `{folder}/splits_meta.json`: HiVE-MIL's file names, for library and CLI use."""
+        folder = Path(folder)
+        return cls.of([folder / f"splits_{i}.csv" for i in range(folds)], folder / META_NAME)
+
+
+def folder_outputs(out_dir: PathLike, task: str, shots: Sequence[int], folds: int) -> dict[int, SplitOutputs]:
+    """Shot count -> its files in HiVE-MIL's layout `{out_dir}/{task}_{shots}/` (the CLI's --out-dir)."""
+    return {int(n): SplitOutputs.in_folder(Path(out_dir) / f"{task}_{int(n)}", folds) for n in shots}
 
 
 # --- drawing -------------------------------------------------------------------------------------------------
@@ -305,7 +333,7 @@ def _counts(dataset: pd.DataFrame, split: Split, labels: Sequence[str]) -> dict[
 
 
 def _write_meta(
-    out_dir: PathLike, task: str, shots: int, dataset_csv: PathLike, labels: Sequence[str],
+    path: PathLike, task: str, shots: int, dataset_csv: PathLike, labels: Sequence[str],
     folds: list[tuple[Split, Split]], dataset: pd.DataFrame, params: dict,
 ) -> Path:
     meta = {
@@ -322,9 +350,8 @@ def _write_meta(
             for i, (full, fs) in enumerate(folds)
         ],
     }
-    path = Path(out_dir) / f"{task}_{shots}" / META_NAME
     write_json_atomic(path, meta)
-    return path
+    return Path(path)
 
 
 def task_dataset(dataset_csv: PathLike, labels: Sequence[str] | None, other_labels: str,
@@ -340,10 +367,8 @@ def task_dataset(dataset_csv: PathLike, labels: Sequence[str] | None, other_labe
 
 def make_splits(
     dataset_csv: PathLike,
-    out_dir: PathLike,
+    outputs: Mapping[int, SplitOutputs],
     task: str,
-    shots: Sequence[int] = DEFAULT_SHOTS,
-    k: int = 5,
     val_frac: float = 0.2,
     test_frac: float = 0.2,
     seed: int = 1,
@@ -351,30 +376,35 @@ def make_splits(
     other_labels: str = "error",
     label_tree: LabelTree | None = None,
 ) -> list[Path]:
-    """Draw k folds and write `{out_dir}/{task}_{shots}/splits_{i}.csv` for every shot count, plus a meta JSON."""
-    if k < 1:
-        raise SplitError(f"folds must be at least 1, got {k}")
+    """Draw the folds and write, per shot count of `outputs`, its split files (fold i to `splits[i]`) and meta JSON.
+
+    Fold i's partitions do not depend on the shot counts asked for, so one call per shot count (the workflow's jobs)
+    writes the same files as one call for all of them."""
+    if not outputs:
+        raise SplitError("no shot counts to write splits for")
     dataset = task_dataset(dataset_csv, labels, other_labels, label_tree)
     labels = resolve_labels(dataset, labels)
-    shots = sorted(set(int(s) for s in shots))
+    shots = sorted(int(s) for s in outputs)
     check_feasible(dataset, labels, shots, val_frac, test_frac)
+    k = max(len(out.splits) for out in outputs.values())
     partitions = [draw_partitions(dataset, labels, val_frac, test_frac, seed, i) for i in range(k)]
     written: list[Path] = []
     for n_shots in shots:
+        files = outputs[n_shots]
         folds = []
-        for i, full in enumerate(partitions):
+        for i, path in enumerate(files.splits):
+            full = partitions[i]
             where = f"fold {i} ({task}, {n_shots}-shot)"
             check_split(dataset, full, labels, where=where)
             split = few_shot(dataset, full, labels, n_shots, seed, i)
             check_split(dataset, split, labels, shots=n_shots, where=where)
-            path = split_path(out_dir, task, n_shots, i)
             write_split_csv(path, split)
             written.append(path)
             folds.append((full, split))
         params = {"source": "generated", "seed": seed, "val_frac": val_frac, "test_frac": test_frac,
                   "rng": "numpy PCG64: partitions default_rng([seed, fold]); few-shot default_rng([seed, fold, 1, class])"}
-        written.append(_write_meta(out_dir, task, n_shots, dataset_csv, labels, folds, dataset, params))
-        log.info("%s %d-shot: %d folds written to %s", task, n_shots, k, split_path(out_dir, task, n_shots, 0).parent)
+        written.append(_write_meta(files.meta, task, n_shots, dataset_csv, labels, folds, dataset, params))
+        log.info("%s %d-shot: %d folds written (%s, ...)", task, n_shots, len(files.splits), files.splits[0])
     return written
 
 
@@ -390,34 +420,33 @@ def _find_import(src: Path, task: str, shots: int, fold: int) -> Path:
 def import_splits(
     src_dir: PathLike,
     dataset_csv: PathLike,
-    out_dir: PathLike,
+    outputs: Mapping[int, SplitOutputs],
     task: str,
-    shots: Sequence[int] = DEFAULT_SHOTS,
-    k: int = 5,
     labels: Sequence[str] | None = None,
     allow_case_overlap: bool = False,
     other_labels: str = "error",
     label_tree: LabelTree | None = None,
 ) -> list[Path]:
-    """Check existing HiVE-MIL-format split files against the dataset and write them to our layout."""
+    """Check existing HiVE-MIL-format split files of `src_dir` against the dataset and write them, fold i of each
+    shot count to its `outputs` entry's `splits[i]`, with a meta JSON naming their sources."""
     dataset = task_dataset(dataset_csv, labels, other_labels, label_tree)
     labels = resolve_labels(dataset, labels)
     src = Path(src_dir)
     written: list[Path] = []
-    for n_shots in sorted(set(int(s) for s in shots)):
+    for n_shots in sorted(int(s) for s in outputs):
+        files = outputs[n_shots]
         folds = []
         sources = []
-        for i in range(k):
+        for i, path in enumerate(files.splits):
             source = _find_import(src, task, n_shots, i)
             split = read_split_csv(source)
             check_split(dataset, split, labels, shots=n_shots, where=f"imported {source}",
                         allow_case_overlap=allow_case_overlap)
-            path = split_path(out_dir, task, n_shots, i)
             write_split_csv(path, split)
             written.append(path)
             folds.append((split, split))
             sources.append({"file": str(source), "sha256": _sha256(source)})
         params = {"source": "imported", "imported_from": sources, "allow_case_overlap": allow_case_overlap}
-        written.append(_write_meta(out_dir, task, n_shots, dataset_csv, labels, folds, dataset, params))
-        log.info("%s %d-shot: %d imported folds checked and written", task, n_shots, k)
+        written.append(_write_meta(files.meta, task, n_shots, dataset_csv, labels, folds, dataset, params))
+        log.info("%s %d-shot: %d imported folds checked and written", task, n_shots, len(files.splits))
     return written

@@ -41,8 +41,10 @@ from pipeline.splits import (
     NotEnoughSlidesError,
     Split,
     SplitError,
+    SplitOutputs,
     UnknownSlideError,
     draw_partitions,
+    folder_outputs,
     import_splits,
     make_splits,
     read_split_csv,
@@ -255,7 +257,7 @@ def test_splits_read_a_dataset_with_survival_columns(tmp_path):
     ds = write_cohort(tmp_path / "dataset.csv", {"A": [1] * 8, "B": [1] * 8})
     frame = pd.read_csv(ds, dtype=str)
     frame.assign(event=["1", ""] * 8, time_days=["12", ""] * 8).to_csv(ds, index=False)
-    paths = make_splits(ds, tmp_path / "splits", "t", shots=[2], k=2, seed=1)
+    paths = make_splits(ds, folder_outputs(tmp_path / "splits", "t", [2], 2), "t", seed=1)
     split = read_split_csv(split_path(tmp_path / "splits", "t", 2, 0))
     assert len(paths) == 3 and len(split.train) == 4  # two folds and the meta; 2 shots x 2 classes
 
@@ -325,7 +327,7 @@ def _read_all(out: Path, task: str, shots: int, k: int) -> list[Split]:
 
 def test_no_case_in_two_partitions_in_any_fold(tmp_path):
     ds = multi_slide_cohort(tmp_path)
-    make_splits(ds, tmp_path / "splits", "t", shots=[4, 8], k=5, seed=3)
+    make_splits(ds, folder_outputs(tmp_path / "splits", "t", [4, 8], 5), "t", seed=3)
     data = pd.read_csv(ds, dtype=str)
     case_of = dict(zip(data["slide_id"], data["case_id"]))
     assert data.groupby("case_id").size().max() >= 2  # the property is tested on patients with several slides
@@ -345,7 +347,7 @@ def test_class_proportions_within_one_slide_of_target(tmp_path):
     ds = multi_slide_cohort(tmp_path)
     data = pd.read_csv(ds, dtype=str)
     n = data["label"].value_counts().to_dict()
-    make_splits(ds, tmp_path / "splits", "t", shots=[4], k=5, val_frac=0.25, test_frac=0.15, seed=11)
+    make_splits(ds, folder_outputs(tmp_path / "splits", "t", [4], 5), "t", val_frac=0.25, test_frac=0.15, seed=11)
     label_of = dict(zip(data["slide_id"], data["label"]))
     for split in _read_all(tmp_path / "splits", "t", 4, 5):
         for name, frac in (("val", 0.25), ("test", 0.15)):
@@ -357,7 +359,7 @@ def test_class_proportions_within_one_slide_of_target(tmp_path):
 def test_same_seed_gives_identical_files_and_another_seed_different_ones(tmp_path):
     ds = multi_slide_cohort(tmp_path)
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        make_splits(ds, tmp_path / name, "t", shots=[4, 8], k=3, seed=seed)
+        make_splits(ds, folder_outputs(tmp_path / name, "t", [4, 8], 3), "t", seed=seed)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
     assert len(files) == 2 * (3 + 1)
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
@@ -367,7 +369,7 @@ def test_same_seed_gives_identical_files_and_another_seed_different_ones(tmp_pat
     shuffled = tmp_path / "shuffled" / "dataset.csv"
     shuffled.parent.mkdir()
     pd.read_csv(ds, dtype=str).sample(frac=1, random_state=1).to_csv(shuffled, index=False)
-    make_splits(shuffled, tmp_path / "d", "t", shots=[4, 8], k=3, seed=5)
+    make_splits(shuffled, folder_outputs(tmp_path / "d", "t", [4, 8], 3), "t", seed=5)
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "d" / f).read_bytes() for f in csvs)
 
 
@@ -375,7 +377,7 @@ def test_shots_per_class_exact_nested_and_val_test_shared_across_shots(tmp_path)
     ds = multi_slide_cohort(tmp_path)
     data = pd.read_csv(ds, dtype=str)
     label_of = dict(zip(data["slide_id"], data["label"]))
-    make_splits(ds, tmp_path / "s", "t", shots=[2, 4, 8], k=4, seed=2)
+    make_splits(ds, folder_outputs(tmp_path / "s", "t", [2, 4, 8], 4), "t", seed=2)
     by_shots = {s: _read_all(tmp_path / "s", "t", s, 4) for s in (2, 4, 8)}
     for shots, folds in by_shots.items():
         for split in folds:
@@ -403,8 +405,8 @@ def test_demo_cohort_works_with_the_default_config_values(tmp_path):
         if task["type"] == "survival":
             continue  # cross-validated over patients: test_demo_survival_splits_with_the_default_config_values
         tree = parse_tree_args(task_type(task).split_tree_args(task))
-        make_splits(ds, tmp_path / "s", name, task["shots"], c["folds"], c["val_frac"], c["test_frac"], c["seed"],
-                    task["labels"], label_tree=tree)
+        make_splits(ds, folder_outputs(tmp_path / "s", name, task["shots"], c["folds"]), name, c["val_frac"],
+                    c["test_frac"], c["seed"], task["labels"], label_tree=tree)
         class_of = (lambda s: tree.coarse_of(label_of[s])) if tree else label_of.get
         for split in _read_all(tmp_path / "s", name, task["shots"][0], c["folds"]):
             for part, want in zip(("train", "val", "test"), expected[name]):
@@ -427,7 +429,7 @@ def test_demo_survival_splits_with_the_default_config_values(tmp_path):
     from pipeline.training.tasks.survival import SurvivalSettings
 
     bins = SurvivalSettings(**next(t.get("settings") or {} for t in config["tasks"] if t["type"] == "survival")).bins
-    write_cv_splits(table, tmp_path, folds=c["folds"], seed=c["seed"], n_bins=bins)
+    write_cv_splits(table, SplitOutputs.in_folder(tmp_path, c["folds"]), seed=c["seed"], n_bins=bins)
     tested = []
     for k in range(c["folds"]):
         split = read_split_csv(tmp_path / f"splits_{k}.csv")
@@ -439,31 +441,31 @@ def test_demo_survival_splits_with_the_default_config_values(tmp_path):
 def test_too_few_slides_for_the_shots_names_the_class_and_counts(tmp_path):
     ds = demo_like(tmp_path)
     with pytest.raises(NotEnoughSlidesError) as err:
-        make_splits(ds, tmp_path / "s", "demo", shots=[4, 8], k=5)
+        make_splits(ds, folder_outputs(tmp_path / "s", "demo", [4, 8], 5), "demo")
     msg = str(err.value)
     assert "class 'glandular' has 8 slide(s): 2 go to test and 2 to val" in msg
     assert "leaving 4 for training, fewer than the 8 shots asked" in msg
     assert not (tmp_path / "s").exists()  # nothing half-written
     small = write_cohort(tmp_path / "small" / "dataset.csv", {"A": [1] * 10, "B": [1] * 2})
     with pytest.raises(NotEnoughSlidesError, match=r"class 'B' has 2 slide\(s\): 1 go to test and 1 to val"):
-        make_splits(small, tmp_path / "s2", "t", shots=[1])
+        make_splits(small, folder_outputs(tmp_path / "s2", "t", [1], 5), "t")
 
 
 def test_a_class_whose_patients_cannot_fill_val_and_test_is_named(tmp_path):
     # class B has enough slides on paper (6) but they come from one patient, who can only be in one partition
     ds = write_cohort(tmp_path / "dataset.csv", {"A": [1] * 10, "B": [6]})
     with pytest.raises(MissingClassError, match=r"fold 0 \(t, 1-shot\): class\(es\) \['B'\] have no slide in 'val'"):
-        make_splits(ds, tmp_path / "s", "t", shots=[1])
+        make_splits(ds, folder_outputs(tmp_path / "s", "t", [1], 5), "t")
 
 
 def test_bad_fractions_and_labels_are_refused(tmp_path):
     ds = demo_like(tmp_path)
     with pytest.raises(SplitError, match="val_frac=0.6 and test_frac=0.5 must each be in"):
-        make_splits(ds, tmp_path / "s", "d", shots=[1], val_frac=0.6, test_frac=0.5)
+        make_splits(ds, folder_outputs(tmp_path / "s", "d", [1], 5), "d", val_frac=0.6, test_frac=0.5)
     with pytest.raises(SplitError, match=r"dataset has label\(s\) \['solid'\] that are not in the configured"):
-        make_splits(ds, tmp_path / "s", "d", shots=[1], labels=["glandular", "other"])
+        make_splits(ds, folder_outputs(tmp_path / "s", "d", [1], 5), "d", labels=["glandular", "other"])
     with pytest.raises(NotEnoughSlidesError, match="class 'other' has 0 slide"):
-        make_splits(ds, tmp_path / "s", "d", shots=[1], labels=["glandular", "solid", "other"])
+        make_splits(ds, folder_outputs(tmp_path / "s", "d", [1], 5), "d", labels=["glandular", "solid", "other"])
 
 
 # --- HiVE-MIL format, import ------------------------------------------------------------------------------------
@@ -487,23 +489,23 @@ def test_split_file_is_hivemil_format_and_round_trips(tmp_path):
 
 def test_generated_splits_import_back_unchanged_from_hivemil_layout(tmp_path):
     ds = multi_slide_cohort(tmp_path)
-    make_splits(ds, tmp_path / "gen", "t", shots=[4], k=3, seed=9)
+    make_splits(ds, folder_outputs(tmp_path / "gen", "t", [4], 3), "t", seed=9)
     hive = tmp_path / "hive" / "t"  # HiVE-MIL's repository layout: splits/{task}/{task}_{shots}/splits_{k}.csv
     shutil.copytree(tmp_path / "gen" / "t_4", hive / "t_4")
-    written = import_splits(tmp_path / "hive", ds, tmp_path / "imp", "t", shots=[4], k=3)
+    written = import_splits(tmp_path / "hive", ds, folder_outputs(tmp_path / "imp", "t", [4], 3), "t")
     assert len(written) == 4
     for i in range(3):
         assert split_path(tmp_path / "imp", "t", 4, i).read_bytes() == split_path(tmp_path / "gen", "t", 4, i).read_bytes()
     meta = json.loads((tmp_path / "imp" / "t_4" / "splits_meta.json").read_text())
     assert meta["source"] == "imported" and len(meta["imported_from"]) == 3
     with pytest.raises(SplitError, match="no split file to import for t 8-shot fold 0"):
-        import_splits(tmp_path / "hive", ds, tmp_path / "imp", "t", shots=[8], k=3)
+        import_splits(tmp_path / "hive", ds, folder_outputs(tmp_path / "imp", "t", [8], 3), "t")
 
 
 def _import_one(tmp_path: Path, ds: Path, split: Split, shots: int, **kw) -> list[Path]:
     src = tmp_path / "src"
     write_split_csv(split_path(src, "t", shots, 0), split)
-    return import_splits(src, ds, tmp_path / "out", "t", shots=[shots], k=1, **kw)
+    return import_splits(src, ds, folder_outputs(tmp_path / "out", "t", [shots], 1), "t", **kw)
 
 
 def test_import_errors_each_carry_their_message(tmp_path):
@@ -539,6 +541,34 @@ def test_splits_command_draws_and_imports(tmp_path, capsys):
     assert main(["splits", "--dataset", str(ds), "--out-dir", str(tmp_path / "x"), "--task", "demo",
                  "--shots", "16"]) == 1
     assert "fewer than the 16 shots asked" in capsys.readouterr().err
+
+
+def test_splits_command_writes_exactly_the_files_it_is_given(tmp_path, capsys):
+    """The workflow's way: one shot count, fold k to the k-th --out, the meta to --meta; any names and folders."""
+    ds = demo_like(tmp_path)
+    out = tmp_path / "anywhere"
+    files = [out / "a" / "first.csv", out / "b" / "second.csv"]
+    args = ["splits", "--dataset", str(ds), "--task", "demo", "--shots", "2", "--folds", "2", "--seed", "4"]
+    assert main([*args, "--out", *map(str, files), "--meta", str(out / "how.json")]) == 0
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted([*files, out / "how.json"])
+    meta = json.loads((out / "how.json").read_text())
+    assert meta["shots"] == 2 and meta["folds"] == 2 and meta["seed"] == 4
+    # the same folds as --out-dir draws, with HiVE-MIL's names
+    assert main([*args, "--out-dir", str(tmp_path / "dir")]) == 0
+    for k, path in enumerate(files):
+        assert path.read_bytes() == (tmp_path / "dir" / "demo_2" / f"splits_{k}.csv").read_bytes()
+    # importing writes to the given files too
+    imported = [tmp_path / "imp" / "x.csv", tmp_path / "imp" / "y.csv"]
+    assert main([*args, "--out", *map(str, imported), "--meta", str(tmp_path / "imp" / "m.json"),
+                 "--import-from", str(tmp_path / "dir")]) == 0
+    assert [p.read_bytes() for p in imported] == [p.read_bytes() for p in files]
+    # one file per fold, the meta beside them, one shot count
+    assert main([*args, "--out", str(files[0]), "--meta", str(out / "how.json")]) == 1
+    assert "--folds 2 but 1 --out file(s)" in capsys.readouterr().err
+    assert main([*args, "--out", *map(str, files)]) == 1
+    assert "--out needs --meta" in capsys.readouterr().err
+    assert main([*args[:6], "2", "4", *args[7:], "--out", *map(str, files), "--meta", str(out / "m.json")]) == 1
+    assert "--out names the files of one shot count" in capsys.readouterr().err
 
 
 # --- prompts ----------------------------------------------------------------------------------------------------

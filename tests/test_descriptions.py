@@ -206,10 +206,13 @@ def test_the_descriptions_command_asks_the_llm_about_the_reports_stage_output(tm
     sheet.write_text("slide_id,case_id,label\n" + "".join(f"s{i},{c},x\n" for i, c in enumerate(texts)) + "u,UNSEEN,x\n")
     table = tmp_path / "reports.csv"
     table.write_text("case_id,text\n" + "".join(f'{c},"{t}"\n' for c, t in texts.items()))
-    assert main(["reports", "--source", "csv", "--sheet", str(sheet), "--table", str(table), "--out-dir",
-                 str(tmp_path / "reports"), "--index", str(tmp_path / "reports" / "index.csv")]) == 0
+    assert main(["reports", "--source", "csv", "--sheet", str(sheet), "--table", str(table), "--texts",
+                 str(tmp_path / "texts"), "--index", str(tmp_path / "reports" / "index.csv")]) == 0
     index = (tmp_path / "reports" / "index.csv").read_text()
     assert re.search(r"UNSEEN,none,csv,0,not in .*reports.csv", index)
+    # the command writes the index and one text per case where it is told, nothing else
+    assert sorted(p.name for p in (tmp_path / "texts").iterdir()) == sorted(f"{c}.txt" for c in texts)
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["index.csv"]
     out = tmp_path / "out"
     with LlmServer(reader) as server:
         args = ["descriptions", "--questions", str(shipped_question_sets()["demo"]), "--labels", "glandular", "solid",

@@ -123,7 +123,12 @@ def rule_commands() -> list[tuple[str, str, str]]:
     out = []
     for smk, rule, body in rule_blocks():
         conda = re.search(r"conda:\s*\n\s*\"([^\"]+)\"", body)
-        for cmd in sorted(set(re.findall(r"(?:python|\$HIVE_PYTHON|\$\{\{HIVE_PYTHON:-python\}\}) -m pipeline ([a-z][a-z0-9_-]*)", body))):
+        commands = set(re.findall(r"(?:python|\$HIVE_PYTHON|\$\{\{HIVE_PYTHON:-python\}\}) -m pipeline ([a-z][a-z0-9_-]*)", body))
+        if "-m pipeline {params.split_command}" in body:  # the splits rule runs each task type's split command
+            from pipeline.training.tasks import get_task_type, list_task_types
+
+            commands |= {get_task_type(t).split_command for t in list_task_types()}
+        for cmd in sorted(commands):
             assert conda, f"{smk}: rule {rule} runs `python -m pipeline {cmd}` but has no conda: env"
             out.append((rule, str((RULES / conda.group(1)).resolve().relative_to(REPO)), cmd))
     return out

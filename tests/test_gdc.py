@@ -36,7 +36,7 @@ from pipeline.gdc import (
 from pipeline.gdc.client import parse_retry_after
 from pipeline.gdc.manifest import MANIFEST_COLUMNS
 from pipeline.sheet import load_sheet_schema, normalize_local_sheet, read_local_sheet
-from pipeline.wiring.gdc import client_args, cohort_slide_ids, query_args
+from pipeline.wiring.gdc import client_args, cohort_slide_ids, query_args, slide_file, slide_pattern
 
 from gdc_server import FakeFile, Fault, GdcServer
 
@@ -753,6 +753,9 @@ def test_config_section_validates_and_feeds_the_rules():
     assert query_args(gdc) == "--task tcga_nsclc --max-slides-per-class 0 --projects TCGA-LUAD"
     bad = dict(config, gdc=dict(config["gdc"], task="tcga_ov"))
     assert not jsonschema.Draft202012Validator(schema).is_valid(bad)
+    # the download rule's output and the slide every other rule reads: one pattern, layout.GDC_SLIDE
+    assert slide_pattern({"slides_dir": "/data/my slides"}) == "/data/my slides/{slide}.svs"
+    assert slide_file({"slides_dir": "/data/my slides"}, "TCGA-AA-0001-01Z") == "/data/my slides/TCGA-AA-0001-01Z.svs"
 
 
 @pytest.mark.workflow

@@ -11,7 +11,7 @@ from test_cohort import write_cohort
 
 from pipeline.errors import PipelineError
 from pipeline.labels import LabelTree, parse_tree_args
-from pipeline.splits import make_splits, read_split_csv
+from pipeline.splits import SplitOutputs, make_splits, read_split_csv
 from pipeline.training.methods import get_method
 from pipeline.training.tasks import get_task_type, list_task_types
 from pipeline.wiring import cohort as ws
@@ -81,11 +81,13 @@ def test_default_methods_support_their_task_type():
 def test_splits_of_a_coarse_task_stratify_by_coarse_class_and_of_a_tree_task_by_fine_label(tmp_path):
     ds = write_cohort(tmp_path / "dataset.csv", {lab: [1] * 8 for lab in TREE.fine})
     label_of = dict(zip(*(pd.read_csv(ds)[c] for c in ("slide_id", "label"))))
-    make_splits(ds, tmp_path / "s", "organ", shots=[2], k=1, labels=list(TREE.coarse), label_tree=TREE)
-    organ = read_split_csv(tmp_path / "s" / "organ_2" / "splits_0.csv")
+    organ_files = SplitOutputs.of([tmp_path / "organ.csv"], tmp_path / "organ.json")
+    make_splits(ds, {2: organ_files}, "organ", labels=list(TREE.coarse), label_tree=TREE)
+    organ = read_split_csv(tmp_path / "organ.csv")
     assert Counter(TREE.coarse_of(label_of[s]) for s in organ.train) == {"lung": 2, "kidney": 2}
-    make_splits(ds, tmp_path / "s", "subtype", shots=[2], k=1, labels=list(TREE.fine))
-    subtype = read_split_csv(tmp_path / "s" / "subtype_2" / "splits_0.csv")
+    make_splits(ds, {2: SplitOutputs.of([tmp_path / "subtype.csv"], tmp_path / "subtype.json")}, "subtype",
+                labels=list(TREE.fine))
+    subtype = read_split_csv(tmp_path / "subtype.csv")
     assert Counter(label_of[s] for s in subtype.train) == dict.fromkeys(TREE.fine, 2)
 
 

@@ -568,7 +568,7 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
     # opened with the mpp its patch file records
     from pipeline.demo import make_demo_slide
     from pipeline.formats import PatchGrid, write_patches
-    from pipeline.training.predict import SlideFiles, predict_slides
+    from pipeline.training.predict import PredictOutputs, SlideFiles, predict_slides
 
     slide_file = tmp_path / "test-beta-0.tiff"
     make_demo_slide(slide_file, "test-beta-0", "solid", seed=3, size=2048, mpp=0.5)
@@ -588,7 +588,8 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
                        np.zeros((0, 16), bool), {})
     for method in ("hivemil", "abmil_5x", "zeroshot"):
         frame = predict_slides(
-            checkpoints=[out / method / "checkpoints" / "fold0.pt"], backbone_name="tiny", out_dir=pred_dir / method,
+            checkpoints=[out / method / "checkpoints" / "fold0.pt"], backbone_name="tiny",
+            outputs=PredictOutputs.in_folder(pred_dir / method),
             features={**{s: files[s] for s in ("test-alpha-0", "test-beta-0")}, "blank": blank},
             slide_files={"test-beta-0": SlideFiles(slide_file, patches)}, top_n=3, device="cpu",
         )
@@ -733,7 +734,7 @@ def test_prediction_and_evaluation_encode_each_models_texts_once(tmp_path, backb
     from pipeline.training.loop import evaluate
     from pipeline.training.methods import get_method
     from pipeline.training.methods.base import Resources
-    from pipeline.training.predict import predict_slides
+    from pipeline.training.predict import PredictOutputs, predict_slides
 
     root = write_cohort(tmp_path, n_train=1, n_val=1, n_test=3)
     files = feature_files(root)
@@ -755,11 +756,79 @@ def test_prediction_and_evaluation_encode_each_models_texts_once(tmp_path, backb
         assert calls == Counter({PromptLearner: 1})
         calls.clear()
         frame = predict_slides(checkpoints=checkpoints, features={s: files[s] for s in slides}, backbone_name="tiny",
-                               out_dir=tmp_path / "predict", top_n=2, device="cpu")
+                               outputs=PredictOutputs.in_folder(tmp_path / "predict"), top_n=2, device="cpu")
     finally:
         hook.remove()
     assert len(frame) == len(slides) == 6 and set(frame["n_models"]) == {2}
     assert calls == Counter({FixedTexts: 2})
+
+
+def test_summarize_command_writes_exactly_the_files_it_is_given(tmp_path):
+    """The four tables of a run go where the workflow names them (here not its layout), and nowhere else."""
+    from pipeline.cli import main
+
+    summaries = []
+    for method, acc in (("hivemil", (0.8, 0.6)), ("abmil_5x", (0.5, 0.7))):
+        path = tmp_path / "in" / f"{method}.csv"
+        path.parent.mkdir(exist_ok=True)
+        pd.DataFrame({"task": "t", "backbone": "tiny", "shots": 4, "method": method, "fold": [0, 1], "acc": acc,
+                      "auc": acc, "f1": acc}).to_csv(path, index=False)
+        summaries.append(str(path))
+    out = tmp_path / "mine"
+    named = {"--results": out / "r.csv", "--comparison": out / "md" / "c.md", "--comparison-csv": out / "c.csv",
+             "--summary": out / "all" / "s.csv"}
+    assert main(["summarize", "--summaries", *summaries, "--title", "t/tiny/4shot",
+                 *(str(v) for kv in named.items() for v in kv)]) == 0
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(named.values())
+    results = pd.read_csv(out / "r.csv").set_index(["method", "stat"])
+    assert results.loc[("hivemil", "mean"), "acc"] == pytest.approx(0.7)
+    assert len(pd.read_csv(out / "all" / "s.csv")) == 4 and len(pd.read_csv(out / "c.csv")) == 2
+    assert (out / "md" / "c.md").read_text().startswith("# t/tiny/4shot")
+
+
+def test_predict_command_writes_exactly_the_files_it_is_given(tmp_path, backbone):
+    """The workflow names every output of prediction (here in a layout of its own): the two tables where --predictions
+    and --unscored say, each slide's files in the four folders given, and nothing anywhere else."""
+    from pipeline.cli import main
+    from pipeline.demo import make_demo_slide
+    from pipeline.formats import PatchGrid, read_hierarchical, write_patches
+    from pipeline.training.checkpoints import save_checkpoint
+    from pipeline.training.config import TrainConfig
+    from pipeline.training.methods import get_method
+    from pipeline.training.methods.base import Resources
+
+    root = write_cohort(tmp_path / "cohort", n_train=1, n_val=1, n_test=1)
+    files = {s: f for s, f in feature_files(root).items() if s.startswith("test-")}
+    method = get_method("abmil_5x")(TrainConfig(device="cpu"), synthetic_task(root))
+    model = method.build(Resources(embed_dim=backbone.embed_dim, device=torch.device("cpu"),
+                                   backbone_factory=lambda: backbone))
+    ckpt = tmp_path / "fold0.pt"
+    save_checkpoint(ckpt, method, model, "tiny", backbone.embed_dim, backbone.logit_scale, {})
+    slide_file = tmp_path / "slides" / "test-beta-0.tiff"
+    slide_file.parent.mkdir()
+    make_demo_slide(slide_file, "test-beta-0", "solid", seed=3, size=1024, mpp=0.5)
+    patches = tmp_path / "patches" / "test-beta-0.h5"
+    _, coords, _, _ = read_hierarchical(files["test-beta-0"].hierarchical)
+    write_patches(patches, PatchGrid(coords[:, 0], coords.reshape(-1, 2), np.repeat(np.arange(len(coords)), 16),
+                                     {"mpp": 0.5, "patch_size_level0_20x": 256, "patch_size_level0_5x": 1024}))
+    out = tmp_path / "mine"
+    named = {"--predictions": out / "p.csv", "--unscored": out / "tables" / "u.csv", "--top-patches": out / "tops",
+             "--overlays": out / "qupath", "--heatmaps": out / "maps", "--gallery": out / "report" / "small"}
+    args = ["predict", "--checkpoints", str(ckpt), "--backbone", "tiny", "--device", "cpu", "--heatmap-px", "300",
+            "--features-5x", *(str(f.x5) for f in files.values()),
+            "--hierarchical", *(str(f.hierarchical) for f in files.values()),
+            "--slides", str(slide_file), "--patches", str(patches)]
+    assert main(args + [str(v) for kv in named.items() for v in kv]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == sorted(["p.csv", "tables/u.csv", "tops/test-alpha-0.csv", "tops/test-beta-0.csv",
+                              "qupath/test-beta-0.geojson", "maps/test-beta-0_5x.png",
+                              "report/small/test-beta-0_5x.png"]), written
+    assert sorted(pd.read_csv(out / "p.csv")["slide_id"]) == ["test-alpha-0", "test-beta-0"]
+    # without slide and patch files, every folder still exists (a Snakemake directory output), empty
+    assert main([a for a in args if a not in ("--slides", "--patches", str(slide_file), str(patches))]
+                + [str(v) for kv in {**named, "--predictions": tmp_path / "b" / "p.csv", "--heatmaps": tmp_path / "hm",
+                                     "--gallery": tmp_path / "g"}.items() for v in kv]) == 0
+    assert (tmp_path / "hm").is_dir() and not any((tmp_path / "hm").iterdir()) and (tmp_path / "g").is_dir()
 
 
 def test_reference_preset_trains_checkpoints_and_restores(tmp_path, backbone):

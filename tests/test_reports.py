@@ -81,16 +81,18 @@ def test_gdc_reports_are_found_per_case_downloaded_verified_and_read_with_failur
         server.fault(files[2].file_id, Fault("drop", after=40))  # resumed with a Range request
         client = GdcClient(server.url, policy=RetryPolicy(retries=2, backoff_base=0.0, jitter=0.0))
         out = tmp_path / "reports"
-        rows = {r.case_id: r for r in collect_reports(cases=cases, source="gdc", out_dir=out,
-                                                      index=out / "index.csv", client=client)}
+        where = dict(texts_dir=out / "texts", index=out / "index.csv", pdf_dir=tmp_path / "cache" / "pdf")
+        rows = {r.case_id: r for r in collect_reports(cases=cases, source="gdc", client=client, **where)}
         assert [rows[c].status for c in cases] == ["ok", "failed", "none", "ok"]
         assert "no text layer" in rows["TCGA-AA-0002"].reason and "no open-access" in rows["TCGA-AA-0003"].reason
-        assert "moderately differentiated" in (out / "TCGA-AA-0001.txt").read_text()
-        assert (out / "pdf" / f"{files[2].file_id}.pdf").read_bytes() == files[2].data
+        assert "moderately differentiated" in (out / "texts" / "TCGA-AA-0001.txt").read_text()
+        assert (tmp_path / "cache" / "pdf" / f"{files[2].file_id}.pdf").read_bytes() == files[2].data
+        assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
+            "TCGA-AA-0001.txt", "TCGA-AA-0004.txt", "index.csv"]
         assert any("Range" in r.headers for r in server.data_requests(files[2].file_id))
         assert not server.data_requests(files[3].file_id) and not server.data_requests(files[4].file_id)
         downloads = len(server.data_requests())
-        again = collect_reports(cases=cases, source="gdc", out_dir=out, index=out / "index.csv", client=client)
+        again = collect_reports(cases=cases, source="gdc", client=client, **where)
         assert len(server.data_requests()) == downloads  # verified PDFs are not fetched again
     assert read_index(out / "index.csv") == again
 
@@ -99,15 +101,17 @@ def test_a_reports_table_gives_each_case_its_text_and_says_which_have_none(tmp_p
     table = tmp_path / "reports.csv"
     table.write_text('case_id,text\nC1,"Invasive lobular carcinoma.\nMargins negative."\nC2,"  "\nC9,unused\n')
     rows = {r.case_id: r for r in collect_reports(cases=["C1", "C2", "C3", "a/b"], source="csv",
-                                                  out_dir=tmp_path / "r", index=tmp_path / "r" / "index.csv",
+                                                  texts_dir=tmp_path / "t", index=tmp_path / "r" / "index.csv",
                                                   table=table)}
     assert rows["C1"].status == "ok" and rows["C1"].chars > 20
-    assert (tmp_path / "r" / "C1.txt").read_text() == "Invasive lobular carcinoma.\nMargins negative.\n"
+    assert (tmp_path / "t" / "C1.txt").read_text() == "Invasive lobular carcinoma.\nMargins negative.\n"
+    assert rows["C1"].text_file == str(tmp_path / "t" / "C1.txt")
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["C1.txt", "index.csv", "reports.csv"]
     assert (rows["C2"].status, rows["C2"].reason) == ("failed", "the report text is empty")
     assert rows["C3"].status == "none" and "path separator" in rows["a/b"].reason
     table.write_text("case_id,text\nC1,a\nC1,b\n")
     with pytest.raises(PipelineError, match=r"listed more than once: \['C1'\]"):
-        collect_reports(cases=["C1"], source="csv", out_dir=tmp_path / "r", index=tmp_path / "i.csv", table=table)
+        collect_reports(cases=["C1"], source="csv", texts_dir=tmp_path / "r", index=tmp_path / "i.csv", table=table)
 
 
 def test_demo_reports_state_the_generators_fields_and_leave_a_few_unknown():

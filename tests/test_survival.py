@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.splits import read_split_csv
+from pipeline.splits import SplitOutputs, read_split_csv
 from pipeline.survival.bins import EPS, SurvivalLabelError, assign_bins, time_bin_edges
 from pipeline.survival.loss import nll_discrete_hazard, risk_from_survival, survival_function
 from pipeline.survival.metrics import (
@@ -332,14 +332,17 @@ def test_write_cv_splits_files_and_meta(tmp_path):
     dataset = tmp_path / "dataset.csv"
     dataset.write_text("case_id,slide_id,label\n")
     survival = pd.DataFrame({"case_id": cases, "event": event, "time_days": time})
-    written = write_cv_splits(survival, tmp_path / "cv", folds=4, seed=3, n_bins=2, dataset_csv=dataset)
-    assert [p.name for p in written] == ["splits_0.csv", "splits_1.csv", "splits_2.csv", "splits_3.csv",
-                                         "splits_meta.json"]
+    # the caller names every file (here not the workflow's layout): fold k goes to the k-th path
+    files = SplitOutputs.of([tmp_path / f"fold{k}" / "cv.csv" for k in range(4)], tmp_path / "meta" / "how.json")
+    written = write_cv_splits(survival, files, seed=3, n_bins=2, dataset_csv=dataset)
+    assert written == [*files.splits, files.meta]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(tmp_path) for p in [dataset, *written])
     folds = cv_folds(cases, time, event, n_bins=2, folds=4, seed=3)
     for k, (train, test) in enumerate(folds):
-        split = read_split_csv(tmp_path / "cv" / f"splits_{k}.csv")
+        split = read_split_csv(files.splits[k])
         assert list(split.train) == train and list(split.test) == test and split.val == ()
-    meta = json.loads((tmp_path / "cv" / "splits_meta.json").read_text())
+    meta = json.loads(files.meta.read_text())
     assert meta["unit"] == "case" and meta["folds"] == 4 and meta["seed"] == 3 and meta["n_bins"] == 2
     assert meta["bin_edges"] == pytest.approx(time_bin_edges(time, event, 2).tolist())
     assert meta["cases"] == 40 and meta["events"] == int(event.sum())
@@ -368,14 +371,22 @@ def _survival_dataset(path, n: int = 24) -> tuple[list[str], np.ndarray, np.ndar
 def test_survival_splits_command_writes_the_files(tmp_path):
     ds = tmp_path / "dataset.csv"
     cases, time, event = _survival_dataset(ds)
-    out = tmp_path / "splits"
-    assert main(["survival-splits", "--dataset", str(ds), "--out-dir", str(out), "--folds", "3", "--seed", "2",
-                 "--bins", "2"]) == 0
-    meta = json.loads((out / "splits_meta.json").read_text())
+    # the workflow's way: every file named (here in a layout of our own), fold k = the k-th --out
+    out = tmp_path / "mine"
+    files = [out / "first.csv", out / "second" / "fold.csv", out / "third.csv"]
+    assert main(["survival-splits", "--dataset", str(ds), "--out", *map(str, files), "--meta", str(out / "m.json"),
+                 "--folds", "3", "--seed", "2", "--bins", "2"]) == 0
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted([*files, out / "m.json"])
+    meta = json.loads((out / "m.json").read_text())
     assert meta["unit"] == "case" and meta["cases"] == len(cases) and meta["folds"] == 3
-    tested = sorted(c for k in range(3) for c in read_split_csv(out / f"splits_{k}.csv").test)
+    tested = sorted(c for f in files for c in read_split_csv(f).test)
     assert tested == sorted(cases)
-    assert cv_folds(cases, time, event, n_bins=2, folds=3, seed=2)[0][1] == list(read_split_csv(out / "splits_0.csv").test)
+    assert cv_folds(cases, time, event, n_bins=2, folds=3, seed=2)[0][1] == list(read_split_csv(files[0]).test)
+    # by hand, --out-dir writes the same folds under HiVE-MIL's names
+    assert main(["survival-splits", "--dataset", str(ds), "--out-dir", str(tmp_path / "dir"), "--folds", "3",
+                 "--seed", "2", "--bins", "2"]) == 0
+    assert (tmp_path / "dir" / "splits_1.csv").read_bytes() == files[1].read_bytes()
+    assert (tmp_path / "dir" / "splits_meta.json").is_file()
     # --labels keeps only those slides' cases
     assert main(["survival-splits", "--dataset", str(ds), "--out-dir", str(tmp_path / "luad"), "--folds", "2",
                  "--bins", "2", "--labels", "LUAD"]) == 0
@@ -384,7 +395,19 @@ def test_survival_splits_command_writes_the_files(tmp_path):
     # an empty label list from a rule (`--labels ''`) means every label
     assert main(["survival-splits", "--dataset", str(ds), "--out-dir", str(tmp_path / "all"), "--folds", "3",
                  "--seed", "2", "--bins", "2", "--labels", ""]) == 0
-    assert (tmp_path / "all" / "splits_0.csv").read_text() == (out / "splits_0.csv").read_text()
+    assert (tmp_path / "all" / "splits_0.csv").read_text() == files[0].read_text()
+
+
+def test_survival_splits_command_wants_one_out_file_per_fold_and_the_meta(tmp_path, capsys):
+    ds = tmp_path / "dataset.csv"
+    _survival_dataset(ds)
+    two = [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    assert main(["survival-splits", "--dataset", str(ds), "--out", *two, "--meta", str(tmp_path / "m.json"),
+                 "--folds", "3"]) == 1
+    assert "--folds 3 but 2 --out file(s)" in capsys.readouterr().err
+    assert main(["survival-splits", "--dataset", str(ds), "--out", *two, "--folds", "2"]) == 1
+    assert "--out needs --meta" in capsys.readouterr().err
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "m.json").exists()
 
 
 def test_survival_splits_leave_out_cases_without_a_usable_label(tmp_path, capsys):

@@ -162,7 +162,7 @@ def test_outputs_tables_plots_and_attributes(trained):
 def test_checkpoint_restores_without_a_text_tower_and_predicts(trained, tmp_path):
     from pipeline.training.checkpoints import load_checkpoint, restore_model
     from pipeline.training.data import FeatureStore
-    from pipeline.training.predict import predict_slides
+    from pipeline.training.predict import PredictOutputs, predict_slides
 
     out, root = trained["out"], trained["root"]
     ckpt = load_checkpoint(out / "hila" / "checkpoints" / "fold0.pt", backbone="tiny")
@@ -174,7 +174,7 @@ def test_checkpoint_restores_without_a_text_tower_and_predicts(trained, tmp_path
     assert model(bag.x5, bag.x20, bag.mask).logits.shape == (4,)
     files = {s: f for s, f in features(root).items() if s.startswith(("P001", "P002"))}
     frame = predict_slides(checkpoints=sorted((out / "hila" / "checkpoints").glob("*.pt")), features=files,
-                           backbone_name="tiny", out_dir=tmp_path / "pred")
+                           backbone_name="tiny", outputs=PredictOutputs.in_folder(tmp_path / "pred"))
     assert list(frame["slide_id"]) == sorted(files) and {"risk", "surv_bin0", "n_models"} <= set(frame.columns)
     assert (frame["n_models"] == 3).all()
 

@@ -206,7 +206,7 @@ def test_the_demo_writes_its_reports_and_precomputed_descriptions_without_an_llm
     index = pd.read_csv(results / "reports" / "index.csv", dtype=str, keep_default_na=False)
     cases = sorted(index["case_id"][index["status"] == "ok"])
     assert len(cases) == 4 and set(index["status"][index["case_id"] == "CMU-1-Small-Region"]) == {"none"}
-    assert "Microscopic description" in (results / "reports" / f"{cases[0]}.txt").read_text()
+    assert "Microscopic description" in (results / "reports" / "texts" / f"{cases[0]}.txt").read_text()
     described = pd.read_csv(results / "descriptions" / "demo" / "descriptions.csv", dtype=str)
     assert sorted(described["case_id"]) == cases and list(described.columns)[1] == "growth_pattern"
     assert (results / "cohort" / "questions" / "demo.json").exists() and not (results / "descriptions" / "demo" / "cache").exists()

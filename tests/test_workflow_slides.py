@@ -84,7 +84,7 @@ def test_full_dag_dry_run(tmp_path, snakemake):
     # demo: 5 methods (FiVE too) on tiny, HiVE-MIL on tiny_hlss; demo_tree: HMIL and 4 flat; demo_survival: HiLa,
     # 2 ABMILs, prompt risk (both on tiny only)
     assert _job_count(proc.stdout, "train") == 5 + 1 + 5 + 4
-    assert _job_count(proc.stdout, "survival_splits") == 1
+    assert _job_count(proc.stdout, "splits") == 3  # demo 4-shot, demo_tree 2-shot, demo_survival cv5
     assert _job_count(proc.stdout, "extract") == 21  # tiny from the slides; tiny_hlss adapts tiny's features
     assert _job_count(proc.stdout, "adapt_features") == 1
     assert _job_count(proc.stdout, "pretrain_tiles") == 1 and _job_count(proc.stdout, "pretrain") == 1

@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.training.reports import compare
+    from pipeline.training.tasks import get_task_type
 
-    compare(args.results, args.task_type, args.out_csv, args.out_md, args.title or "comparison")
+    compare(args.results, get_task_type(args.task_type).metrics, args.out_csv, args.out_md, args.title or "comparison")
     return 0

@@ -1,10 +1,11 @@
 """Predict slides with the fold checkpoints of one trained method (an ensemble; no backbone is built).
 
-Writes --out-dir/predictions.csv (slide, predicted class and class probabilities, or a survival task's risk) and,
-for every method, per slide what drove the prediction (pipeline.explain.slide_outputs): top_patches/{slide}.csv;
-with --patches, overlays/{slide}.geojson for QuPath (File > Import objects); with --slides and --patches (same
-order), heatmaps/{slide}_{5x,20x}.png over the slide's overview. Checkpoints from another backbone, or with
-differing classes or methods, are refused.
+Writes exactly what it is given: --predictions (slide, predicted class and class probabilities, or a survival task's
+risk), --unscored (slides that could not be scored, with the reason) and, for every method, per slide what drove the
+prediction (pipeline.explain.slide_outputs): {slide}.csv in --top-patches; with --patches, {slide}.geojson in
+--overlays for QuPath (File > Import objects); with --slides and --patches (same order), {slide}_{5x,20x}.png in
+--heatmaps over the slide's overview, and small copies of the first slides' in --gallery. Every folder is created,
+even when it stays empty. Checkpoints from another backbone, or with differing classes or methods, are refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 NAME = "predict"
-HELP = "trained checkpoints + features of slides -> predictions.csv, top patches, QuPath overlays, heatmaps"
+HELP = "trained checkpoints + features of slides -> predictions, top patches, QuPath overlays, heatmaps"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,23 +31,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heatmap-grid", action="store_true", help="also a PNG per scale with every map side by side")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--out-dir", required=True, help="output folder")
+    parser.add_argument("--predictions", required=True, help="predictions table to write")
+    parser.add_argument("--unscored", required=True, help="table of the slides that could not be scored, to write")
+    parser.add_argument("--top-patches", required=True, help="folder for each slide's top-patch table")
+    parser.add_argument("--overlays", required=True, help="folder for each slide's QuPath GeoJSON")
+    parser.add_argument("--heatmaps", required=True, help="folder for each slide's heatmaps")
+    parser.add_argument("--gallery", required=True, help="folder for the first slides' small heatmaps (the report's)")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from pipeline.explain.slide_outputs import ExplanationFolders
     from pipeline.training.data import pair_feature_files
-    from pipeline.training.predict import SlideFiles, predict_slides
+    from pipeline.training.predict import PredictOutputs, SlideFiles, predict_slides
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if len(args.slides) != len(args.patches):
         raise PipelineError(f"predict: {len(args.slides)} --slides but {len(args.patches)} --patches (same order)")
     slide_files = {Path(p).stem: SlideFiles(Path(s), Path(p)) for s, p in zip(args.slides, args.patches)}
+    folders = ExplanationFolders(Path(args.top_patches), Path(args.overlays), Path(args.heatmaps), Path(args.gallery))
+    outputs = PredictOutputs(Path(args.predictions), Path(args.unscored), folders)
     predict_slides(
         checkpoints=args.checkpoints, features=pair_feature_files(args.features_5x, args.hierarchical),
-        backbone_name=args.backbone, out_dir=args.out_dir, slide_files=slide_files, top_n=args.top_n,
+        backbone_name=args.backbone, outputs=outputs, slide_files=slide_files, top_n=args.top_n,
         device=args.device, heatmap_px=args.heatmap_px, heatmap_grid=args.heatmap_grid,
     )
     return 0

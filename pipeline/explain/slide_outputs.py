@@ -1,6 +1,7 @@
 """One slide's interpretability files, the same for every method: heatmaps, QuPath overlay, top-patch table.
 
-From the ensemble's `PatchScores` (pipeline.explain.scores) of one slide, prediction writes into its folder:
+From the ensemble's `PatchScores` (pipeline.explain.scores) of one slide, prediction writes into the folders of
+`ExplanationFolders` (named here by their usual names, which the workflow's layout uses):
 
 - `heatmaps/{slide}_{5x,20x}.png`: the scale's leading map over the slide overview, with the slide, the
   prediction and the map's name (a text, an attribute, "attention") in the title; `{slide}_{scale}_grid.png`, every
@@ -38,6 +39,27 @@ class HeatmapOptions:
     top_n: int = 10  # patches per map in top_patches/{slide}.csv
     gallery_slides: int = 4  # slides whose heatmaps also go to gallery/ (the report's)
     gallery_long_side: int = 800
+
+
+@dataclass(frozen=True)
+class ExplanationFolders:
+    """Where each kind of per-slide file goes; the caller names the folders, the files in them are per slide."""
+
+    top_patches: Path
+    overlays: Path
+    heatmaps: Path
+    gallery: Path
+
+    @classmethod
+    def in_folder(cls, out_dir: PathLike) -> "ExplanationFolders":
+        """top_patches/, overlays/, heatmaps/ and gallery/ in `out_dir` (library use)."""
+        out = Path(out_dir)
+        return cls(out / "top_patches", out / "overlays", out / "heatmaps", out / "gallery")
+
+    def make(self) -> None:
+        """Create every folder, so each exists (a Snakemake directory output) even when it receives no file."""
+        for folder in (self.top_patches, self.overlays, self.heatmaps, self.gallery):
+            folder.mkdir(parents=True, exist_ok=True)
 
 
 def scale_maps(scores: PatchScores, scale: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -83,31 +105,30 @@ def top_patches(scores: PatchScores, coords_5x: np.ndarray, coords_20x: np.ndarr
 
 def write_slide_explanations(
     scores: PatchScores, *, slide_id: str, coords_5x: np.ndarray, coords_20x: np.ndarray, mask: np.ndarray,
-    out_dir: PathLike, headline: str, meta: dict[str, Any], slide_file: PathLike | None = None,
+    folders: ExplanationFolders, headline: str, meta: dict[str, Any], slide_file: PathLike | None = None,
     patches_h5: PathLike | None = None, options: HeatmapOptions = HeatmapOptions(), gallery: bool = False,
 ) -> bool:
     """The table always; the QuPath overlay and the heatmaps when the slide's patch file (and slide) are given,
     and, with `gallery`, the report's small copies. Returns whether heatmaps were drawn."""
-    out = Path(out_dir)
     table = top_patches(scores, coords_5x, coords_20x, options.top_n)
-    write_text_atomic(out / "top_patches" / f"{slide_id}.csv", table.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(folders.top_patches / f"{slide_id}.csv", table.to_csv(index=False, float_format="%.6g"))
     if patches_h5 is None:
         return False
     from pipeline.explain.geojson import write_patch_geojson
 
     grid = read_patches(patches_h5)
     size_5x, size_20x = float(grid.attrs["patch_size_level0_5x"]), float(grid.attrs["patch_size_level0_20x"])
-    write_patch_geojson(out / "overlays" / f"{slide_id}.geojson", slide_id, coords_5x, size_5x, scores.maps_5x,
+    write_patch_geojson(folders.overlays / f"{slide_id}.geojson", slide_id, coords_5x, size_5x, scores.maps_5x,
                         coords_20x, size_20x, scores.maps_20x, present_20x=mask, kind=scores.kind, **meta)
     if slide_file is None:
         return False
     overview, downsample = _overview(slide_file, slide_id, patches_h5, grid.attrs, options.long_side)
     sizes = {"5x": size_5x, "20x": size_20x}
     coords = {"5x": coords_5x, "20x": coords_20x.reshape(-1, 2)}
-    _write_heatmaps(scores, slide_id, coords, sizes, overview, downsample, out / "heatmaps", headline,
+    _write_heatmaps(scores, slide_id, coords, sizes, overview, downsample, folders.heatmaps, headline,
                     options.long_side, options.grid)
     if gallery:
-        _write_heatmaps(scores, slide_id, coords, sizes, overview, downsample, out / "gallery", headline,
+        _write_heatmaps(scores, slide_id, coords, sizes, overview, downsample, folders.gallery, headline,
                         options.gallery_long_side, False)
     return True
 

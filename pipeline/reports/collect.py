@@ -1,9 +1,9 @@
-"""The reports stage: one plain-text report per case, cached under the reports folder, and an index of every case.
+"""The reports stage: one plain-text report per case in a texts folder, and an index of every case.
 
 Sources: the open "Pathology Report" PDFs of the GDC (found per case, downloaded and md5-verified, text from the
-PDF's text layer; `pdf/` keeps the PDFs so a rerun downloads nothing already right), a user's CSV `case_id,text`
+PDF's text layer; a PDF folder keeps them so a rerun downloads nothing already right), a user's CSV `case_id,text`
 (e.g. a published OCR of the TCGA reports), or the demo's synthetic reports (a CSV of the same shape). Each case
-gets `{case}.txt` and a row in `index.csv`: `ok`, `none` (no report in the source) or `failed` with the reason
+gets `{case}.txt` in the texts folder and a row in the index table: `ok`, `none` (no report in the source) or `failed` with the reason
 (a PDF without a text layer, a download that failed, an empty text); one bad case never stops the others.
 """
 
@@ -63,29 +63,30 @@ def cohort_cases(sheet_csv: PathLike) -> list[str]:
     return list(dict.fromkeys(c for c in cases if c))
 
 
-def _store(out_dir: Path, case: str, text: str, source: str) -> IndexRow:
-    """Write `{case}.txt` (unchanged bytes are not rewritten) and its index row."""
+def _store(texts_dir: Path, case: str, text: str, source: str) -> IndexRow:
+    """Write `{case}.txt` in `texts_dir` (unchanged bytes are not rewritten) and its index row."""
     text = text.strip()
     if not text:
         return IndexRow(case, "failed", source, 0, "the report text is empty")
-    path = out_dir / f"{case}.txt"
+    path = texts_dir / f"{case}.txt"
     if not path.is_file() or path.read_text(encoding="utf-8") != text + "\n":
         write_text_atomic(path, text + "\n")
     return IndexRow(case, "ok", source, len(text), "", str(path))
 
 
-def from_table(cases: Iterable[str], table: dict[str, str], out_dir: Path, source: str, where: str) -> list[IndexRow]:
+def from_table(cases: Iterable[str], table: dict[str, str], texts_dir: Path, source: str, where: str) -> list[IndexRow]:
     rows = []
     for case in cases:
         if case not in table:
             rows.append(IndexRow(case, "none", source, 0, f"not in {where}"))
         else:
-            rows.append(_store(out_dir, case, table[case], source))
+            rows.append(_store(texts_dir, case, table[case], source))
     return rows
 
 
-def from_gdc(cases: Iterable[str], client, out_dir: Path) -> list[IndexRow]:
-    """Each case's report PDFs (several are joined, in file-id order) downloaded and read; failures per case."""
+def from_gdc(cases: Iterable[str], client, texts_dir: Path, pdf_dir: Path) -> list[IndexRow]:
+    """Each case's report PDFs (several are joined, in file-id order) downloaded into `pdf_dir` and read; failures
+    per case."""
     from pipeline.gdc.reports import download_report, find_reports
     from pipeline.reports.pdf import ReportError, pdf_text
 
@@ -99,12 +100,12 @@ def from_gdc(cases: Iterable[str], client, out_dir: Path) -> list[IndexRow]:
             rows.append(IndexRow(case, "none", "gdc", 0, "no open-access Pathology Report PDF on the GDC"))
             continue
         try:
-            texts = [pdf_text(download_report(client, e, out_dir / "pdf")) for e in entries]
+            texts = [pdf_text(download_report(client, e, pdf_dir)) for e in entries]
         except (ReportError, PipelineError) as err:
             rows.append(IndexRow(case, "failed", "gdc", 0, str(err)))
             log.warning("case %s: %s", case, err)
             continue
-        rows.append(_store(out_dir, case, "\n\n".join(texts), "gdc"))
+        rows.append(_store(texts_dir, case, "\n\n".join(texts), "gdc"))
     return rows
 
 
@@ -129,25 +130,26 @@ def read_index(path: PathLike) -> list[IndexRow]:
 
 
 def collect_reports(
-    *, cases: Iterable[str], source: str, out_dir: PathLike, index: PathLike, table: PathLike | None = None,
-    client=None,
+    *, cases: Iterable[str], source: str, texts_dir: PathLike, index: PathLike, pdf_dir: PathLike | None = None,
+    table: PathLike | None = None, client=None,
 ) -> list[IndexRow]:
-    """The stage: every case's report text under `out_dir` and the index table (see the module docstring)."""
+    """The stage: every case's report text in `texts_dir` (created even when no case has one) and the `index`
+    table; the GDC source downloads into `pdf_dir`, a cache (see the module docstring)."""
     if source not in SOURCES:
         raise PipelineError(f"reports source {source!r}; choose one of {list(SOURCES)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    texts = Path(texts_dir)
+    texts.mkdir(parents=True, exist_ok=True)
     cases = list(dict.fromkeys(cases))
     bad = {c: name_problem(c) for c in cases if name_problem(c)}
     good = [c for c in cases if c not in bad]
     if source == "gdc":
-        if client is None:
-            raise PipelineError("reports source gdc needs a GDC client")
-        rows = from_gdc(good, client, out)
+        if client is None or not pdf_dir:
+            raise PipelineError("reports source gdc needs a GDC client and a folder for the PDFs")
+        rows = from_gdc(good, client, texts, Path(pdf_dir))
     else:
         if not table:
             raise PipelineError(f"reports source {source} needs a table case_id,text")
-        rows = from_table(good, read_report_table(table), out, source, str(table))
+        rows = from_table(good, read_report_table(table), texts, source, str(table))
     rows += [IndexRow(c, "failed", source, 0, f"case id cannot name a file: {why}") for c, why in bad.items()]
     rows.sort(key=lambda r: r.case_id)
     write_index(index, rows)

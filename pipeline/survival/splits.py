@@ -23,7 +23,7 @@ the strata round-robin over the folds in that order, so each test fold's death c
 others': with >= folds deaths, every test fold has at least one.
 
 The split files list CASE ids (column train / val / test, val empty), not slide ids as the classification splits
-do; `splits_meta.json` says so with `"unit": "case"`.
+do; their meta JSON says so with `"unit": "case"`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import pandas as pd
 
 from pipeline import __version__
 from pipeline.formats import PathLike, write_json_atomic
-from pipeline.splits import META_NAME, Split, SplitError, write_split_csv
+from pipeline.splits import Split, SplitError, SplitOutputs, write_split_csv
 from pipeline.survival.bins import assign_bins, check_labels, time_bin_edges
 
 log = logging.getLogger(__name__)
@@ -134,19 +134,20 @@ def _counts(cases: Sequence[str], events: dict[str, int]) -> dict[str, int]:
 
 def write_cv_splits(
     survival: pd.DataFrame,
-    out_dir: PathLike,
-    folds: int = 5,
+    outputs: SplitOutputs,
     seed: int = 1,
     n_bins: int = 4,
     dataset_csv: PathLike | None = None,
 ) -> list[Path]:
-    """Write `{out_dir}/splits_{k}.csv` per fold (columns train,val,test of CASE ids, val empty; the layout of
-    `pipeline.splits.write_split_csv`) and `{out_dir}/splits_meta.json`; returns the paths written.
+    """Write fold k's split to `outputs.splits[k]` (one fold per file given; columns train,val,test of CASE ids,
+    val empty; the layout of `pipeline.splits.write_split_csv`) and the meta JSON to `outputs.meta`; returns the
+    paths written.
 
     `survival` has one row per case: case_id, event (0/1), time_days. The meta records folds, seed, bins and their
     edges, the strata after merging, per-fold case and event counts, the dataset's sha256 (when `dataset_csv` is
     given) and `"unit": "case"`. A test fold without a death is logged as a warning and listed in the meta.
     """
+    folds = len(outputs.splits)
     missing = [c for c in SURVIVAL_COLUMNS if c not in survival.columns]
     if missing:
         raise SplitError(f"survival table: missing column(s) {missing}; has {list(survival.columns)}")
@@ -157,11 +158,9 @@ def write_cv_splits(
     _, strata = survival_strata(assign_bins(time, edges), event, folds)
     events = dict(zip(cases, event.tolist()))
 
-    out = Path(out_dir)
     written: list[Path] = []
     per_fold = []
-    for k, (train, test) in enumerate(fold_list):
-        path = out / f"splits_{k}.csv"
+    for k, ((train, test), path) in enumerate(zip(fold_list, outputs.splits)):
         write_split_csv(path, Split(train=tuple(train), val=(), test=tuple(test)))
         written.append(path)
         per_fold.append({"fold": k, "train": _counts(train, events), "val": _counts([], events),
@@ -190,8 +189,8 @@ def write_cv_splits(
         "hive_wsi_version": __version__,
         "per_fold": per_fold,
     }
-    meta_path = out / META_NAME
-    write_json_atomic(meta_path, meta)
-    written.append(meta_path)
-    log.info("survival: %d folds of %d cases (%d events) written to %s", folds, len(cases), n_events, out)
+    write_json_atomic(outputs.meta, meta)
+    written.append(outputs.meta)
+    log.info("survival: %d folds of %d cases (%d events) written (%s, ...)", folds, len(cases), n_events,
+             outputs.splits[0])
     return written

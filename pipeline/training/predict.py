@@ -3,15 +3,16 @@
 The checkpoints of one method's results folder (one per fold, same method, backbone and classes) form an ensemble
 whose outputs are averaged. No backbone is built: checkpoints carry what their model needs (HiVE-MIL, HiLa: their
 learned prompts' text features). Every method explains itself through `Method.explain` (pipeline.explain.scores),
-so every method gets the same files. Outputs in `out_dir` (predictions/{task}/{backbone}/{run}/{method}/):
+so every method gets the same files, where `PredictOutputs` says (the workflow: predictions/{task}/{backbone}/{run}/
+{method}/ of its layout):
 
-- `predictions.csv`: slide_id, predicted class, one probability column per class, number of models (survival: the
+- `predictions`: slide_id, predicted class, one probability column per class, number of models (survival: the
   slide's risk and survival function, each slide a bag of its own; per-patient risks of the cohort are the
   out-of-fold predictions in models/{task}/{backbone}/cv{k}/{method}/predictions.csv);
-- `unscored.csv`: slides that could not be scored, with the reason;
-- `top_patches/{slide}.csv`, `overlays/{slide}.geojson` (QuPath) and `heatmaps/{slide}_{5x,20x}.png` (when the
-  slide and patch files are given), and small copies of the first slides' heatmaps in `gallery/` (the Snakemake
-  report's): see pipeline.explain.slide_outputs.
+- `unscored`: slides that could not be scored, with the reason;
+- per slide in the `explanations` folders: top patches, QuPath overlays and heatmaps (when the slide and patch files
+  are given), and small copies of the first slides' heatmaps in the gallery (the Snakemake report's): see
+  pipeline.explain.slide_outputs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError, SlideError
 from pipeline.explain.scores import mean_scores
-from pipeline.explain.slide_outputs import HeatmapOptions, write_slide_explanations
+from pipeline.explain.slide_outputs import ExplanationFolders, HeatmapOptions, write_slide_explanations
 from pipeline.formats import PathLike, write_text_atomic
 from pipeline.training.checkpoints import load_checkpoint, method_of
 from pipeline.training.data import FeatureStore, SlideFeatures
@@ -44,12 +45,27 @@ class SlideFiles:
     patches: Path
 
 
+@dataclass(frozen=True)
+class PredictOutputs:
+    """Every file and folder prediction writes, as the caller names them."""
+
+    predictions: Path
+    unscored: Path
+    explanations: ExplanationFolders
+
+    @classmethod
+    def in_folder(cls, out_dir: PathLike) -> "PredictOutputs":
+        """predictions.csv, unscored.csv and the explanation folders in `out_dir` (library use)."""
+        out = Path(out_dir)
+        return cls(out / "predictions.csv", out / "unscored.csv", ExplanationFolders.in_folder(out))
+
+
 def predict_slides(
     *,
     checkpoints: Sequence[PathLike],
     features: Mapping[str, SlideFeatures],
     backbone_name: str,
-    out_dir: PathLike,
+    outputs: PredictOutputs,
     slide_files: Mapping[str, SlideFiles] | None = None,
     top_n: int = 10,
     device: str = "auto",
@@ -77,8 +93,7 @@ def predict_slides(
     with torch.no_grad():
         caches = [m.eval_cache(model) for m, model in zip(methods, models)]  # once per model, not per slide
     store = FeatureStore(features, cache_bytes=0)
-    out = Path(out_dir)
-    (out / "gallery").mkdir(parents=True, exist_ok=True)  # the rule's report folder, even with no slide file
+    outputs.explanations.make()  # the rule's folder outputs, even with no slide file
     rows, unscored = [], []
     in_gallery = 0
     for sid in features:
@@ -104,7 +119,7 @@ def predict_slides(
         files = (slide_files or {}).get(sid)
         drawn = write_slide_explanations(
             scores, slide_id=sid, coords_5x=bag.coords_5x, coords_20x=bag.coords_20x, mask=bag.mask.numpy(),
-            out_dir=out, headline=headline(sid, first["method"], row),
+            folders=outputs.explanations, headline=headline(sid, first["method"], row),
             meta={"method": first["method"], "task": first["task"]}, slide_file=files.slide if files else None,
             patches_h5=files.patches if files else None, options=heatmap_options,
             gallery=in_gallery < heatmap_options.gallery_slides,
@@ -113,8 +128,9 @@ def predict_slides(
         log.info("%s: %s", sid, ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                                           if k != "slide_id"))
     frame = pd.DataFrame(rows, columns=None if rows else ["slide_id", "pred"])
-    write_text_atomic(out / "unscored.csv", pd.DataFrame(unscored, columns=["slide_id", "reason"]).to_csv(index=False))
-    write_text_atomic(out / "predictions.csv", frame.to_csv(index=False, float_format="%.6g"))
+    unscored_frame = pd.DataFrame(unscored, columns=["slide_id", "reason"])
+    write_text_atomic(outputs.unscored, unscored_frame.to_csv(index=False))
+    write_text_atomic(outputs.predictions, frame.to_csv(index=False, float_format="%.6g"))
     return frame
 
 

@@ -1,12 +1,14 @@
 """Result tables and plots: per-fold summaries, mean ± std per method, and comparisons across runs.
 
-`summary.csv` (one row per fold) is written by each method's training job; `summarize` turns the summaries of one
-task / backbone / shot count into `results.csv` and `comparison.md`; `compare` puts every method, backbone and
-shot count of a task side by side (`models/{task}/comparison.md`). Metric columns come from the task type.
+`summary.csv` (one row per fold) is written by each method's training job; `write_summary` turns the summaries of
+one task / backbone / shot count into the files of `SummaryOutputs` (results, comparison table, the joined
+summaries); `compare` puts every method, backbone and
+shot count of a task side by side (`models/{task}/comparison.md`). Metric columns are the task type's (its `metrics`, given by the caller).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -126,30 +128,46 @@ def _read_all(paths: Iterable[PathLike], what: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _metric_names(task_type: str) -> dict[str, str]:
-    from pipeline.training.tasks import get_task_type
+@dataclass(frozen=True)
+class SummaryOutputs:
+    """The files of one run's summary, as the caller names them (the workflow: its layout's paths)."""
 
-    return dict(get_task_type(task_type).metrics)
+    results: Path  # mean and population std over folds per method
+    comparison: Path  # the methods side by side, markdown
+    comparison_csv: Path  # the same table as CSV
+    summary: Path  # every method's per-fold rows in one table
+
+    @classmethod
+    def in_folder(cls, out_dir: PathLike) -> "SummaryOutputs":
+        """results.csv, comparison.md, comparison.csv and summary.csv in `out_dir` (library use: train_task)."""
+        out = Path(out_dir)
+        return cls(out / "results.csv", out / "comparison.md", out / "comparison.csv", out / "summary.csv")
 
 
-def summarize(summary_files: Sequence[PathLike], task_type: str, out_dir: PathLike, title: str) -> pd.DataFrame:
-    """summary.csv (all methods' folds), results.csv, comparison.csv and comparison.md of one task / backbone / run
-    from its methods' summaries."""
-    metrics = _metric_names(task_type)
+def write_summary(summary_files: Sequence[PathLike], metrics: Mapping[str, str], outputs: SummaryOutputs,
+                  title: str) -> pd.DataFrame:
+    """The files of `outputs` for one task / backbone / run from its methods' summaries; returns the results.
+    `metrics`: the task type's metric columns and their headers (TaskType.metrics)."""
     summary = _read_all(summary_files, "summarize")
     results = aggregate(summary, list(metrics))
-    out = Path(out_dir)
     table = comparison_table(results, metrics).drop(columns=["task", "backbone", "shots"], errors="ignore")
-    write_csv(out / "summary.csv", summary)  # every method's per-fold rows in one table
-    write_csv(out / "results.csv", results)
-    write_csv(out / "comparison.csv", table)
-    write_text_atomic(out / "comparison.md", markdown(table, title))
+    write_csv(outputs.summary, summary)
+    write_csv(outputs.results, results)
+    write_csv(outputs.comparison_csv, table)
+    write_text_atomic(outputs.comparison, markdown(table, title))
     return results
 
 
-def compare(results_files: Sequence[PathLike], task_type: str, out_csv: PathLike, out_md: PathLike, title: str) -> pd.DataFrame:
-    """Every method x backbone x shot count of a task side by side (the paper's Table 1 layout), mean ± std."""
-    metrics = _metric_names(task_type)
+def summarize(summary_files: Sequence[PathLike], metrics: Mapping[str, str], out_dir: PathLike,
+              title: str) -> pd.DataFrame:
+    """`write_summary` into `out_dir` under the usual names (SummaryOutputs.in_folder): a library convenience."""
+    return write_summary(summary_files, metrics, SummaryOutputs.in_folder(out_dir), title)
+
+
+def compare(results_files: Sequence[PathLike], metrics: Mapping[str, str], out_csv: PathLike, out_md: PathLike,
+            title: str) -> pd.DataFrame:
+    """Every method x backbone x shot count of a task side by side (the paper's Table 1 layout), mean ± std;
+    `metrics`: the task type's metric columns and their headers."""
     results = _read_all(results_files, "compare")
     table = comparison_table(results, metrics).sort_values(["shots", "backbone"], kind="stable")
     table = table[["method", "backbone", "shots", "folds", *metrics.values()]]

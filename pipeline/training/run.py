@@ -239,6 +239,6 @@ def train_task(
                      settings=settings.get(m), **kwargs)
         for m in methods
     ]
-    summarize([out / m / "summary.csv" for m in methods], task.type_name, out,
+    summarize([out / m / "summary.csv" for m in methods], task.metrics, out,
               f"{task.name}/{backbone_name}/{shots}shot")
     return pd.concat(summaries, ignore_index=True)

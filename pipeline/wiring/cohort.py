@@ -18,7 +18,7 @@ BUNDLED_SLIDE = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1
 def cohort_slides(config: dict[str, Any]) -> dict[str, str]:
     """slide_id -> slide path for the configured source, known before any job runs.
 
-    demo: generated slides under {output_dir}/demo/slides plus the bundled real slide. local: the user's sheet,
+    demo: generated slides (layout.DEMO_SLIDE) plus the bundled real slide. local: the user's sheet,
     validated now so a bad sheet stops the run before any work. gdc: the slides listed by the query checkpoint
     (empty here; the GDC rules add them once the manifest exists).
     """
@@ -27,7 +27,8 @@ def cohort_slides(config: dict[str, Any]) -> dict[str, str]:
     if source == "demo":
         d = config["demo"]
         slides = {
-            s.slide_id: f"{out}/demo/slides/{s.slide_id}.tiff" for s in demo_slides(d["classes"], d["slides_per_class"])
+            s.slide_id: f"{out}/{layout.DEMO_SLIDE.format(slide=s.slide_id)}"
+            for s in demo_slides(d["classes"], d["slides_per_class"])
         }
         if d.get("include_real", True):
             slides[BUNDLED_SLIDE.stem] = str(BUNDLED_SLIDE)
@@ -81,7 +82,7 @@ def sheet_inputs(config: dict[str, Any]) -> list[str]:
 
 
 def sheet_command(config: dict[str, Any], out: str, python: str = "python") -> str:
-    """The command writing {output_dir}/cohort/sheet.csv (pipeline.sheet.SHEET_COLUMNS) for the source, run by
+    """The command writing the cohort sheet (layout.SHEET; pipeline.sheet.SHEET_COLUMNS) for the source, run by
     `python` (flags.python_command)."""
     if config["source"] == "local":
         local = config["local"]
@@ -91,13 +92,13 @@ def sheet_command(config: dict[str, Any], out: str, python: str = "python") -> s
         )
     if config["source"] == "gdc":
         return (
-            f"{python} -m pipeline local-sheet --sheet {shlex.quote(out + '/gdc/cohort.csv')} "
+            f"{python} -m pipeline local-sheet --sheet {shlex.quote(out + '/' + layout.GDC_COHORT)} "
             f"--slides-dir {shlex.quote(config['gdc']['slides_dir'])} --allow-missing-files"
         )
     d = config["demo"]
     extra = f" --extra {BUNDLED_SLIDE.stem}={shlex.quote(str(BUNDLED_SLIDE))}" if d.get("include_real", True) else ""
     return (
-        f"{python} -m pipeline demo sheet --slides-dir {shlex.quote(out + '/demo/slides')} "
+        f"{python} -m pipeline demo sheet --slides-dir {shlex.quote(out + '/' + layout.DEMO_SLIDES_DIR)} "
         f"--classes {' '.join(d['classes'])} --slides-per-class {d['slides_per_class']} --seed {d['seed']}{extra}"
     )
 

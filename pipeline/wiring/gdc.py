@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.formats import PathLike
+from pipeline.wiring import layout
 
 
 def client_args(gdc: dict[str, Any]) -> str:
@@ -42,3 +43,14 @@ def cohort_slide_ids(cohort_csv: PathLike) -> list[str]:
         if "slide_id" not in (reader.fieldnames or []):
             raise PipelineError(f"cohort sheet {path} has no slide_id column")
         return [row["slide_id"] for row in reader]
+
+
+def slide_pattern(gdc: dict[str, Any]) -> str:
+    """Where a downloaded slide lies, with the `{slide}` wildcard: layout.GDC_SLIDE under `gdc.slides_dir` (the
+    download rule's output, and every rule reading a GDC slide)."""
+    return f"{gdc['slides_dir']}/{layout.GDC_SLIDE}"
+
+
+def slide_file(gdc: dict[str, Any], slide: str) -> str:
+    """The downloaded file of `slide` (slide_pattern filled in)."""
+    return f"{gdc['slides_dir']}/{layout.GDC_SLIDE.format(slide=slide)}"

@@ -6,6 +6,19 @@ the output folder and hand the package explicit file lists, so no stage rebuilds
 
 from __future__ import annotations
 
+#: the demo's generated slides; the GDC's downloads go to `gdc.slides_dir` (not the output folder) as GDC_SLIDE
+DEMO_SLIDES_DIR = "demo/slides"
+DEMO_SLIDE = DEMO_SLIDES_DIR + "/{slide}.tiff"
+GDC_SLIDE = "{slide}.svs"
+#: the GDC query: its manifest, the labelled cohort sheet and a summary
+GDC_MANIFEST = "gdc/manifest.tsv"
+GDC_COHORT = "gdc/cohort.csv"
+GDC_SUMMARY = "gdc/summary.json"
+TISSUE_MASK = "tissue/{slide}.png"
+TISSUE_GEOJSON = "tissue/{slide}.geojson"
+TISSUE_STATS = "tissue/{slide}.json"
+QC_TISSUE = "qc/tissue/{slide}.png"
+QC_PATCHES = "qc/patches/{slide}.png"
 PATCHES = "patches/{slide}.h5"
 FEATURES_5X = "features/{backbone}/{backbone}_5x/{slide}.h5"
 FEATURES_20X = "features/{backbone}/{backbone}_20x/{slide}.h5"
@@ -40,11 +53,14 @@ METHOD_ATTRIBUTES = METHOD_DIR + "/attributes.csv"
 RESULTS = RUN_DIR + "/results.csv"
 RUN_SUMMARY = RUN_DIR + "/summary.csv"
 RUN_COMPARISON = RUN_DIR + "/comparison.md"
+RUN_COMPARISON_CSV = RUN_DIR + "/comparison.csv"
 TASK_COMPARISON = "models/{task}/comparison.md"
 TASK_COMPARISON_CSV = "models/{task}/comparison.csv"
-#: the reports stage: one text per case in REPORTS_DIR ({case}.txt, GDC PDFs in pdf/), and its index table
-REPORTS_DIR = "reports"
-REPORTS_INDEX = REPORTS_DIR + "/index.csv"
+#: the reports stage: its index table, one text per case in REPORTS_TEXTS ({case}.txt), and the GDC's report PDFs
+#: in REPORTS_PDF (a download cache, kept across reruns, so not an output)
+REPORTS_INDEX = "reports/index.csv"
+REPORTS_TEXTS = "reports/texts"
+REPORTS_PDF = "reports/pdf"
 DEMO_REPORTS = "demo/reports.csv"
 DEMO_DESCRIPTIONS = "demo/descriptions.csv"
 #: a FiVE task's checked question set, its descriptions, the cases without one, and the LLM's per-case answers
@@ -54,7 +70,12 @@ DESCRIPTIONS = DESCRIPTIONS_DIR + "/descriptions.csv"
 DESCRIPTIONS_FAILED = DESCRIPTIONS_DIR + "/failed.csv"
 DESCRIPTIONS_CACHE = DESCRIPTIONS_DIR + "/cache"
 PREDICT_DIR = "predictions/{task}/{backbone}/{run}/{method}"
+#: prediction: the table, the slides that could not be scored, and per slide the files of pipeline.explain.slide_outputs
 PREDICTIONS = PREDICT_DIR + "/predictions.csv"
+PREDICT_UNSCORED = PREDICT_DIR + "/unscored.csv"
+PREDICT_TOP_PATCHES = PREDICT_DIR + "/top_patches"
+PREDICT_OVERLAYS = PREDICT_DIR + "/overlays"
+PREDICT_HEATMAPS = PREDICT_DIR + "/heatmaps"
 PREDICT_GALLERY = PREDICT_DIR + "/gallery"
 STATUS_DIR = "status"
 STATUS_TABLE = "status.csv"

@@ -22,7 +22,7 @@ rule dataset:
         runtime=10,
     params:
         labels=ws.dataset_labels(config),
-        status=f"{OUT}/status",
+        status=out(layout.STATUS_DIR),
         min_patches=config["cohort"]["min_patches"],
         survival="--survival" if ws.has_survival(config) else "",
     shell:
@@ -42,44 +42,6 @@ rule splits:
         f"{OUT}/logs/splits/{{task}}_{{split}}.log",
     benchmark:
         f"{OUT}/benchmarks/splits/{{task}}_{{split}}.tsv"
-    wildcard_constraints:
-        split=r"\d+",
-    conda:
-        "../../envs/preprocess.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    params:
-        out_dir=lambda wildcards, output: str(Path(output.meta).parent.parent),
-        folds=config["cohort"]["folds"],
-        val_frac=config["cohort"]["val_frac"],
-        test_frac=config["cohort"]["test_frac"],
-        seed=config["cohort"]["seed"],
-        labels=lambda wildcards: TASKS[wildcards.task]["labels"],
-        tree=lambda wildcards: ws.task_type(TASKS[wildcards.task]).split_tree_args(TASKS[wildcards.task]),
-        import_from=config["cohort"]["import_splits"],
-        overlap="--allow-case-overlap" if config["cohort"]["allow_case_overlap"] else "",
-    shell:
-        "$HIVE_PYTHON -m pipeline splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
-        "--task {wildcards.task:q} --shots {wildcards.split:q} --folds {params.folds} --val-frac {params.val_frac} "
-        "--test-frac {params.test_frac} --seed {params.seed} --labels {params.labels:q} "
-        "--label-tree {params.tree:q} --ignore-other-labels --import-from {params.import_from:q} {params.overlap} "
-        "> {log:q} 2>&1"
-
-
-rule survival_splits:
-    input:
-        dataset=rules.dataset.output.dataset,
-    output:
-        splits=expand(out(layout.SPLIT), k=range(config["cohort"]["folds"]), allow_missing=True),
-        meta=out(layout.SPLITS_META),
-    log:
-        f"{OUT}/logs/splits/{{task}}_{{split}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/splits/{{task}}_{{split}}.tsv"
-    wildcard_constraints:
-        split=r"cv\d+",
     conda:
         "../../envs/model.yaml"
     threads: 1
@@ -87,14 +49,11 @@ rule survival_splits:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wildcards, output: str(Path(output.meta).parent),
-        folds=config["cohort"]["folds"],
-        seed=config["cohort"]["seed"],
-        bins=lambda wildcards: ws.task_type(TASKS[wildcards.task]).settings_of(TASKS[wildcards.task]).bins,
-        labels=lambda wildcards: TASKS[wildcards.task]["labels"],
+        # the task type's split command and its flags (few-shot draws, survival folds, ...): its module's choice
+        split_command=lambda wildcards: ws.split_command(TASKS[wildcards.task], config["cohort"], wildcards.split),
     shell:
-        "$HIVE_PYTHON -m pipeline survival-splits --dataset {input.dataset:q} --out-dir {params.out_dir:q} "
-        "--folds {params.folds} --seed {params.seed} --bins {params.bins} --labels {params.labels:q} > {log:q} 2>&1"
+        "$HIVE_PYTHON -m pipeline {params.split_command} --dataset {input.dataset:q} --out {output.splits:q} "
+        "--meta {output.meta:q} > {log:q} 2>&1"
 
 
 rule check_prompts:

@@ -85,7 +85,7 @@ def usable_ids():
 
     Per-slide rules still retry failed slides, so after a `--keep-going` run that lost a few, the next run trains on
     the rest."""
-    status_dir = f"{OUT}/{layout.STATUS_DIR}"
+    status_dir = out(layout.STATUS_DIR)
     left = set(status.left_out(status_dir))
     left -= ws.retried_by_overrides(status_dir, config["mpp_overrides"])  # fixed by an override: retried now
     return [s for s in cohort_ids() if s not in left]
@@ -93,7 +93,7 @@ def usable_ids():
 
 def slide_file(slide):
     if config["source"] == "gdc":
-        return f"{config['gdc']['slides_dir']}/{slide}.svs"
+        return gdc_wiring.slide_file(config["gdc"], slide)
     return COHORT[slide]
 
 

@@ -33,7 +33,7 @@ if not CHUNKED:
             weights=backbone_param("weights"),
             tokenizer=backbone_param("tokenizer"),
             options=EXTRACT_FLAGS,
-            status=f"{OUT}/status",
+            status=out(layout.STATUS_DIR),
         shell:
             "$HIVE_PYTHON -m pipeline extract --slide {input.slide:q} --slide-id {wildcards.slide:q} "
             "--patches {input.patches:q} --backbone {wildcards.backbone:q} --weights={params.weights:q} "
@@ -67,7 +67,7 @@ else:
             ids=lambda wildcards: extract_chunks()[wildcards.chunk],
             backbones=flags.chunk_backbone_flags({k: v for k, v in BACKBONES.items() if k not in ADAPTED}),
             options=EXTRACT_FLAGS,
-            status=f"{OUT}/status",
+            status=out(layout.STATUS_DIR),
         shell:
             "$HIVE_PYTHON -m pipeline extract-chunk --slides {input.slides:q} --slide-ids {params.ids:q} "
             "--patches {input.patches:q} {params.backbones} {params.options} --threads {threads} "
@@ -93,7 +93,7 @@ else:
             mem_mb=1000,
             runtime=5,
         params:
-            status=f"{OUT}/status",
+            status=out(layout.STATUS_DIR),
         shell:
             "$HIVE_PYTHON -m pipeline take-features --chunk-dir {input.chunk:q} --backbone {wildcards.backbone:q} "
             "--slide-id {wildcards.slide:q} --status-dir {params.status:q} --out-5x {output.x5:q} "

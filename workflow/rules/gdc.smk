@@ -1,9 +1,12 @@
 # GDC source: the query checkpoint writes manifest.tsv and the labelled cohort sheet; then one verified,
 # resumable download per slide, at most `gdc.concurrent_downloads` at once (resource gdc_conn).
 from pipeline.wiring import gdc as gdc_wiring
+from pipeline.wiring import layout
 
 GDC = config["gdc"]
-GDC_SLIDES = GDC["slides_dir"]
+# Paths from pipeline.wiring.layout, spelled out here rather than by common.smk's out(): this file is also included
+# alone (with OUT defined), as tests/test_gdc.py does.
+GDC_STATUS = f"{OUT}/{layout.STATUS_DIR}"
 
 
 # $HIVE_PYTHON is the interpreter common.smk's shell prefix sets; `python` where this file is included alone.
@@ -30,9 +33,9 @@ checkpoint gdc_query:
     input:
         gdc_wiring.query_inputs(GDC),
     output:
-        manifest=f"{OUT}/gdc/manifest.tsv",
-        cohort=f"{OUT}/gdc/cohort.csv",
-        summary=f"{OUT}/gdc/summary.json",
+        manifest=f"{OUT}/{layout.GDC_MANIFEST}",
+        cohort=f"{OUT}/{layout.GDC_COHORT}",
+        summary=f"{OUT}/{layout.GDC_SUMMARY}",
     log:
         f"{OUT}/logs/gdc_query/query.log",
     benchmark:
@@ -57,7 +60,7 @@ rule gdc_download:
         # ancient: a rerun of the query must not make every downloaded slide look outdated
         manifest=ancient(rules.gdc_query.output.manifest),
     output:
-        f"{GDC_SLIDES}/{{slide}}.svs",
+        gdc_wiring.slide_pattern(GDC),
     log:
         f"{OUT}/logs/gdc_download/{{slide}}.log",
     benchmark:
@@ -71,7 +74,7 @@ rule gdc_download:
         gdc_conn=1,
     params:
         client=gdc_wiring.client_args(GDC),
-        status=f"{OUT}/status",
+        status=GDC_STATUS,
     shell:
         "${{HIVE_PYTHON:-python}} -m pipeline gdc-download --manifest {input.manifest:q} --slide {wildcards.slide:q} --out {output:q} "
         "--status-dir {params.status:q} {params.client} > {log:q} 2>&1"

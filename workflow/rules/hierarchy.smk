@@ -25,7 +25,7 @@ rule hierarchy:
     params:
         misaligned=config["hierarchy"]["misaligned"],
         seed=config["hierarchy"]["seed"],
-        status=f"{OUT}/status",
+        status=out(layout.STATUS_DIR),
     shell:
         "$HIVE_PYTHON -m pipeline hierarchy --features-5x {input.x5:q} --features-20x {input.x20:q} --out {output.h5:q} "
         "--report {log.report:q} --misaligned {params.misaligned} --seed {params.seed} "

@@ -66,6 +66,7 @@ rule summarize:
             labels={"task": "{task}", "backbone": "{backbone}", "run": "{run}", "table": "results"},
         ),
         comparison=out(layout.RUN_COMPARISON),
+        comparison_csv=out(layout.RUN_COMPARISON_CSV),
         summary=out(layout.RUN_SUMMARY),
     log:
         f"{OUT}/logs/summarize/{{task}}/{{backbone}}/{{run}}.log",
@@ -79,10 +80,10 @@ rule summarize:
         runtime=5,
     params:
         task_type=lambda wildcards: TASKS[wildcards.task]["type"],
-        out_dir=lambda wildcards, output: str(Path(output.results).parent),
     shell:
         "$HIVE_PYTHON -m pipeline summarize --summaries {input.summaries:q} --task-type {params.task_type} "
-        "--title {wildcards.task:q}/{wildcards.backbone:q}/{wildcards.run:q} --out-dir {params.out_dir:q} "
+        "--title {wildcards.task:q}/{wildcards.backbone:q}/{wildcards.run:q} --results {output.results:q} "
+        "--comparison {output.comparison:q} --comparison-csv {output.comparison_csv:q} --summary {output.summary:q} "
         "> {log:q} 2>&1"
 
 
@@ -132,6 +133,10 @@ rule predict:
             subcategory="{task}",
             labels={"backbone": "{backbone}", "run": "{run}", "method": "{method}", "map": "{name}"},
         ),
+        unscored=out(layout.PREDICT_UNSCORED),
+        top_patches=directory(out(layout.PREDICT_TOP_PATCHES)),
+        overlays=directory(out(layout.PREDICT_OVERLAYS)),
+        heatmaps=directory(out(layout.PREDICT_HEATMAPS)),
     log:
         f"{OUT}/logs/predict/{{task}}/{{backbone}}/{{run}}/{{method}}.log",
     benchmark:
@@ -143,7 +148,6 @@ rule predict:
         mem_mb=16000,
         runtime=60,
     params:
-        out_dir=lambda wildcards, output: str(Path(output.predictions).parent),
         top_n=config["predict"]["top_n"],
         heatmap=flags.heatmap_flags(config["predict"]),
         device=config["train"]["device"],
@@ -151,7 +155,8 @@ rule predict:
         "$HIVE_PYTHON -m pipeline predict --checkpoints {input.checkpoints:q} --features-5x {input.features_5x:q} "
         "--hierarchical {input.hierarchical:q} --backbone {wildcards.backbone:q} --slides {input.slides:q} "
         "--patches {input.patches:q} --top-n {params.top_n} {params.heatmap} --device {params.device:q} --threads {threads} "
-        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "--predictions {output.predictions:q} --unscored {output.unscored:q} --top-patches {output.top_patches:q} "
+        "--overlays {output.overlays:q} --heatmaps {output.heatmaps:q} --gallery {output.gallery:q} > {log:q} 2>&1"
 
 
 rule train_all:

@@ -45,6 +45,7 @@ rule reports:
         table=ws.reports_table(config, OUT),
     output:
         index=out(layout.REPORTS_INDEX),
+        texts=directory(out(layout.REPORTS_TEXTS)),
     log:
         f"{OUT}/logs/reports/reports.log",
     benchmark:
@@ -59,11 +60,11 @@ rule reports:
     params:
         source=REPORTS_SOURCE,
         table=lambda wildcards, input: flags.report_table_flags(input.table),
-        out_dir=lambda wildcards, output: str(Path(output.index).parent),  # layout.REPORTS_DIR
+        pdf_dir=out(layout.REPORTS_PDF),  # the GDC's report PDFs: a download cache kept across reruns, not an output
         client=gdc_wiring.client_args(config["gdc"]),
     shell:
         "$HIVE_PYTHON -m pipeline reports --source {params.source} --sheet {input.sheet:q} {params.table} "
-        "--out-dir {params.out_dir:q} --index {output.index:q} {params.client} > {log:q} 2>&1"
+        "--texts {output.texts:q} --index {output.index:q} --pdf-dir {params.pdf_dir:q} {params.client} > {log:q} 2>&1"
 
 
 rule descriptions:

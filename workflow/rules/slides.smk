@@ -3,7 +3,7 @@
 
 rule demo_slide:
     output:
-        f"{OUT}/demo/slides/{{slide}}.tiff",
+        out(layout.DEMO_SLIDE),
     log:
         f"{OUT}/logs/demo_slide/{{slide}}.log",
     benchmark:
@@ -30,7 +30,7 @@ rule cohort_sheet:
     input:
         sheet_inputs,
     output:
-        f"{OUT}/cohort/sheet.csv",
+        out(layout.SHEET),
     log:
         f"{OUT}/logs/cohort_sheet/sheet.log",
     benchmark:
@@ -51,11 +51,11 @@ rule segment:
     input:
         slide=slide_path,
     output:
-        mask=f"{OUT}/tissue/{{slide}}.png",
-        geojson=f"{OUT}/tissue/{{slide}}.geojson",
-        stats=f"{OUT}/tissue/{{slide}}.json",
+        mask=out(layout.TISSUE_MASK),
+        geojson=out(layout.TISSUE_GEOJSON),
+        stats=out(layout.TISSUE_STATS),
         qc=report(
-            f"{OUT}/qc/tissue/{{slide}}.png",
+            out(layout.QC_TISSUE),
             caption="../report/qc_tissue.rst",
             category="Quality control",
             subcategory="Tissue segmentation",
@@ -75,7 +75,7 @@ rule segment:
         overrides=mpp_override_args,
         tissue=flags.tissue_flags(config["tissue"]),
         reader=READER,
-        status=f"{OUT}/status",
+        status=out(layout.STATUS_DIR),
     shell:
         "$HIVE_PYTHON -m pipeline segment --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
         "--reader {params.reader} "
@@ -89,9 +89,9 @@ rule patch:
         geojson=rules.segment.output.geojson,
         stats=rules.segment.output.stats,
     output:
-        h5=f"{OUT}/{layout.PATCHES}",
+        h5=out(layout.PATCHES),
         qc=report(
-            f"{OUT}/qc/patches/{{slide}}.png",
+            out(layout.QC_PATCHES),
             caption="../report/qc_patches.rst",
             category="Quality control",
             subcategory="Patching",
@@ -112,7 +112,7 @@ rule patch:
         size=config["patching"]["patch_size"],
         frac=config["patching"]["min_tissue_fraction"],
         reader=READER,
-        status=f"{OUT}/status",
+        status=out(layout.STATUS_DIR),
     shell:
         "$HIVE_PYTHON -m pipeline patch --slide {input.slide:q} --slide-id {wildcards.slide:q} {params.overrides} "
         "--reader {params.reader} "
