@@ -85,7 +85,7 @@ def test_slurm_profile_asks_for_one_gpu(slurm_dry_run, rule):
     for job in jobs:
         res = resources_of(job)
         print(f"{rule}: {job.get('output')}\n    {job['resources']}")
-        # the plugin turns these into: -p gpu --gpus=1 --cpus-per-gpu=N (see README, "Running on a cluster")
+        # the plugin turns these into: -p gpu --gpus=1 --cpus-per-gpu=N (see docs/slurm.md)
         assert res["slurm_partition"] == "gpu" and res["gpu"] == "1", res
         assert int(res["cpus_per_gpu"]) >= 1, res
 
