@@ -96,3 +96,39 @@ def test_the_checks_catch_mistakes(tmp_path):
     assert module_exists("pipeline.training.registry.register_method")
     assert not module_exists("pipeline.training.no_such_module")
     assert not module_exists("pipeline.training.registry.no_such_name")
+
+
+#: a generated settings table in the docs: `<!-- settings: NAME -->` ... `<!-- end settings -->`
+SETTINGS_BLOCK = re.compile(r"(<!-- settings: (\w+) -->\n)(.*?)(<!-- end settings -->)", re.DOTALL)
+
+
+def regenerate_settings_tables(text: str) -> str:
+    """The page with every settings block filled from its method's or task type's dataclass (`methods --settings`)."""
+    from pipeline.commands.methods import settings_table
+
+    return SETTINGS_BLOCK.sub(lambda m: f"{m.group(1)}{settings_table(m.group(2))}\n{m.group(4)}", text)
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.rglob("*.md")), ids=lambda p: p.name)
+def test_settings_tables_in_the_docs_are_the_dataclasses(page):
+    """The docs' settings tables are generated from the settings dataclasses (their one home) and kept equal;
+    `HIVE_WRITE_DOCS=1 pytest tests/test_docs.py` rewrites them after a change."""
+    import os
+
+    text = page.read_text(encoding="utf-8")
+    fresh = regenerate_settings_tables(text)
+    if fresh != text and os.environ.get("HIVE_WRITE_DOCS"):
+        page.write_text(fresh, encoding="utf-8")
+        return
+    assert fresh == text, f"{page.name}: a settings table differs from its dataclass (HIVE_WRITE_DOCS=1 rewrites it)"
+
+
+def test_every_method_and_task_type_with_settings_has_a_table_in_the_docs():
+    from pipeline.settings import describe
+    from pipeline.training.methods import get_method, list_methods
+    from pipeline.training.tasks import get_task_type, list_task_types
+
+    documented = {m.group(2) for page in DOCS.rglob("*.md") for m in SETTINGS_BLOCK.finditer(page.read_text())}
+    with_settings = {n for n in list_methods() if describe(get_method(n).Settings)}
+    with_settings |= {n for n in list_task_types() if describe(get_task_type(n).Settings)}
+    assert with_settings <= documented, sorted(with_settings - documented)
