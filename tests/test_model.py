@@ -674,8 +674,8 @@ def test_config_train_section_round_trips_through_the_cli_flags():
     from pipeline.commands import train as train_cmd
     from pipeline.settings import parse_assignments
     from pipeline.training.methods import method_settings
-    from pipeline.wiring.cohort import method_settings_flags
-    from pipeline.wiring.flags import train_flags
+    from pipeline.wiring.cohort import method_settings as checked_settings
+    from pipeline.wiring.flags import method_settings_flags, train_flags
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
     section = {**config["train"], "epochs": 7, "best_epoch": "first",
@@ -685,13 +685,13 @@ def test_config_train_section_round_trips_through_the_cli_flags():
     train_cmd.add_arguments(parser)
     required = "--task t --method hivemil --dataset d --splits s --prompts p --features-5x a --hierarchical b "
     required += "--backbone tiny --out-dir o"
-    flags = train_flags(section) + " " + method_settings_flags(config, "hivemil")
+    flags = train_flags(section) + " " + method_settings_flags(checked_settings(config)["hivemil"])
     args = parser.parse_args(shlex.split(required) + shlex.split(flags))
     assert args.epochs == 7 and args.lr == section["lr"] and args.best_epoch == "first"
     settings = method_settings("hivemil", parse_assignments(args.method_settings, "test"))
     assert settings.htcl_negatives is False and settings.hier_attention == "dense" and settings.top_k_5x == 3
     assert settings.top_k_20x == 100  # a setting left out keeps its default
-    assert method_settings_flags(config, "abmil_5x") == ""  # other methods' jobs do not see HiVE-MIL's settings
+    assert "abmil_5x" not in checked_settings(config)  # other methods' jobs do not see HiVE-MIL's settings
 
 
 def test_zeroshot_reads_the_text_embeddings_file_and_refuses_other_prompts(tmp_path, backbone):

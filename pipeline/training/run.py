@@ -143,7 +143,7 @@ def train_method(
     runner: Method = get_method(method)(cfg, task, settings)
     device = resolve_device(cfg.device)
     store = task.bags(FeatureStore(features, cfg.cache_gb * 1e9))  # slides, or a survival task's patients
-    run = task.runs.run_names({"shots": [shots]}, len(split_files))[0]
+    run = task.runs.run_name(shots, len(split_files))
     title = title or f"{task.name}/{backbone_name}/{run}/{method}"
     folds = sorted(((fold_of(f), Path(f)) for f in split_files), key=lambda item: item[0])
     if not folds:

@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.demo_cohort import demo_slides
 from pipeline.labels import LabelTree
 from pipeline.wiring import layout
+from pipeline.wiring.flags import quote_flags
 
 #: the real slide bundled for the demo (see pipeline/data/slides/SOURCES.md).
 BUNDLED_SLIDE = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -229,7 +230,7 @@ def split_command(task: dict[str, Any], cohort: dict[str, Any], split: str) -> s
     type (`split_command`, `split_arguments`) and config.yaml's `cohort:` section."""
     kind = task_type(task)
     count = int(split.removeprefix("cv"))
-    return kind.split_command + " " + _quote(kind.split_arguments(task, cohort, count))
+    return kind.split_command + " " + quote_flags(kind.split_arguments(task, cohort, count))
 
 
 # --- settings of methods and task types (each in its own module's dataclass) ----------------------------------
@@ -246,15 +247,6 @@ def method_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: dict(values or {}) for name, values in section.items()}
 
 
-def method_settings_flags(config: dict[str, Any], method: str) -> str:
-    """The train command's `--method-settings key=value ...` of one method (only its own: changing one method's
-    settings reruns that method's jobs only)."""
-    from pipeline.settings import to_assignments
-
-    values = method_settings(config).get(method) or {}
-    return _quote(["--method-settings", *to_assignments(values)]) if values else ""
-
-
 def settings_of_task(task: dict[str, Any]) -> dict[str, Any]:
     """A task's `settings:`, checked against its type's Settings dataclass now."""
     from pipeline.training.tasks.base import task_settings
@@ -262,17 +254,6 @@ def settings_of_task(task: dict[str, Any]) -> dict[str, Any]:
     values = dict(task.get("settings") or {})
     task_settings(task_type(task), values, task["name"])
     return values
-
-
-def task_settings_flags(task: dict[str, Any]) -> str:
-    """The train command's `--task-settings key=value ...` of a task."""
-    from pipeline.settings import to_assignments
-
-    return _quote(["--task-settings", *to_assignments(task["settings"])]) if task.get("settings") else ""
-
-
-def _quote(flags: list[Any]) -> str:
-    return " ".join(shlex.quote(str(f)) for f in flags)
 
 
 def _check_methods(task: dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ from pipeline.mpp_overrides import read_mpp_overrides
 JOB_KEYS = ("threads", "method_settings")
 
 
-def _quote(flags: list[Any]) -> str:
+def quote_flags(flags: list[Any]) -> str:
+    """Command-line items, each shell-quoted, as one string."""
     return " ".join(shlex.quote(str(f)) for f in flags)
 
 
@@ -35,7 +36,7 @@ def tissue_flags(tissue: dict[str, Any]) -> str:
     ]  # fmt: skip
     if not tissue["use_otsu"]:
         flags.append("--no-otsu")
-    return _quote(flags)
+    return quote_flags(flags)
 
 
 def mpp_override_flags(overrides_csv: str, slide_id: str) -> str:
@@ -66,7 +67,7 @@ def heatmap_flags(predict: dict[str, Any]) -> str:
 
 def extract_flags(features: dict[str, Any], reader: str) -> str:
     """Flags shared by the extract and extract-chunk commands, from the config's `features` and `slides.reader`."""
-    return _quote(["--batch-size", features["batch_size"], "--workers", features["num_workers"],
+    return quote_flags(["--batch-size", features["batch_size"], "--workers", features["num_workers"],
                    "--on-read-error", features["on_read_error"], "--device", features["device"],
                    "--seed", features["seed"], "--reader", reader])
 
@@ -86,9 +87,9 @@ def chunk_backbone_flags(backbones: dict[str, dict[str, Any]]) -> str:
     empty weights or tokenizer entry keeps its place)."""
     names = list(backbones)
     return " ".join([
-        "--backbones", _quote(names),
-        "--weights", _quote([backbones[n]["weights"] for n in names]),
-        "--tokenizers", _quote([backbones[n]["tokenizer"] for n in names]),
+        "--backbones", quote_flags(names),
+        "--weights", quote_flags([backbones[n]["weights"] for n in names]),
+        "--tokenizers", quote_flags([backbones[n]["tokenizer"] for n in names]),
     ])  # fmt: skip
 
 
@@ -103,24 +104,39 @@ def llm_flags(llm: dict[str, Any]) -> str:
         flags += ["--key-file", llm["key_file"]]
     if not llm["json_mode"]:
         flags.append("--no-json-mode")
-    return _quote(flags)
+    return quote_flags(flags)
 
 
 def description_source_flags(inputs: Mapping[str, Any], llm: dict[str, Any], cache_dir: str) -> str:
     """--from-csv TABLE when the job checks a ready-made table, else the reports index, the cache and the LLM."""
     if "table" in inputs:
-        return _quote(["--from-csv", str(inputs["table"])])
-    return _quote(["--reports-index", str(inputs["reports"]), "--cache-dir", cache_dir]) + " " + llm_flags(llm)
+        return quote_flags(["--from-csv", str(inputs["table"])])
+    return quote_flags(["--reports-index", str(inputs["reports"]), "--cache-dir", cache_dir]) + " " + llm_flags(llm)
 
 
 def fine_grained_flags(inputs: Mapping[str, Any]) -> str:
     """The train command's --questions/--descriptions for a method that reads descriptions (FiVE), else ''."""
     if "descriptions" not in inputs:
         return ""
-    return _quote(["--questions", str(inputs["questions"]), "--descriptions", str(inputs["descriptions"])])
+    return quote_flags(["--questions", str(inputs["questions"]), "--descriptions", str(inputs["descriptions"])])
 
 
 def report_table_flags(table: Any) -> str:
     """The reports command's --table from the rule's table input (a list holding one path, or none for the GDC)."""
     paths = [table] if isinstance(table, str) else list(table)
-    return _quote(["--table", paths[0]]) if paths else ""
+    return quote_flags(["--table", paths[0]]) if paths else ""
+
+
+def method_settings_flags(values: dict[str, Any]) -> str:
+    """The train command's `--method-settings key=value ...` for one method's checked settings (only its own, so
+    changing one method's settings reruns that method's jobs only)."""
+    from pipeline.settings import to_assignments
+
+    return quote_flags(["--method-settings", *to_assignments(values)]) if values else ""
+
+
+def task_settings_flags(values: dict[str, Any]) -> str:
+    """The train command's `--task-settings key=value ...` for a task's checked settings."""
+    from pipeline.settings import to_assignments
+
+    return quote_flags(["--task-settings", *to_assignments(values)]) if values else ""

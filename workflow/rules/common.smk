@@ -19,6 +19,8 @@ REPO = workflow.basedir
 COHORT = ws.cohort_slides(config)
 SLIDES = sorted(COHORT)
 TASKS = ws.tasks(config)
+#: each method's settings from train.method_settings, checked against its Settings dataclass
+METHOD_SETTINGS = ws.method_settings(config)
 BACKBONES = pw.fill_hlss_weights(ws.backbones(config), OUT)
 #: `{vlm}_hlss` backbone -> its VLM; those pretrained here (no weights given) depend on the pretrain rule's checkpoint
 HLSS = pw.hlss_backbones(BACKBONES)

@@ -39,8 +39,8 @@ rule train:
         weights=backbone_param("weights"),
         tokenizer=backbone_param("tokenizer"),
         flags=flags.train_flags(config["train"]),
-        method_settings=lambda wildcards: ws.method_settings_flags(config, wildcards.method),
-        task_settings=lambda wildcards: ws.task_settings_flags(TASKS[wildcards.task]),
+        method_settings=lambda wildcards: flags.method_settings_flags(METHOD_SETTINGS.get(wildcards.method, {})),
+        task_settings=lambda wildcards: flags.task_settings_flags(TASKS[wildcards.task]["settings"]),
         fine_grained=lambda wildcards, input: flags.fine_grained_flags(dict(input.items())),
     shell:
         "$HIVE_PYTHON -m pipeline train --task {wildcards.task:q} --task-type {params.task_type} "

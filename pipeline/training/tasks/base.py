@@ -42,6 +42,10 @@ class RunScheme:
         """The run folders under models/{task}/{backbone}/."""
         return [self.run_format.format(n=n) for n in self.counts(task, folds)]
 
+    def run_name(self, shots: int | None, folds: int) -> str:
+        """The run folder of one training job: its shot count's, or its cross-validation's."""
+        return self.run_format.format(n=folds if self.cross_validated else shots)
+
     def count_of(self, run: str) -> int:
         match = re.fullmatch(self.regex(self.run_format), run)
         if not match:
