@@ -260,7 +260,7 @@ def _check_methods(task: dict[str, Any]) -> None:
     """Refuse, before any job runs, a method listed for a task type it does not support."""
     from pipeline.training.methods import get_method
 
-    wrong = [m for m in task["methods"] if task["type"] not in get_method(m).task_types]
+    wrong = [m for m in task["methods"] if not task_type(task).accepts(get_method(m))]
     if wrong:
         raise ValueError(
             f"config: task '{task['name']}' is {task['type']}, which method(s) {wrong} do not support "

@@ -18,8 +18,13 @@ def get_method(name: str) -> type:
 
 
 def list_methods(task_type: str | None = None) -> list[str]:
-    """Registered method names (for one task type if given), in registration order."""
-    return [n for n, cls in METHODS.items() if task_type is None or task_type in cls.task_types]
+    """Registered method names (of those a task type accepts, if given), in registration order."""
+    if task_type is None:
+        return list(METHODS)
+    from pipeline.training.tasks import get_task_type
+
+    accepts = get_task_type(task_type).accepts
+    return [n for n, cls in METHODS.items() if accepts(cls)]
 
 
 def method_settings(name: str, values: Any = None) -> Any:

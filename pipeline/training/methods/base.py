@@ -88,7 +88,7 @@ class Method:
 
     def __init__(self, config: "TrainConfig", task: "TaskType", settings: Any = None):
         """`settings`: an instance of the method's Settings, or a mapping of some of its fields (the rest default)."""
-        if task.type_name not in self.task_types:
+        if not task.accepts(type(self)):
             raise PipelineError(
                 f"method '{self.name}' does not support task '{task.name}' of type '{task.type_name}' "
                 f"(it supports {list(self.task_types)})"

@@ -94,6 +94,14 @@ class TaskType:
     default_methods: ClassVar[tuple[str, ...]] = ()
     #: its own settings (a dataclass; config.yaml: the task's `settings:`)
     Settings: ClassVar[type] = NoSettings
+    #: a type whose methods this one also takes ("" = none): a new endpoint shaped like an existing one (its
+    #: targets, logits and outputs) trains the existing methods without a change to them
+    methods_of: ClassVar[str] = ""
+
+    @classmethod
+    def accepts(cls, method: type) -> bool:
+        """Whether registered method class `method` trains on tasks of this type."""
+        return cls.type_name in method.task_types or bool(cls.methods_of and cls.methods_of in method.task_types)
 
     name: str
     classes: list[str]
