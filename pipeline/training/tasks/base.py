@@ -119,9 +119,9 @@ class TaskType:
         return self.runs.cross_validated
 
     @classmethod
-    def split_arguments(cls, task: dict[str, Any], cohort: dict[str, Any]) -> list[Any]:
+    def split_arguments(cls, task: dict[str, Any], cohort: dict[str, Any], count: int) -> list[Any]:
         """The split command's flags beyond --dataset and its outputs, for one task (config.yaml's, defaults filled
-        in) and the config's `cohort:` section."""
+        in), the config's `cohort:` section and the run's count (its shots, or its folds)."""
         raise NotImplementedError
 
     @property
