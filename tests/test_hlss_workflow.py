@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import h5py
 import pandas as pd
+import pytest
 
 from conftest import run_snakemake
+
+pytestmark = pytest.mark.workflow
 
 CONFIG = {
     "demo": {"classes": ["glandular", "solid"], "slides_per_class": 4, "size_px": 2048, "include_real": False},
