@@ -7,18 +7,11 @@ import pandas as pd
 import pytest
 
 from conftest import run_snakemake
+from wf_configs import load_config
 
 pytestmark = pytest.mark.workflow
 
-CONFIG = {
-    "demo": {"classes": ["glandular", "solid"], "slides_per_class": 4, "size_px": 2048, "include_real": False},
-    "cohort": {"folds": 2, "val_frac": 0.25, "test_frac": 0.25},
-    "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1], "methods": ["hivemil"]}],
-    "features": {"backbones": [{"name": "tiny", "weights": "random"}, {"name": "tiny_hlss", "weights": ""}]},
-    "pretrain": {"steps": 10, "checkpoint_every": 5, "patients_per_step": 4, "tiles_per_slide": 8, "knn_k": 5,
-                 "knn_patches_per_slide": 16, "threads": 1},
-    "train": {"epochs": 2, "patience": 2, "n_ctx": 4},
-}
+CONFIG = load_config("two_slides", "hlss")
 
 
 def test_demo_like_run_pretrains_adapts_evaluates_and_trains_on_the_adapted_backbone(tmp_path):

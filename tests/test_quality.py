@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_snakemake
+from wf_configs import load_config
 
-SMALL_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 1, "size_px": 2048, "include_real": False},
-              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+SMALL_DEMO = load_config("two_slides")
 WORKFLOW_FILES = [REPO / "Snakefile", REPO / "workflow" / "rules"]
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from conftest import run_snakemake, snakemake_command, snakemake_env
+from wf_configs import load_config
 from wf_outputs import assert_same_results, mtimes, result_files, rewritten
 
 pytestmark = pytest.mark.workflow
 
-RERUN_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 1, "size_px": 2048, "include_real": False},
-              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+RERUN_DEMO = load_config("two_slides")
 SLIDES = ["demo_glandular_00", "demo_solid_00"]
 PATCHING_STAGE_RULES = {"demo_slide", "cohort_sheet", "segment", "patch", "patch_all"}
 #: output folders under results/ written by each rule of the patching stage

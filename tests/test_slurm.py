@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_snakemake
+from wf_configs import load_config
 from wf_outputs import assert_same_results
 
 CI_PROFILE = REPO / "tests" / "slurm_profile"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 WORKSTATION_PROFILE = REPO / "workflow" / "profiles" / "workstation"
-SLURM_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 1, "size_px": 2048, "include_real": False},
-              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+SLURM_DEMO = load_config("two_slides")
 SLIDES = ["demo_glandular_00", "demo_solid_00"]
 #: the patching stage of both slides, and one feature extraction (a GPU rule) to see a GPU request through SLURM
 TARGETS = ("patch_all", f"results/features/tiny/tiny_5x/{SLIDES[1]}.h5")

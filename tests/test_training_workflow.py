@@ -12,18 +12,12 @@ import pytest
 import yaml
 
 from conftest import REPO, run_snakemake
+from wf_configs import load_config
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 TINY = {"name": "tiny", "weights": "random"}
 QUILT = {"name": "quiltnet", "weights": "random"}
-SMALL = {
-    "demo": {"classes": ["glandular", "solid"], "slides_per_class": 4, "size_px": 2048, "include_real": False},
-    "cohort": {"folds": 2, "val_frac": 0.25, "test_frac": 0.25},
-    "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1],
-               "methods": ["hivemil", "abmil_5x", "zeroshot"]}],
-    "train": {"epochs": 2, "patience": 2, "n_ctx": 4},
-    "predict": {"heatmap_px": 300},  # small heatmaps: rendering is not what these tests check
-}
+SMALL = load_config("two_slides", "training")
 
 
 def dry_run_jobs(tmp_path: Path, config: dict, *targets: str) -> str:
