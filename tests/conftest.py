@@ -1,14 +1,18 @@
-"""Shared fixtures: one torch thread for tiny-tensor tests, the bundled real slide, the broken fixtures, a synthetic 40x-base slide, and a snakemake runner."""
+"""Shared fixtures: one torch thread for tiny-tensor tests, the bundled real slide, the broken fixtures, a synthetic
+40x-base slide, a snakemake runner, and the patched two-slide demo that several workflow test modules start from."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from wf_configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data" / "slides"
@@ -91,3 +95,34 @@ def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -
 @pytest.fixture
 def snakemake():
     return run_snakemake
+
+
+def copy_workdir(src: Path, dst: Path) -> Path:
+    """A copy of a workflow run's folder to change without touching the original: copytree keeps mtimes and the
+    .snakemake/ metadata, so Snakemake sees the copy as up to date exactly where the original is."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def two_slides_patched(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The two-slide demo (tests/configs/two_slides.yaml), default target run with --until patch_all: the patching
+    stage complete, nothing after it; the run's folder and its output. Shared by the session's workflow tests
+    (reruns, report, SLURM's local reference), which only read it or work on a copy_workdir of it."""
+    workdir = tmp_path_factory.mktemp("two_slides_patched")
+    proc = run_snakemake(workdir, load_config("two_slides"), "--until", "patch_all")
+    return workdir, proc
+
+
+#: the targets of the trained_demo run: every model and prediction, and the HLSS pretraining with its kNN table
+TRAINED_DEMO_TARGETS = ("train_all", "predict_all", "pretrain_all")
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory) -> Path:
+    """The demo-sized run that trains (tests/configs/trained_demo.yaml: eight slides, tiny + quiltnet + tiny_hlss)
+    through TRAINED_DEMO_TARGETS; its folder. One run for the session (minutes): the tests reading it must not
+    change it."""
+    workdir = tmp_path_factory.mktemp("trained_demo")
+    run_snakemake(workdir, load_config("two_slides", "training", "trained_demo"), *TRAINED_DEMO_TARGETS)
+    return workdir

@@ -6,17 +6,12 @@ import h5py
 import pandas as pd
 import pytest
 
-from conftest import run_snakemake
-from wf_configs import load_config
-
 pytestmark = pytest.mark.workflow
 
-CONFIG = load_config("two_slides", "hlss")
 
-
-def test_demo_like_run_pretrains_adapts_evaluates_and_trains_on_the_adapted_backbone(tmp_path):
-    run_snakemake(tmp_path, CONFIG, "pretrain_all", "results/models/demo/tiny_hlss/1shot/results.csv")
-    results = tmp_path / "results"
+def test_demo_like_run_pretrains_adapts_evaluates_and_trains_on_the_adapted_backbone(trained_demo):
+    """The session's trained_demo run (tests/configs/trained_demo.yaml), which pretrains tiny_hlss for 10 steps."""
+    results = trained_demo / "results"
     hlss = results / "pretrain" / "tiny_hlss"
     assert len(pd.read_csv(hlss / "losses.csv")) == 10 and (hlss / "loss.png").exists()
 

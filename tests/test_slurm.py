@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, copy_workdir, run_snakemake
 from wf_configs import load_config
 from wf_outputs import assert_same_results
 
@@ -122,8 +122,9 @@ def slurm_run(cluster, tmp_path_factory) -> tuple[Path, subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("local_run")
+def local_run(two_slides_patched, tmp_path_factory) -> Path:
+    """TARGETS run locally: a copy of the session's patched SLURM_DEMO, carried on through the one extraction."""
+    workdir = copy_workdir(two_slides_patched[0], tmp_path_factory.mktemp("local_run") / "run")
     run_snakemake(workdir, SLURM_DEMO, *TARGETS)
     return workdir
 

@@ -117,11 +117,11 @@ def test_duplicate_task_names_are_refused(tmp_path):
 
 
 @pytest.mark.workflow
-def test_two_backbones_train_every_method_and_write_the_cross_backbone_comparison(tmp_path):
-    """Extracted in chunk jobs of 4 slides, each parent decoded once for both backbones, through to prediction."""
-    config = {**SMALL, "features": {"backbones": [TINY, QUILT], "batch_size": 32, "slides_per_job": 4}}
-    run_snakemake(tmp_path, config, "train_all", "predict_all")
-    results = tmp_path / "results"
+def test_two_backbones_train_every_method_and_write_the_cross_backbone_comparison(trained_demo):
+    """Extracted in chunk jobs of 4 slides, each parent decoded once for both backbones, through to prediction (the
+    session's trained_demo run: SMALL with tiny and quiltnet, and tiny_hlss training HiVE-MIL only)."""
+    results = trained_demo / "results"
+    assert len(list((results / "benchmarks" / "extract" / "chunks").glob("*.tsv"))) == 8 // 4  # the chunk jobs
     for backbone in ("tiny", "quiltnet"):
         run = results / "models" / "demo" / backbone / "1shot"
         table = pd.read_csv(run / "results.csv")
@@ -132,7 +132,8 @@ def test_two_backbones_train_every_method_and_write_the_cross_backbone_compariso
             preds = pd.read_csv(results / "predictions" / "demo" / backbone / "1shot" / method / "predictions.csv")
             assert len(preds) == 8 and preds["n_models"].eq(2).all()
     comparison = pd.read_csv(results / "models" / "demo" / "comparison.csv")
-    assert len(comparison) == 6 and set(comparison["backbone"]) == {"tiny", "quiltnet"}
+    assert len(comparison) == 3 + 3 + 1 and set(comparison["backbone"]) == {"tiny", "quiltnet", "tiny_hlss"}
+    assert set(comparison["method"][comparison["backbone"] == "tiny_hlss"]) == {"hivemil"}
     assert comparison["AUC"].str.contains(" ± ").all()
     md = (results / "models" / "demo" / "comparison.md").read_text()
     assert "| hivemil | quiltnet | 1 |" in md and "| zeroshot | tiny | 1 |" in md
