@@ -1,14 +1,19 @@
-"""Shared fixtures: one torch thread for tiny-tensor tests, the bundled real slide, the broken fixtures, a synthetic 40x-base slide, and a snakemake runner."""
+"""Shared fixtures: one torch thread for tiny-tensor tests, the bundled real slide, the broken fixtures, a synthetic
+40x-base slide, a snakemake runner, and the patched two-slide demo that several workflow test modules start from."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from new_method import copy_repo_with_new_method
+from wf_configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data" / "slides"
@@ -64,7 +69,7 @@ def snakemake_env() -> dict[str, str]:
 PLAIN_BACKBONES = [{"name": "tiny", "weights": "random"}]
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str, cores: int = 2) -> list[str]:
+def snakemake_command(workdir: Path, config: dict, *args: str, cores: int = 2, repo: Path = REPO) -> list[str]:
     """The command running the repo's Snakefile in `workdir` with `config` (written there) merged over config.yaml.
 
     A non-empty config without `features.backbones` gets PLAIN_BACKBONES; `{}` runs the demo's config as it is."""
@@ -74,15 +79,20 @@ def snakemake_command(workdir: Path, config: dict, *args: str, cores: int = 2) -
     cfg = workdir / "test_config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     return [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
         "--configfile", str(cfg), "--cores", str(cores), *args,
     ]  # fmt: skip
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repo's Snakefile in `workdir` with `config` merged over config.yaml."""
-    cmd = snakemake_command(workdir, config, *args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env())
+def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True,
+                  repo: Path = REPO) -> subprocess.CompletedProcess:
+    """Run the Snakefile of `repo` (this repository, or a copy of it) in `workdir` with `config` merged over its
+    config.yaml; a copy's `pipeline` package is the one its jobs and its DAG import."""
+    cmd = snakemake_command(workdir, config, *args, repo=repo)
+    env = snakemake_env()
+    if repo != REPO:
+        env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -91,3 +101,36 @@ def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -
 @pytest.fixture
 def snakemake():
     return run_snakemake
+
+
+def copy_workdir(src: Path, dst: Path) -> Path:
+    """A copy of a workflow run's folder to change without touching the original: copytree keeps mtimes and the
+    .snakemake/ metadata, so Snakemake sees the copy as up to date exactly where the original is."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def two_slides_patched(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The two-slide demo (tests/configs/two_slides.yaml), default target run with --until patch_all: the patching
+    stage complete, nothing after it; the run's folder and its output. Shared by the session's workflow tests
+    (reruns, report, SLURM's local reference), which only read it or work on a copy_workdir of it."""
+    workdir = tmp_path_factory.mktemp("two_slides_patched")
+    proc = run_snakemake(workdir, load_config("two_slides"), "--until", "patch_all")
+    return workdir, proc
+
+
+#: the targets of the trained_demo run: every model and prediction, and the HLSS pretraining with its kNN table
+TRAINED_DEMO_TARGETS = ("train_all", "predict_all", "pretrain_all")
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory) -> Path:
+    """The demo-sized run that trains (tests/configs/trained_demo.yaml: eight slides, tiny + quiltnet + tiny_hlss)
+    through TRAINED_DEMO_TARGETS; its folder. One run for the session (minutes): the tests reading it must not
+    change it. It runs from a copy of the repository with one new method added as docs/contributing.md says
+    (tests/new_method.py), which it trains and predicts beside the shipped ones."""
+    workdir = tmp_path_factory.mktemp("trained_demo")
+    repo = copy_repo_with_new_method(tmp_path_factory.mktemp("repo_with_new_method"))
+    run_snakemake(workdir, load_config("two_slides", "training", "trained_demo"), *TRAINED_DEMO_TARGETS, repo=repo)
+    return workdir

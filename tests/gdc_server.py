@@ -5,7 +5,8 @@ out keys a record does not have, as the GDC does), sorts and pages with `size`/`
 `pagination.total`. `GET /data/{id}` serves the bytes with Content-Disposition and Content-Length,
 answers `Range: bytes=a-[b]` with 206 + Content-Range, and refuses controlled files without the right
 `X-Auth-Token`. Faults are queued per file id (or for /files) and consumed one per request. Every request is
-recorded so tests can say what the client sent. Used by tests/test_gdc.py and bench/download.py.
+recorded so tests can say what the client sent. Used by tests/test_gdc.py and bench/download.py; the socket and
+thread come from tests/loopback.py.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from loopback import LoopbackServer
 
 
 @dataclass
@@ -155,7 +157,7 @@ def _copy(src: Any, dst: Any, parts: list[str]) -> None:
         _copy(value, dst.setdefault(key, {}), parts[1:])
 
 
-class GdcServer:
+class GdcServer(LoopbackServer):
     """Start with `with GdcServer(files) as server:`; `server.url` is the API base."""
 
     def __init__(self, files: list[FakeFile], token: str | None = None):
@@ -165,23 +167,7 @@ class GdcServer:
         self.files_faults: list[Fault] = []
         self.always_corrupt: set[str] = set()
         self.requests: list[Seen] = []
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> "GdcServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(self._handler())
 
     def fault(self, file_id: str, *faults: Fault) -> None:
         self.data_faults.setdefault(file_id, []).extend(faults)

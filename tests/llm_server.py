@@ -4,18 +4,19 @@
 a `key`, a request without `Authorization: Bearer <key>` gets 401. Faults are queued and consumed one per request:
 `status` (code, optional Retry-After), `drop` (close the connection without answering), `sleep` (answer only after
 `seconds`, to make the client time out), `garbage` (an HTTP 200 whose body is not JSON). Every request is recorded.
-Used by tests/test_descriptions.py.
+Used by tests/test_descriptions.py; the socket and thread come from tests/loopback.py.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def last_user_message(body: dict[str, Any]) -> str:
     return user_messages(body)[-1]
 
 
-class LlmServer:
+class LlmServer(LoopbackServer):
     """Start with `with LlmServer(answer) as server:`; `server.url` is the base URL (ending in /v1)."""
 
     def __init__(self, answer: Callable[[dict[str, Any]], str], key: str | None = None, prefix: str = "/v1"):
@@ -50,23 +51,7 @@ class LlmServer:
         self.prefix = prefix
         self.faults: list[Fault] = []
         self.requests: list[Seen] = []
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}{self.prefix}"
-
-    def __enter__(self) -> "LlmServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(self._handler())
 
     def fault(self, *faults: Fault) -> None:
         with self._lock:

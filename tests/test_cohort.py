@@ -26,7 +26,6 @@ from pipeline.dataset import (
     survival_table,
     write_dataset,
 )
-from pipeline.formats import PatchGrid, write_features, write_hierarchical, write_patches
 from pipeline.prompt_files import (
     PromptError,
     check_prompts,
@@ -52,6 +51,8 @@ from pipeline.splits import (
     write_split_csv,
 )
 
+from cohorts import write_case_sheet, write_placeholder_features, write_placeholder_patches
+
 REPO = Path(__file__).resolve().parents[1]
 TASK_LABELS = {
     "demo": ["glandular", "solid"],
@@ -66,29 +67,16 @@ TASK_LABELS = {
 # --- cohorts built for the tests ------------------------------------------------------------------------------
 
 
-def write_cohort(path: Path, case_sizes: dict[str, list[int]]) -> Path:
-    """dataset.csv with, per label, cases of the given slide counts (e.g. {"A": [1, 2, 3]})."""
-    rows = []
-    for label, sizes in case_sizes.items():
-        for ci, size in enumerate(sizes):
-            case = f"{label}-case{ci:03d}"
-            rows += [{"case_id": case, "slide_id": f"{case}-s{si}", "label": label, "level0_mag": 40}
-                     for si in range(size)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
 def multi_slide_cohort(tmp_path: Path) -> Path:
     """Three classes of unequal size, cases with 1 to 3 slides (several slides per patient)."""
     rng = np.random.default_rng(0)
     sizes = {lab: [int(x) for x in rng.choice([1, 1, 2, 3], size=n)] for lab, n in (("A", 40), ("B", 25), ("C", 18))}
-    return write_cohort(tmp_path / "dataset.csv", sizes)
+    return write_case_sheet(tmp_path / "dataset.csv", sizes)
 
 
 def demo_like(tmp_path: Path) -> Path:
     """The demo cohort's shape: 8 slides per class, the first two of a class from one patient."""
-    return write_cohort(tmp_path / "dataset.csv", {"glandular": [2, 1, 1, 1, 1, 1, 1], "solid": [2, 1, 1, 1, 1, 1, 1]})
+    return write_case_sheet(tmp_path / "dataset.csv", {"glandular": [2, 1, 1, 1, 1, 1, 1], "solid": [2, 1, 1, 1, 1, 1, 1]})
 
 
 def target(frac: float, n: int) -> int:
@@ -99,16 +87,15 @@ def target(frac: float, n: int) -> int:
 
 
 def _patches(path: Path, mag: float | None) -> None:
-    attrs = {"mpp": 0.25} if mag is None else {"mpp": 0.25, "level0_magnification": mag}
-    write_patches(path, PatchGrid(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros(1), attrs))
+    """A one-patch file at 0.25 um/px, its level-0 magnification `mag` (None: not recorded)."""
+    write_placeholder_patches(path, mpp=0.25, **({} if mag is None else {"level0_magnification": mag}))
 
 
 def _features(root: Path, slide: str, hierarchical: bool = True) -> tuple[Path, Path]:
+    """A slide's one-row root/f5 file and (unless not `hierarchical`) its root/fh file."""
     f5 = root / "f5" / f"{slide}.h5"
     fh = root / "fh" / f"{slide}.h5"
-    write_features(f5, np.ones((1, 4)), np.zeros((1, 2)), {})
-    if hierarchical:
-        write_hierarchical(fh, np.ones((1, 16, 4)), np.zeros((1, 16, 2)), np.ones((1, 16), bool), {})
+    write_placeholder_features(f5, fh if hierarchical else None)
     return f5, fh
 
 
@@ -243,7 +230,7 @@ def test_read_dataset_survival_columns_are_floats_and_optional(tmp_path):
     ours = read_dataset(tmp_path / "ours.csv")
     assert ours["event"].tolist()[0] == 1.0 and math.isnan(ours["event"].tolist()[1])
     assert ours["time_days"].dtype == float and ours["slide_id"].tolist() == ["a", "b"]
-    hivemil = write_cohort(tmp_path / "hivemil.csv", {"A": [1, 2]})  # HiVE-MIL's own columns only
+    hivemil = write_case_sheet(tmp_path / "hivemil.csv", {"A": [1, 2]})  # HiVE-MIL's own columns only
     theirs = read_dataset(hivemil)
     assert "event" not in theirs.columns and len(theirs) == 3
     assert survival_table(theirs).empty and list(survival_table(theirs).columns) == [
@@ -254,7 +241,7 @@ def test_read_dataset_survival_columns_are_floats_and_optional(tmp_path):
 
 
 def test_splits_read_a_dataset_with_survival_columns(tmp_path):
-    ds = write_cohort(tmp_path / "dataset.csv", {"A": [1] * 8, "B": [1] * 8})
+    ds = write_case_sheet(tmp_path / "dataset.csv", {"A": [1] * 8, "B": [1] * 8})
     frame = pd.read_csv(ds, dtype=str)
     frame.assign(event=["1", ""] * 8, time_days=["12", ""] * 8).to_csv(ds, index=False)
     paths = make_splits(ds, folder_outputs(tmp_path / "splits", "t", [2], 2), "t", seed=1)
@@ -397,7 +384,7 @@ def test_demo_cohort_works_with_the_default_config_values(tmp_path):
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     per_class = config["demo"]["slides_per_class"]
-    ds = write_cohort(tmp_path / "dataset.csv", {lab: [2] + [1] * (per_class - 2) for lab in config["demo"]["classes"]})
+    ds = write_case_sheet(tmp_path / "dataset.csv", {lab: [2] + [1] * (per_class - 2) for lab in config["demo"]["classes"]})
     label_of = dict(zip(*pd.read_csv(ds, dtype=str)[["slide_id", "label"]].values.T))
     c = config["cohort"]
     expected = {"demo": (4, 2, 2), "demo_tree": (2, 1, 1)}  # (train, val, test) slides per class of the task
@@ -446,14 +433,14 @@ def test_too_few_slides_for_the_shots_names_the_class_and_counts(tmp_path):
     assert "class 'glandular' has 8 slide(s): 2 go to test and 2 to val" in msg
     assert "leaving 4 for training, fewer than the 8 shots asked" in msg
     assert not (tmp_path / "s").exists()  # nothing half-written
-    small = write_cohort(tmp_path / "small" / "dataset.csv", {"A": [1] * 10, "B": [1] * 2})
+    small = write_case_sheet(tmp_path / "small" / "dataset.csv", {"A": [1] * 10, "B": [1] * 2})
     with pytest.raises(NotEnoughSlidesError, match=r"class 'B' has 2 slide\(s\): 1 go to test and 1 to val"):
         make_splits(small, folder_outputs(tmp_path / "s2", "t", [1], 5), "t")
 
 
 def test_a_class_whose_patients_cannot_fill_val_and_test_is_named(tmp_path):
     # class B has enough slides on paper (6) but they come from one patient, who can only be in one partition
-    ds = write_cohort(tmp_path / "dataset.csv", {"A": [1] * 10, "B": [6]})
+    ds = write_case_sheet(tmp_path / "dataset.csv", {"A": [1] * 10, "B": [6]})
     with pytest.raises(MissingClassError, match=r"fold 0 \(t, 1-shot\): class\(es\) \['B'\] have no slide in 'val'"):
         make_splits(ds, folder_outputs(tmp_path / "s", "t", [1], 5), "t")
 
@@ -509,7 +496,7 @@ def _import_one(tmp_path: Path, ds: Path, split: Split, shots: int, **kw) -> lis
 
 
 def test_import_errors_each_carry_their_message(tmp_path):
-    ds = write_cohort(tmp_path / "dataset.csv", {"A": [1, 1, 1, 2], "B": [1, 1, 1, 1]})
+    ds = write_case_sheet(tmp_path / "dataset.csv", {"A": [1, 1, 1, 2], "B": [1, 1, 1, 1]})
     # A-case003 has two slides: s0 and s1
     ok = Split(("A-case000-s0", "B-case000-s0"), ("A-case001-s0", "B-case001-s0"), ("A-case002-s0", "B-case002-s0"))
     assert len(_import_one(tmp_path, ds, ok, 1)) == 2

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline import status
 from pipeline.cli import main
-from pipeline.formats import PatchGrid, write_features, write_hierarchical, write_patches
+
+from cohorts import write_placeholder_features, write_placeholder_patches
 
 
 def _slide_files(root: Path, slide: str, n: int, empty_reason: str = "") -> None:
-    attrs = {"mpp": 0.5, "level0_magnification": 20, "empty_reason": empty_reason}
-    write_patches(root / "p" / f"{slide}.h5",
-                  PatchGrid(np.zeros((n, 2)), np.zeros((n, 2)), np.zeros(n), attrs))  # fmt: skip
-    write_features(root / "f5" / f"{slide}.h5", np.ones((n, 4)), np.zeros((n, 2)), {})
-    write_hierarchical(root / "fh" / f"{slide}.h5", np.ones((n, 16, 4)), np.zeros((n, 16, 2)),
-                       np.ones((n, 16), bool), {})  # fmt: skip
+    """A 20x slide's patch file of `n` patches (with its empty_reason) and its 5x and hierarchical features."""
+    write_placeholder_patches(root / "p" / f"{slide}.h5", n, mpp=0.5, level0_magnification=20,
+                              empty_reason=empty_reason)  # fmt: skip
+    write_placeholder_features(root / "f5" / f"{slide}.h5", root / "fh" / f"{slide}.h5", n)
 
 
 def test_dropped_gives_each_slide_its_real_reason(tmp_path):

@@ -3,7 +3,6 @@ table (kNN + zero-shot) and the `hlss-eval` command."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
@@ -14,9 +13,10 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.pretrain.knn import knn_accuracy, knn_scores, patient_folds, sample_patch_rows
 
+from cohorts import write_rotated_cohort
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CLASSES = ["alpha", "beta"]
 DIM = 16
 
 
@@ -169,70 +169,6 @@ def test_knn_defaults_have_one_home():
 # --- evaluate_pretraining and the command --------------------------------------------------------------------
 
 
-def _prompt_json() -> dict:
-    out = {}
-    for c in CLASSES:
-        entries = {f"{c} coarse {i}": f"coarse look {i} of {c} tissue" for i in range(4)}
-        entries.update({f"{c} fine {j}": f"detail {j} under coarse {j // 3} of {c}" for j in range(12)})
-        out[c] = entries
-    return out
-
-
-def _write_side(root, name, slides, transform, texts, skip=(), shift=()):
-    """One backbone's 5x, hierarchical and 20x files of `slides` {slide_id: (x5, x20, mask)}, features through
-    `transform`, and its text file of `texts` [C, 16, D] as given."""
-    from pipeline.formats import TextEmbeddings, write_features, write_hierarchical, write_text_embeddings
-
-    offs = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(16, 2)[:, ::-1]
-    files = {"5x": [], "hier": [], "20x": []}
-    for sid, (x5, x20, mask) in slides.items():
-        if sid in skip:
-            continue
-        coords5 = np.stack([np.arange(len(x5)) * 1024, np.zeros(len(x5))], 1).astype(np.int64)
-        coords20 = coords5[:, None, :] + offs[None] * 256
-        x5, x20 = transform(x5), np.where(mask[..., None], transform(x20), 0.0)
-        paths = {kind: root / name / kind / f"{sid}.h5" for kind in files}
-        write_features(paths["5x"], x5, coords5, {})
-        write_hierarchical(paths["hier"], x20, coords20, mask, {})
-        flat_coords = coords20[mask] + (1 if sid in shift else 0)
-        write_features(paths["20x"], x20[mask], flat_coords, {"magnification": "20x"})
-        for kind in files:
-            files[kind].append(str(paths[kind]))
-    prompts = _prompt_json()
-    text_file = root / name / "text_synthetic.h5"
-    write_text_embeddings(text_file, TextEmbeddings(
-        texts.astype(np.float32), CLASSES,
-        [[f"{term}: {expl}" for term, expl in prompts[c].items()] for c in CLASSES], {"logit_scale": 50.0},
-    ))
-    return files, text_file
-
-
-def _write_cohort(root, skip_after=(), shift_after=()):
-    """Two classes, 8 patients with 1-2 slides (13 in all); 'after' features are a rotation of 'before' (every
-    cosine kept) while its texts are not rotated (their alignment with the image features is lost)."""
-    rng = np.random.default_rng(0)
-    protos = 2 * np.eye(2, DIM)
-    slides, rows = {}, []
-    for p in range(8):
-        c = p % 2
-        for s in range(1 + p % 2 + (p == 0)):
-            sid = f"case{p}-slide{s}"
-            x5 = _patches(rng, protos[c], 5, 0.7)
-            x20 = x5[:, None, :] + 0.7 * rng.normal(size=(5, 16, DIM))
-            mask = rng.random((5, 16)) > 0.3
-            mask[:, 0] = True
-            slides[sid] = (x5, x20, mask)
-            rows.append({"case_id": f"case{p}", "slide_id": sid, "label": CLASSES[c]})
-    rows.append({"case_id": "case99", "slide_id": "other-task", "label": "gamma"})  # another task's slide
-    pd.DataFrame(rows).to_csv(root / "dataset.csv", index=False)
-    (root / "prompts.json").write_text(json.dumps(_prompt_json(), indent=2))
-    texts = protos[:, None, :] + 0.3 * rng.normal(size=(2, 16, DIM))
-    rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
-    before = _write_side(root, "tiny", slides, lambda x: x, texts)
-    after = _write_side(root, "tiny_hlss", slides, lambda x: x @ rotation, texts, skip_after, shift_after)
-    return before, after
-
-
 def _sides(root, before, after):
     from pipeline.pretrain.evaluation import backbone_files
 
@@ -243,7 +179,7 @@ def _sides(root, before, after):
 def test_evaluate_pretraining_table_before_vs_after(tmp_path, caplog):
     from pipeline.pretrain.evaluation import evaluate_pretraining, load_eval_task, slide_cases, write_evaluation
 
-    before, after = _write_cohort(tmp_path, skip_after=("case3-slide1",))
+    before, after = write_rotated_cohort(tmp_path, DIM, skip_after=("case3-slide1",))
     task = load_eval_task("classification", "synthetic", tmp_path / "dataset.csv", tmp_path / "prompts.json", None,
                           before[1])
     with caplog.at_level(logging.WARNING, logger="pipeline.pretrain.evaluation"):
@@ -277,7 +213,7 @@ def test_evaluate_pretraining_table_before_vs_after(tmp_path, caplog):
 def test_evaluate_pretraining_refuses_other_patches(tmp_path):
     from pipeline.pretrain.evaluation import evaluate_pretraining, load_eval_task, slide_cases
 
-    before, after = _write_cohort(tmp_path, shift_after=("case4-slide0",))
+    before, after = write_rotated_cohort(tmp_path, DIM, shift_after=("case4-slide0",))
     task = load_eval_task("classification", "synthetic", tmp_path / "dataset.csv", None, None, before[1])
     with pytest.raises(PipelineError, match="slide 'case4-slide0'.*20x coords"):
         evaluate_pretraining(task, slide_cases(tmp_path / "dataset.csv"), *_sides(tmp_path, before, after), k=20)
@@ -286,7 +222,7 @@ def test_evaluate_pretraining_refuses_other_patches(tmp_path):
 def test_hlss_eval_command_writes_csv_and_md(tmp_path):
     from pipeline.cli import main
 
-    (b_files, b_text), (a_files, a_text) = _write_cohort(tmp_path)
+    (b_files, b_text), (a_files, a_text) = write_rotated_cohort(tmp_path, DIM)
     out = tmp_path / "eval"
     # a hierarchical task (fine labels = the prompt classes); classes and texts from the text file (no --prompts)
     argv = ["hlss-eval", "--task", "synthetic", "--dataset", str(tmp_path / "dataset.csv"),

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import h5py
 import pandas as pd
+import pytest
 
-from conftest import run_snakemake
-
-CONFIG = {
-    "demo": {"classes": ["glandular", "solid"], "slides_per_class": 4, "size_px": 2048, "include_real": False},
-    "cohort": {"folds": 2, "val_frac": 0.25, "test_frac": 0.25},
-    "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1], "methods": ["hivemil"]}],
-    "features": {"backbones": [{"name": "tiny", "weights": "random"}, {"name": "tiny_hlss", "weights": ""}]},
-    "pretrain": {"steps": 10, "checkpoint_every": 5, "patients_per_step": 4, "tiles_per_slide": 8, "knn_k": 5,
-                 "knn_patches_per_slide": 16, "threads": 1},
-    "train": {"epochs": 2, "patience": 2, "method_settings": {"hivemil": {"n_ctx": 4}}},
-}
+pytestmark = pytest.mark.workflow
 
 
-def test_demo_like_run_pretrains_adapts_evaluates_and_trains_on_the_adapted_backbone(tmp_path):
-    run_snakemake(tmp_path, CONFIG, "pretrain_all", "results/models/demo/tiny_hlss/1shot/results.csv")
-    results = tmp_path / "results"
+def test_demo_like_run_pretrains_adapts_evaluates_and_trains_on_the_adapted_backbone(trained_demo):
+    """The session's trained_demo run (tests/configs/trained_demo.yaml), which pretrains tiny_hlss for 10 steps."""
+    results = trained_demo / "results"
     hlss = results / "pretrain" / "tiny_hlss"
     assert len(pd.read_csv(hlss / "losses.csv")) == 10 and (hlss / "loss.png").exists()
 

@@ -24,6 +24,9 @@ from pipeline.training.methods import get_method
 from pipeline.training.methods.base import Resources
 from pipeline.training.tasks import Hierarchical
 
+#: tiny tensors: one torch thread (HMIL's 30-epoch training test took 400 s instead of 30 on a busy 2-core box)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TREE = LabelTree.from_mapping({"lung": ["LUAD", "LUSC"], "kidney": ["CCRCC", "CHRCC", "PRCC"]})
 
 

@@ -7,7 +7,6 @@ from collections import Counter
 import pandas as pd
 import pytest
 import yaml
-from test_cohort import write_cohort
 
 from pipeline.errors import PipelineError
 from pipeline.labels import LabelTree, parse_tree_args
@@ -15,6 +14,8 @@ from pipeline.splits import SplitOutputs, make_splits, read_split_csv
 from pipeline.training.methods import get_method
 from pipeline.training.tasks import get_task_type, list_task_types
 from pipeline.wiring import cohort as ws
+
+from cohorts import write_case_sheet
 
 TREE = LabelTree.from_mapping({"lung": ["LUAD", "LUSC"], "kidney": ["CCRCC", "CHRCC", "PRCC"]})
 REPO_CONFIG = yaml.safe_load(open(ws.SCHEMA.parents[2] / "config.yaml"))
@@ -79,7 +80,7 @@ def test_default_methods_support_their_task_type():
 
 
 def test_splits_of_a_coarse_task_stratify_by_coarse_class_and_of_a_tree_task_by_fine_label(tmp_path):
-    ds = write_cohort(tmp_path / "dataset.csv", {lab: [1] * 8 for lab in TREE.fine})
+    ds = write_case_sheet(tmp_path / "dataset.csv", {lab: [1] * 8 for lab in TREE.fine})
     label_of = dict(zip(*(pd.read_csv(ds)[c] for c in ("slide_id", "label"))))
     organ_files = SplitOutputs.of([tmp_path / "organ.csv"], tmp_path / "organ.json")
     make_splits(ds, {2: organ_files}, "organ", labels=list(TREE.coarse), label_tree=TREE)

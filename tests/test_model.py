@@ -36,6 +36,8 @@ from pipeline.model.hivemil import (
     topk_class_scores,
 )
 
+from cohorts import CLASSES, prompt_json, write_classification_cohort
+
 D = 16  # tiny feature size for graph-only tests
 
 
@@ -388,62 +390,6 @@ def test_gradient_reaches_the_prompt_context(backbone):
 
 # --- training loop on feature files ------------------------------------------------------------------------------
 
-CLASSES = ("alpha", "beta")
-
-
-def prompt_json(classes=CLASSES) -> dict:
-    out = {}
-    for c in classes:
-        entries = {f"{c} coarse {i}": f"coarse look {i} of {c} tissue" for i in range(4)}
-        entries.update({f"{c} fine {j}": f"detail {j} under coarse {j // 3} of {c}" for j in range(12)})
-        out[c] = entries
-    return out
-
-
-def write_cohort(root, backbone_name="tiny", dim=32, n_train=4, n_val=2, n_test=6, hive_layout=False,
-                 signal=1.5, seed=0):
-    """Two classes whose patches lean towards a class prototype; one fold; HiVE-MIL's or our file layout."""
-    from pipeline.formats import write_features, write_h5, write_hierarchical
-
-    rng = np.random.default_rng(seed)
-    proto = rng.normal(size=(2, dim))
-    rows, parts = [], {"train": [], "val": [], "test": []}
-    for part, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        for c, cls in enumerate(CLASSES):
-            for i in range(n):
-                sid = f"{part}-{cls}-{i}"
-                rows.append({"case_id": f"case-{sid}", "slide_id": sid, "label": cls, "level0_mag": 40})
-                parts[part].append(sid)
-                n5 = int(rng.integers(6, 12))
-                x5 = rng.normal(size=(n5, dim)) + signal * proto[c]
-                x20 = x5[:, None, :] + 0.5 * rng.normal(size=(n5, 16, dim))
-                mask = rng.random((n5, 16)) > 0.3
-                mask[:, 0] = True
-                x20[~mask] = 0.0
-                coords5 = np.stack([np.arange(n5) * 1024, np.zeros(n5)], 1).astype(np.int64)
-                offs = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(16, 2)[:, ::-1]
-                coords20 = coords5[:, None, :] + offs[None] * 256
-                write_features(root / "features" / f"{backbone_name}_5x" / f"{sid}.h5", x5, coords5, {})
-                hier = root / "features" / f"hierarchical_{backbone_name}_5x_20x" / f"{sid}.h5"
-                if hive_layout:  # HiVE-MIL's published files: features and coords, no mask
-                    write_h5(hier, {"features": x20.astype(np.float32), "coords": coords20}, {})
-                else:
-                    write_hierarchical(hier, x20, coords20, mask, {})
-    pd.DataFrame(rows).to_csv(root / "dataset.csv", index=False)
-    split_dir = root / "splits" / "synthetic_4"
-    split_dir.mkdir(parents=True)
-    longest = max(len(v) for v in parts.values())
-    lines = [",train,val,test"] + [
-        f"{i}," + ",".join(parts[p][i] if i < len(parts[p]) else "" for p in ("train", "val", "test"))
-        for i in range(longest)
-    ]
-    (split_dir / "splits_0.csv").write_text("\n".join(lines) + "\n")
-    # HiVE-MIL's prompt files have blank lines between groups; key order carries the hierarchy
-    text = json.dumps(prompt_json(), indent=2).replace('",\n', '",\n\n', 3)
-    (root / "prompts.json").write_text(text)
-    return root
-
-
 def feature_files(root, backbone_name="tiny"):
     from pipeline.training.data import pair_feature_files
 
@@ -484,7 +430,7 @@ def all_predictions(out):
 
 
 def test_synthetic_separable_task_trains_to_high_auc(tmp_path, backbone):
-    root = write_cohort(tmp_path, n_train=4, n_val=3, n_test=8)
+    root = write_classification_cohort(tmp_path, n_train=4, n_val=3, n_test=8)
     summary = run_train(root, backbone, tmp_path / "out", methods=["hivemil"], epochs=8, patience=4)
     row = summary.iloc[0]
     assert row["auc"] >= 0.95, summary
@@ -492,7 +438,7 @@ def test_synthetic_separable_task_trains_to_high_auc(tmp_path, backbone):
 
 
 def test_same_seed_gives_identical_metrics(tmp_path, backbone):
-    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=3, signal=0.3)
+    root = write_classification_cohort(tmp_path, n_train=2, n_val=1, n_test=3, signal=0.3)
     a = run_train(root, backbone, tmp_path / "a", methods=["hivemil", "abmil_5x"], epochs=2)
     b = run_train(root, backbone, tmp_path / "b", methods=["hivemil", "abmil_5x"], epochs=2)
     pd.testing.assert_frame_equal(a, b)
@@ -510,7 +456,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, backbone):
     from pipeline.training.methods import get_method
     from pipeline.training.methods.base import Resources
 
-    root = write_cohort(tmp_path, n_train=3, n_val=3, n_test=1, signal=0.4)
+    root = write_classification_cohort(tmp_path, n_train=3, n_val=3, n_test=1, signal=0.4)
     files = feature_files(root)
     train = [(load_slide(s, files[s]), k) for k, c in enumerate(CLASSES) for s in (f"train-{c}-{i}" for i in range(3))]
     val = [(load_slide(s, files[s]), k) for k, c in enumerate(CLASSES) for s in (f"val-{c}-{i}" for i in range(3))]
@@ -539,7 +485,7 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
     from pipeline.model.prompt_learner import FixedTexts
     from pipeline.training.checkpoints import CheckpointError, load_checkpoint, restore_model
 
-    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=3, hive_layout=True)
+    root = write_classification_cohort(tmp_path, n_train=2, n_val=1, n_test=3, hive_layout=True)
     assert read_hierarchical(root / "features" / "hierarchical_tiny_5x_20x" / "train-alpha-0.h5")[2] is None
     out = tmp_path / "results" / "synthetic" / "tiny" / "4shot"
     summary = run_train(root, backbone, out, epochs=2)
@@ -620,7 +566,7 @@ def test_hivemil_layout_trains_end_to_end_with_all_methods(tmp_path, backbone):
 def test_registry_move_keeps_the_pinned_metrics(tmp_path, backbone):
     """The metrics and test probabilities of every method equal those of the pre-registry trainer (same seed)."""
     pinned = json.loads((Path(__file__).parent / "data" / "pinned_training_metrics.json").read_text())
-    root = write_cohort(tmp_path, n_train=3, n_val=2, n_test=4, signal=0.6, seed=5)
+    root = write_classification_cohort(tmp_path, n_train=3, n_val=2, n_test=4, signal=0.6, seed=5)
     summary = run_train(root, backbone, tmp_path / "out", epochs=4, patience=3)
     got = summary[["method", "fold", "acc", "auc", "f1", "best_epoch", "epochs_run"]].to_dict(orient="records")
     key = lambda r: r["method"]  # noqa: E731
@@ -702,7 +648,7 @@ def test_zeroshot_reads_the_text_embeddings_file_and_refuses_other_prompts(tmp_p
     from pipeline.training.config import TrainConfig
     from pipeline.training.run import train_method
 
-    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=2)
+    root = write_classification_cohort(tmp_path, n_train=2, n_val=1, n_test=2)
     text_h5 = tmp_path / "text_synthetic.h5"
     emb = embed_prompts(root / "prompts.json", text_h5, backbone, device="cpu")
     kwargs = dict(task=synthetic_task(root), method="zeroshot", backbone_name="tiny", shots=2,
@@ -736,7 +682,7 @@ def test_prediction_and_evaluation_encode_each_models_texts_once(tmp_path, backb
     from pipeline.training.methods.base import Resources
     from pipeline.training.predict import PredictOutputs, predict_slides
 
-    root = write_cohort(tmp_path, n_train=1, n_val=1, n_test=3)
+    root = write_classification_cohort(tmp_path, n_train=1, n_val=1, n_test=3)
     files = feature_files(root)
     slides = [s for s in files if s.startswith("test-")]
     method = get_method("hivemil")(TrainConfig(device="cpu"), synthetic_task(root), SMALL_SETTINGS["hivemil"])
@@ -797,7 +743,7 @@ def test_predict_command_writes_exactly_the_files_it_is_given(tmp_path, backbone
     from pipeline.training.methods import get_method
     from pipeline.training.methods.base import Resources
 
-    root = write_cohort(tmp_path / "cohort", n_train=1, n_val=1, n_test=1)
+    root = write_classification_cohort(tmp_path / "cohort", n_train=1, n_val=1, n_test=1)
     files = {s: f for s, f in feature_files(root).items() if s.startswith("test-")}
     method = get_method("abmil_5x")(TrainConfig(device="cpu"), synthetic_task(root))
     model = method.build(Resources(embed_dim=backbone.embed_dim, device=torch.device("cpu"),
@@ -837,7 +783,7 @@ def test_reference_preset_trains_checkpoints_and_restores(tmp_path, backbone):
     from pipeline.training.checkpoints import load_checkpoint, restore_model
     from pipeline.training.data import load_slide
 
-    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=2, signal=0.5)
+    root = write_classification_cohort(tmp_path, n_train=2, n_val=1, n_test=2, signal=0.5)
     out = tmp_path / "out"
     run_train(root, backbone, out, methods=["hivemil"], epochs=2, hivemil={"reference": True})
     ckpt = load_checkpoint(out / "hivemil" / "checkpoints" / "fold0.pt")

@@ -17,8 +17,9 @@ from pipeline.training.registry import TASK_TYPES, register_task_type
 from pipeline.training.tasks.classification import Classification
 from pipeline.wiring import cohort as ws
 
+from cohorts import write_classification_cohort
 from conftest import REPO
-from test_model import feature_files, write_cohort
+from test_model import feature_files
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def test_a_new_task_type_trains_an_existing_method(ordinal, tmp_path):
     from pipeline.training.run import train_method
     from pipeline.training.tasks import load_task
 
-    root = write_cohort(tmp_path, n_train=2, n_val=1, n_test=2)
+    root = write_classification_cohort(tmp_path, n_train=2, n_val=1, n_test=2)
     task = load_task("ordinal", "grade", root / "dataset.csv", root / "prompts.json", settings={"margin": 0.25})
     assert task.settings == OrdinalSettings(margin=0.25)
     summary = train_method(task=task, method="abmil_5x", backbone_name="tiny", shots=2, out_dir=tmp_path / "out",

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, copy_workdir, run_snakemake
+from wf_configs import load_config
 
-SMALL_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 1, "size_px": 2048, "include_real": False},
-              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+SMALL_DEMO = load_config("two_slides")
 WORKFLOW_FILES = [REPO / "Snakefile", REPO / "workflow" / "rules"]
 
 
@@ -41,9 +41,9 @@ def test_snakefmt_check_passes():
 
 
 @pytest.fixture(scope="module")
-def demo_with_report(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("report")
-    run_snakemake(workdir, SMALL_DEMO, "patch_all")
+def demo_with_report(two_slides_patched, tmp_path_factory) -> Path:
+    """The session's patched two-slide demo (its SMALL_DEMO run through patch_all), copied, with its report."""
+    workdir = copy_workdir(two_slides_patched[0], tmp_path_factory.mktemp("report") / "run")
     run_snakemake(workdir, SMALL_DEMO, "patch_all", "--report", "report.html")
     return workdir
 

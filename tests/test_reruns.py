@@ -8,7 +8,6 @@ that the results equal the reference.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_snakemake, snakemake_command, snakemake_env
+from conftest import copy_workdir, run_snakemake, snakemake_command, snakemake_env
+from wf_configs import load_config
 from wf_outputs import assert_same_results, mtimes, result_files, rewritten
 
 pytestmark = pytest.mark.workflow
 
-RERUN_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 1, "size_px": 2048, "include_real": False},
-              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+RERUN_DEMO = load_config("two_slides")
 SLIDES = ["demo_glandular_00", "demo_solid_00"]
 PATCHING_STAGE_RULES = {"demo_slide", "cohort_sheet", "segment", "patch", "patch_all"}
 #: output folders under results/ written by each rule of the patching stage
@@ -57,18 +56,15 @@ def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The default target, run with --until patch_all: the patching stage complete, nothing after it."""
-    workdir = tmp_path_factory.mktemp("reference")
-    proc = run_snakemake(workdir, RERUN_DEMO, "--until", "patch_all")
-    return workdir, proc
+def reference(two_slides_patched) -> tuple[Path, subprocess.CompletedProcess]:
+    """The default target, run with --until patch_all: the patching stage complete, nothing after it (the
+    session's run of RERUN_DEMO, shared with other modules: read only)."""
+    return two_slides_patched
 
 
 @pytest.fixture
 def copy_of_reference(reference, tmp_path) -> Path:
-    workdir = tmp_path / "run"
-    shutil.copytree(reference[0], workdir, symlinks=True)
-    return workdir
+    return copy_workdir(reference[0], tmp_path / "run")
 
 
 def test_until_patch_all_stops_there(reference):
@@ -136,8 +132,7 @@ KILL_CASES = [
 @pytest.fixture(scope="module")
 def features_reference(reference, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The reference carried on through feature extraction (5x and 20x features of every slide)."""
-    workdir = tmp_path_factory.mktemp("features_reference") / "run"
-    shutil.copytree(reference[0], workdir, symlinks=True)
+    workdir = copy_workdir(reference[0], tmp_path_factory.mktemp("features_reference") / "run")
     proc = run_snakemake(workdir, RERUN_DEMO, *FEATURE_TARGETS)
     return workdir, proc
 
@@ -177,8 +172,7 @@ def kill_once_started(proc: subprocess.Popen, workdir: Path, pattern: str, sig: 
 @pytest.mark.parametrize("rule,patterns,targets,reference_name,sig", KILL_CASES)
 def test_killed_run_resumes_to_identical_results(request, tmp_path, rule, patterns, targets, reference_name, sig):
     reference = request.getfixturevalue(reference_name)[0]
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir, symlinks=True)
+    workdir = copy_workdir(reference, tmp_path / "run")
     for pattern in patterns:
         for path in (workdir / "results").glob(pattern):
             path.unlink()

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, copy_workdir, run_snakemake
+from wf_configs import load_config
 from wf_outputs import assert_same_results
 
 CI_PROFILE = REPO / "tests" / "slurm_profile"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 WORKSTATION_PROFILE = REPO / "workflow" / "profiles" / "workstation"
-SLURM_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 1, "size_px": 2048, "include_real": False},
-              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+SLURM_DEMO = load_config("two_slides")
 SLIDES = ["demo_glandular_00", "demo_solid_00"]
 #: the patching stage of both slides, and one feature extraction (a GPU rule) to see a GPU request through SLURM
 TARGETS = ("patch_all", f"results/features/tiny/tiny_5x/{SLIDES[1]}.h5")
@@ -122,8 +122,9 @@ def slurm_run(cluster, tmp_path_factory) -> tuple[Path, subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("local_run")
+def local_run(two_slides_patched, tmp_path_factory) -> Path:
+    """TARGETS run locally: a copy of the session's patched SLURM_DEMO, carried on through the one extraction."""
+    workdir = copy_workdir(two_slides_patched[0], tmp_path_factory.mktemp("local_run") / "run")
     run_snakemake(workdir, SLURM_DEMO, *TARGETS)
     return workdir
 

@@ -12,6 +12,8 @@ import torch
 
 from pipeline.training.config import TrainConfig
 
+from cohorts import write_survival_cohort
+
 DIM = 32
 K = 4
 
@@ -21,45 +23,6 @@ def backbone():
     from pipeline.features import create_backbone
 
     return create_backbone("tiny", weights="random", embed_dim=DIM)
-
-
-def write_survival_cohort(root, n_patients=90, seed=0, two_slide_every=5):
-    """Patients with a latent risk r ~ N(0, 1): the share of 20x children (and their 5x parents) pulled towards a
-    direction u grows with r; T ~ Exp(rate e^{2r}) x 300 days, C ~ Uniform(0, 900) days. Every fifth patient has
-    two slides. Writes feature files, dataset.csv (with event,time_days) and the demo's attribute prompts."""
-    import shutil
-
-    from pipeline.formats import write_features, write_hierarchical
-    from pipeline.prompt_files import shipped_prompt_files
-
-    rng = np.random.default_rng(seed)
-    u = rng.normal(size=DIM)
-    u /= np.linalg.norm(u)
-    risk = rng.normal(size=n_patients)
-    death = rng.exponential(1.0 / np.exp(2 * risk)) * 300
-    censor = rng.uniform(0, 900, n_patients)
-    event, time = (death <= censor).astype(int), np.round(np.minimum(death, censor)) + 1
-    rows = []
-    offs = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(16, 2)[:, ::-1]
-    for p in range(n_patients):
-        case = f"P{p:03d}"
-        for s in range(2 if p % two_slide_every == 0 else 1):
-            sid = f"{case}-S{s}"
-            n5 = int(rng.integers(8, 16))
-            mask = rng.random((n5, 16)) > 0.2
-            mask[:, 0] = True
-            aligned = rng.random((n5, 16)) < 1 / (1 + np.exp(-2 * risk[p]))
-            x20 = rng.normal(size=(n5, 16, DIM)) + 3.0 * aligned[..., None] * u
-            x20[~mask] = 0.0
-            x5 = x20.sum(1) / mask.sum(1, keepdims=True) + 0.3 * rng.normal(size=(n5, DIM))
-            coords5 = np.stack([np.arange(n5) * 1024, np.zeros(n5)], 1).astype(np.int64)
-            write_features(root / "f5" / f"{sid}.h5", x5, coords5, {})
-            write_hierarchical(root / "fh" / f"{sid}.h5", x20, coords5[:, None, :] + offs[None] * 256, mask, {})
-            rows.append({"case_id": case, "slide_id": sid, "label": "tumour", "level0_mag": 20,
-                         "event": event[p], "time_days": time[p]})
-    pd.DataFrame(rows).to_csv(root / "dataset.csv", index=False)
-    shutil.copy(shipped_prompt_files()["demo_survival"], root / "prompts.json")
-    return {"risk": risk, "event": event, "time": time}
 
 
 def features(root):
@@ -95,7 +58,7 @@ def trained(tmp_path_factory, backbone, one_torch_thread):
     from pipeline.training.run import train_task
 
     root = tmp_path_factory.mktemp("surv")
-    truth = write_survival_cohort(root)
+    truth = write_survival_cohort(root, DIM)
     task = survival_task(root, **SMALL)
     with torch.no_grad():
         emb = backbone.encode_text(backbone.tokenize(task.texts)).float().numpy().reshape(2, K, -1)
@@ -112,7 +75,7 @@ def trained(tmp_path_factory, backbone, one_torch_thread):
 def test_a_patient_with_two_slides_forms_one_bag(tmp_path):
     from pipeline.training.data import FeatureStore
 
-    write_survival_cohort(tmp_path, n_patients=12)
+    write_survival_cohort(tmp_path, DIM, n_patients=12)
     task = survival_task(tmp_path)
     assert task.members["P000"] == ["P000-S0", "P000-S1"] and task.members["P001"] == ["P001-S0"]
     store = FeatureStore(features(tmp_path))
@@ -184,7 +147,7 @@ def test_gradient_reaches_the_prompt_context_through_the_method(tmp_path, backbo
     from pipeline.training.methods import get_method
     from pipeline.training.methods.base import Resources
 
-    write_survival_cohort(tmp_path, n_patients=12)
+    write_survival_cohort(tmp_path, DIM, n_patients=12)
     task = survival_task(tmp_path, **SMALL)
     method = get_method("hila")(CPU_CONFIG, task, METHOD_SETTINGS["hila"])
     model = method.build(Resources(embed_dim=DIM, device=torch.device("cpu"), backbone_factory=lambda: backbone))
@@ -211,7 +174,7 @@ def test_hila_settings_are_the_model_config_plus_the_prompt_context():
 def test_survival_task_without_follow_up_is_refused(tmp_path):
     from pipeline.errors import PipelineError
 
-    write_survival_cohort(tmp_path, n_patients=6)
+    write_survival_cohort(tmp_path, DIM, n_patients=6)
     frame = pd.read_csv(tmp_path / "dataset.csv")
     frame.assign(event="", time_days="").to_csv(tmp_path / "dataset.csv", index=False)
     with pytest.raises(PipelineError, match="no patient .* has usable follow-up"):

@@ -12,18 +12,12 @@ import pytest
 import yaml
 
 from conftest import REPO, run_snakemake
+from wf_configs import load_config
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 TINY = {"name": "tiny", "weights": "random"}
 QUILT = {"name": "quiltnet", "weights": "random"}
-SMALL = {
-    "demo": {"classes": ["glandular", "solid"], "slides_per_class": 4, "size_px": 2048, "include_real": False},
-    "cohort": {"folds": 2, "val_frac": 0.25, "test_frac": 0.25},
-    "tasks": [{"name": "demo", "labels": ["glandular", "solid"], "shots": [1],
-               "methods": ["hivemil", "abmil_5x", "zeroshot"]}],
-    "train": {"epochs": 2, "patience": 2, "method_settings": {"hivemil": {"n_ctx": 4}}},
-    "predict": {"heatmap_px": 300},  # small heatmaps: rendering is not what these tests check
-}
+SMALL = load_config("two_slides", "training")
 
 
 def dry_run_jobs(tmp_path: Path, config: dict, *targets: str) -> str:
@@ -129,22 +123,23 @@ def test_duplicate_task_names_are_refused(tmp_path):
 
 
 @pytest.mark.workflow
-def test_two_backbones_train_every_method_and_write_the_cross_backbone_comparison(tmp_path):
-    """Extracted in chunk jobs of 4 slides, each parent decoded once for both backbones, through to prediction."""
-    config = {**SMALL, "features": {"backbones": [TINY, QUILT], "batch_size": 32, "slides_per_job": 4}}
-    run_snakemake(tmp_path, config, "train_all", "predict_all")
-    results = tmp_path / "results"
+def test_two_backbones_train_every_method_and_write_the_cross_backbone_comparison(trained_demo):
+    """Extracted in chunk jobs of 4 slides, each parent decoded once for both backbones, through to prediction (the
+    session's trained_demo run: SMALL with tiny and quiltnet, and tiny_hlss training HiVE-MIL only)."""
+    results = trained_demo / "results"
+    assert len(list((results / "benchmarks" / "extract" / "chunks").glob("*.tsv"))) == 8 // 4  # the chunk jobs
     for backbone in ("tiny", "quiltnet"):
         run = results / "models" / "demo" / backbone / "1shot"
         table = pd.read_csv(run / "results.csv")
-        assert sorted(set(table["method"])) == ["abmil_5x", "hivemil", "zeroshot"]
+        assert sorted(set(table["method"])) == ["abmil_5x", "hivemil", "mean_pool", "zeroshot"]
         assert set(table["backbone"]) == {backbone} and set(table["shots"]) == {1}
-        for method in ("hivemil", "abmil_5x", "zeroshot"):
+        for method in ("hivemil", "abmil_5x", "zeroshot", "mean_pool"):
             assert (run / method / "checkpoints" / "fold1.pt").exists()
             preds = pd.read_csv(results / "predictions" / "demo" / backbone / "1shot" / method / "predictions.csv")
             assert len(preds) == 8 and preds["n_models"].eq(2).all()
     comparison = pd.read_csv(results / "models" / "demo" / "comparison.csv")
-    assert len(comparison) == 6 and set(comparison["backbone"]) == {"tiny", "quiltnet"}
+    assert len(comparison) == 4 + 4 + 1 and set(comparison["backbone"]) == {"tiny", "quiltnet", "tiny_hlss"}
+    assert set(comparison["method"][comparison["backbone"] == "tiny_hlss"]) == {"hivemil"}
     assert comparison["AUC"].str.contains(" ± ").all()
     md = (results / "models" / "demo" / "comparison.md").read_text()
     assert "| hivemil | quiltnet | 1 |" in md and "| zeroshot | tiny | 1 |" in md

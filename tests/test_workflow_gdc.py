@@ -10,6 +10,7 @@ from pipeline.demo import make_demo_slide
 from pipeline.formats import read_patches
 
 from gdc_server import FakeFile, GdcServer
+from wf_configs import load_config
 
 pytestmark = pytest.mark.workflow
 
@@ -22,10 +23,7 @@ def test_gdc_query_download_segment_patch(tmp_path, snakemake):
         make_demo_slide(path, slide_id, label, seed=1, size=2048, mpp=0.5)
         files.append(FakeFile(f"{slide_id}.svs", path.read_bytes(), project, f"TCGA-AA-{1000 + i}"))
     with GdcServer(files) as server:
-        config = {
-            "source": "gdc",
-            "gdc": {"api_url": server.url, "slides_dir": "slides", "task": "tcga_nsclc"},
-        }
+        config = load_config("gdc", gdc={"api_url": server.url})
         snakemake(tmp_path, config, "patch_all")
         assert len(server.data_requests()) == 3
         # the default target (train_all, predict_all) builds its DAG once the query has run
@@ -52,14 +50,7 @@ def test_gdc_default_target_trains_and_predicts_without_a_file_that_fails_its_md
         make_demo_slide(path, slide_id, label, seed=i, size=2048, mpp=0.5)
         files.append(FakeFile(f"{slide_id}.svs", path.read_bytes(), project, f"TCGA-AB-{2000 + i}"))
     bad = files[0].file_name.removesuffix(".svs")
-    config = {
-        "source": "gdc",
-        "gdc": {"slides_dir": "slides", "task": "tcga_nsclc", "retries": 0},
-        "cohort": {"folds": 1, "val_frac": 0.25, "test_frac": 0.25},
-        "tasks": [{"name": "tcga_nsclc", "labels": ["LUAD", "LUSC"], "shots": [1], "methods": ["abmil_5x"]}],
-        "train": {"epochs": 2, "patience": 2, "method_settings": {"hivemil": {"n_ctx": 4}}},
-        "predict": {"heatmap_px": 300},
-    }
+    config = load_config("gdc", "gdc_training")
     with GdcServer(files) as server:
         server.always_corrupt.add(files[0].file_id)
         config["gdc"]["api_url"] = server.url

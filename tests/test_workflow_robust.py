@@ -16,6 +16,7 @@ import pytest
 from pipeline.formats import read_features, read_patches
 
 from conftest import snakemake_command
+from wf_configs import load_config
 
 pytestmark = pytest.mark.workflow
 
@@ -80,8 +81,7 @@ def test_slide_file_with_spaces_and_non_ascii_characters(tmp_path, fixtures, cmu
         "broken,c3,glandular,broken.svs\n",
         encoding="utf-8",
     )
-    config = {"source": "local", "local": {"slides_dir": "my slides", "sheet": "sheet.csv"}, "output_dir": "my results",
-              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+    config = load_config("hostile_names")
     # a label typo is refused before any job runs, with the near miss named; fixed, the run goes ahead
     sheet = (workdir / "sheet.csv").read_text(encoding="utf-8")
     (workdir / "sheet.csv").write_text(sheet.replace("c1,solid", "c1,Solid"), encoding="utf-8")

@@ -9,10 +9,11 @@ import pytest
 
 from pipeline.formats import read_patches
 
+from wf_configs import load_config
+
 pytestmark = pytest.mark.workflow
 
-SMALL_DEMO = {"demo": {"classes": ["glandular", "solid"], "slides_per_class": 2, "size_px": 2048, "include_real": True},
-              "tasks": [{"name": "demo", "labels": ["glandular", "solid"]}]}
+SMALL_DEMO = load_config("two_slides", "with_real")  # five slides: two of each class and the real one
 
 
 def read_status(workdir):
