@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import yaml
 
 from new_method import copy_repo_with_new_method
 from wf_configs import load_config
+from wf_outputs import mtimes
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data" / "slides"
@@ -65,7 +68,7 @@ def snakemake_env() -> dict[str, str]:
 
 
 #: the backbones of a test's workflow when its config names none: the plain `tiny`, not the demo's `tiny_hlss`
-#: beside it, whose pretraining (minutes) tests/test_hlss_workflow.py and the demo cover
+#: beside it, whose pretraining (minutes) the trained_demo run below and the demo cover
 PLAIN_BACKBONES = [{"name": "tiny", "weights": "random"}]
 
 
@@ -110,14 +113,26 @@ def copy_workdir(src: Path, dst: Path) -> Path:
     return dst
 
 
+@contextmanager
+def unchanged_outputs(workdir: Path) -> Iterator[None]:
+    """Fails at the end of the block if an output under workdir/results was written, added or removed: a shared run
+    that one test changed would no longer be what the next test reads."""
+    before = mtimes(workdir / "results")
+    yield
+    after = mtimes(workdir / "results")
+    changed = sorted(rel for rel in before.keys() | after.keys() if before.get(rel) != after.get(rel))
+    assert not changed, f"a test changed the shared run in {workdir} (work on a copy_workdir instead): {changed[:10]}"
+
+
 @pytest.fixture(scope="session")
-def two_slides_patched(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def two_slides_patched(tmp_path_factory) -> Iterator[tuple[Path, subprocess.CompletedProcess]]:
     """The two-slide demo (tests/configs/two_slides.yaml), default target run with --until patch_all: the patching
     stage complete, nothing after it; the run's folder and its output. Shared by the session's workflow tests
     (reruns, report, SLURM's local reference), which only read it or work on a copy_workdir of it."""
     workdir = tmp_path_factory.mktemp("two_slides_patched")
     proc = run_snakemake(workdir, load_config("two_slides"), "--until", "patch_all")
-    return workdir, proc
+    with unchanged_outputs(workdir):
+        yield workdir, proc
 
 
 #: the targets of the trained_demo run: every model and prediction, and the HLSS pretraining with its kNN table
@@ -125,7 +140,7 @@ TRAINED_DEMO_TARGETS = ("train_all", "predict_all", "pretrain_all")
 
 
 @pytest.fixture(scope="session")
-def trained_demo(tmp_path_factory) -> Path:
+def trained_demo(tmp_path_factory) -> Iterator[Path]:
     """The demo-sized run that trains (tests/configs/trained_demo.yaml: eight slides, tiny + quiltnet + tiny_hlss)
     through TRAINED_DEMO_TARGETS; its folder. One run for the session (minutes): the tests reading it must not
     change it. It runs from a copy of the repository with one new method added as docs/contributing.md says
@@ -133,4 +148,5 @@ def trained_demo(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("trained_demo")
     repo = copy_repo_with_new_method(tmp_path_factory.mktemp("repo_with_new_method"))
     run_snakemake(workdir, load_config("two_slides", "training", "trained_demo"), *TRAINED_DEMO_TARGETS, repo=repo)
-    return workdir
+    with unchanged_outputs(workdir):
+        yield workdir
