@@ -41,7 +41,6 @@ PATH_RULES = [
     (r"pretrain/[^/]+", "pretrain"),
     (r"cohort/dataset", "dataset"),
     (r"extract/chunks/.*", "extract_chunk"),
-    (r"splits/.*_cv\d+", "survival_splits"),
 ]
 
 
